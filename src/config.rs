@@ -1,0 +1,459 @@
+//! Service configuration: one serde tree, read from TOML, overridden by `serve` flags and
+//! `OUTAGE_RELAY_*` environment variables. Every field has a named default, so the service
+//! runs with no configuration at all, and `validate` refuses contradictions before start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::DistributorId;
+
+/// gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Prometheus listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Outages shorter than this produce no alert (SEC: 3 minutes).
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(180);
+/// A POA must be delivered within this after it is due (SEC: 60 s).
+pub const DEFAULT_POA_SLA: Duration = Duration::from_secs(60);
+/// A PRA must be delivered within this after restoration (SEC: 60 s).
+pub const DEFAULT_PRA_SLA: Duration = Duration::from_secs(60);
+/// Batches queued per shard before ingest waits.
+pub const DEFAULT_SHARD_QUEUE: usize = 256;
+/// Largest batch accepted.
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 10_000;
+/// How long ingest waits for a full shard queue before answering `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Device timestamps further ahead of the relay clock are refused.
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
+/// Device timestamps older than this are refused.
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest `event_id` accepted, in bytes.
+pub const DEFAULT_MAX_EVENT_ID_LEN: usize = 128;
+/// How long an event id is remembered for de-duplication.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// Most event ids remembered, across all shards.
+pub const DEFAULT_DEDUP_CAPACITY: usize = 2_000_000;
+/// How long a closed outage's restoration time is kept to refuse stale, late events.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Alerts buffered per open Subscribe stream.
+pub const DEFAULT_STREAM_BUFFER: usize = 1024;
+/// First push retry delay.
+pub const DEFAULT_PUSH_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest push retry delay.
+pub const DEFAULT_PUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Alerts sent to a push receiver before waiting for its acks.
+pub const DEFAULT_PUSH_WINDOW: usize = 1024;
+/// HTTP/2 keepalive interval on every connection (load balancers drop idle ones).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Bound on graceful shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address (Ingest, AlertFeed, Admin, health, reflection).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Data directory for the store.
+    pub data_dir: Option<PathBuf>,
+    /// Device registry CSV (`device_id,mpan_core,gsp_group`).
+    pub registry: Option<PathBuf>,
+    /// Debounce: outages shorter than this produce no alert.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// POA delivery window after it is due.
+    #[serde(with = "humantime_serde")]
+    pub poa_sla: Duration,
+    /// PRA delivery window after restoration.
+    #[serde(with = "humantime_serde")]
+    pub pra_sla: Duration,
+    /// Number of debounce shards; 0 = one per CPU.
+    pub shards: usize,
+    /// Batches queued per shard.
+    pub shard_queue: usize,
+    /// Bound on graceful shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Ingest limits and validation.
+    pub ingest: IngestConfig,
+    /// Subscribers and the distributor IDs they own.
+    pub routing: RoutingConfig,
+    /// Delivery tuning.
+    pub delivery: DeliveryConfig,
+}
+
+/// Ingest limits, validation and de-duplication.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest batch accepted.
+    pub max_batch_events: usize,
+    /// Wait for a full shard queue before `RESOURCE_EXHAUSTED`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Device timestamps further ahead than this are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Device timestamps older than this are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+    /// Longest `event_id`, bytes.
+    pub max_event_id_len: usize,
+    /// How long event ids are remembered.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most event ids remembered.
+    pub dedup_capacity: usize,
+    /// How long a closed outage is remembered to refuse stale events about it.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+}
+
+/// Routing: which subscriber owns which distributor IDs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Subscribers; defaults to the six DNO groups.
+    pub subscribers: Vec<SubscriberConfig>,
+    /// Subscriber for IDNO supplies (distributor ID 24+); when unset they go to the owner of
+    /// their GSP group's host area.
+    pub idno_subscriber: Option<String>,
+}
+
+/// One DNO (or IDNO) subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Name the subscriber uses in `SubscribeRequest.subscriber`.
+    pub name: String,
+    /// Distributor IDs whose alerts it receives.
+    #[serde(default)]
+    pub distributor_ids: Vec<DistributorId>,
+    /// Set for push mode: the relay calls this subscriber's `AlertReceiver`.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
+}
+
+/// Push-mode target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Receiver URL, e.g. `http://127.0.0.1:50061`.
+    pub endpoint: String,
+}
+
+/// Delivery tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Alerts buffered per open Subscribe stream.
+    pub stream_buffer: usize,
+    /// First push retry delay.
+    #[serde(with = "humantime_serde")]
+    pub push_backoff_initial: Duration,
+    /// Longest push retry delay.
+    #[serde(with = "humantime_serde")]
+    pub push_backoff_max: Duration,
+    /// Alerts in flight to a push receiver before waiting for acks.
+    pub push_window: usize,
+    /// HTTP/2 keepalive interval.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+}
+
+fn parse_addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: parse_addr(DEFAULT_LISTEN),
+            metrics_listen: parse_addr(DEFAULT_METRICS_LISTEN),
+            data_dir: None,
+            registry: None,
+            debounce: DEFAULT_DEBOUNCE,
+            poa_sla: DEFAULT_POA_SLA,
+            pra_sla: DEFAULT_PRA_SLA,
+            shards: 0,
+            shard_queue: DEFAULT_SHARD_QUEUE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            ingest: IngestConfig::default(),
+            routing: RoutingConfig::default(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+            max_event_age: DEFAULT_MAX_EVENT_AGE,
+            max_event_id_len: DEFAULT_MAX_EVENT_ID_LEN,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            dedup_capacity: DEFAULT_DEDUP_CAPACITY,
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+        }
+    }
+}
+
+/// The six DNO groups and the distributor IDs they own.
+pub const DEFAULT_SUBSCRIBERS: [(&str, &[u8]); 6] = [
+    ("ukpn", &[10, 12, 19]),
+    ("nged", &[11, 14, 21, 22]),
+    ("spen", &[13, 18]),
+    ("ssen", &[17, 20]),
+    ("npg", &[15, 23]),
+    ("enwl", &[16]),
+];
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        let subscribers = DEFAULT_SUBSCRIBERS
+            .iter()
+            .map(|(name, ids)| SubscriberConfig {
+                name: (*name).to_owned(),
+                distributor_ids: ids.iter().copied().map(DistributorId).collect(),
+                push: None,
+            })
+            .collect();
+        Self {
+            subscribers,
+            idno_subscriber: None,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            stream_buffer: DEFAULT_STREAM_BUFFER,
+            push_backoff_initial: DEFAULT_PUSH_BACKOFF_INITIAL,
+            push_backoff_max: DEFAULT_PUSH_BACKOFF_MAX,
+            push_window: DEFAULT_PUSH_WINDOW,
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this tree (the message names line and column).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The values contradict each other or are out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: err.to_string(),
+        })
+    }
+
+    /// Number of debounce shards after resolving `0` to the CPU count.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        } else {
+            self.shards
+        }
+    }
+
+    /// Refuses values that cannot run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.debounce.is_zero() {
+            return invalid("debounce must be greater than zero".into());
+        }
+        if self.poa_sla.is_zero() || self.pra_sla.is_zero() {
+            return invalid("poa_sla and pra_sla must be greater than zero".into());
+        }
+        if self.shards > 1024 {
+            return invalid(format!("shards = {} is more than 1024", self.shards));
+        }
+        if self.shard_queue == 0
+            || self.delivery.stream_buffer == 0
+            || self.delivery.push_window == 0
+        {
+            return invalid(
+                "shard_queue, delivery.stream_buffer and delivery.push_window must be at least 1"
+                    .into(),
+            );
+        }
+        if self.ingest.max_batch_events == 0 || self.ingest.max_event_id_len == 0 {
+            return invalid(
+                "ingest.max_batch_events and ingest.max_event_id_len must be at least 1".into(),
+            );
+        }
+        if self.delivery.push_backoff_initial > self.delivery.push_backoff_max {
+            return invalid(
+                "delivery.push_backoff_initial is longer than delivery.push_backoff_max".into(),
+            );
+        }
+        self.validate_routing()
+    }
+
+    fn validate_routing(&self) -> Result<(), ConfigError> {
+        let mut owner_of: BTreeMap<DistributorId, &str> = BTreeMap::new();
+        let mut names = std::collections::BTreeSet::new();
+        for sub in &self.routing.subscribers {
+            let name_ok = !sub.name.is_empty()
+                && sub.name.len() <= 64
+                && sub
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "subscriber name {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    sub.name
+                )));
+            }
+            if !names.insert(sub.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "subscriber {:?} is configured twice",
+                    sub.name
+                )));
+            }
+            for id in &sub.distributor_ids {
+                if !(10..=99).contains(&id.0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "subscriber {:?}: distributor id {} is not between 10 and 99",
+                        sub.name, id.0
+                    )));
+                }
+                if let Some(other) = owner_of.insert(*id, &sub.name) {
+                    return Err(ConfigError::Invalid(format!(
+                        "distributor id {} is routed to both {other:?} and {:?}",
+                        id.0, sub.name
+                    )));
+                }
+            }
+            if let Some(push) = &sub.push
+                && !(push.endpoint.starts_with("http://") || push.endpoint.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "subscriber {:?}: push endpoint {:?} must start with http:// or https://",
+                    sub.name, push.endpoint
+                )));
+            }
+        }
+        if let Some(idno) = &self.routing.idno_subscriber
+            && !names.contains(idno.as_str())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "routing.idno_subscriber {idno:?} is not a configured subscriber"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_sec_numbers() {
+        let config = Config::default();
+        config.validate().expect("defaults run");
+        assert_eq!(config.debounce, Duration::from_secs(180));
+        assert_eq!(config.poa_sla, Duration::from_secs(60));
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.routing.subscribers.len(), 6);
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let config = Config::from_toml(
+            r#"
+            debounce = "2s"
+            [ingest]
+            max_batch_events = 50
+            [routing]
+            idno_subscriber = "ukpn"
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(config.debounce, Duration::from_secs(2));
+        assert_eq!(config.ingest.max_batch_events, 50);
+        assert_eq!(config.ingest.max_event_id_len, DEFAULT_MAX_EVENT_ID_LEN);
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_line() {
+        let err = Config::from_toml("debounce = \"3m\"\ndebunce = \"3m\"\n").expect_err("typo");
+        let message = err.to_string();
+        assert!(message.contains("debunce"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn a_distributor_routed_twice_is_refused() {
+        let config = Config::from_toml(
+            r#"
+            [[routing.subscribers]]
+            name = "a"
+            distributor_ids = [10]
+            [[routing.subscribers]]
+            name = "b"
+            distributor_ids = [10]
+            "#,
+        )
+        .expect("parses");
+        let err = config.validate().expect_err("conflict");
+        assert!(err.to_string().contains("distributor id 10"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_idno_subscriber_is_refused() {
+        let mut config = Config::default();
+        config.routing.idno_subscriber = Some("nobody".into());
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! # outage-relay
+//!
+//! Tells electricity Distribution Network Operators (DNOs) within seconds that a smart-metered
+//! supply has gone off, and when it comes back, meeting the Smart Energy Code deadlines: a Power
+//! Outage Alert (POA) for any outage longer than the 3-minute debounce, delivered within 60 s
+//! of becoming due, and a Power Restoration Alert (PRA) within 60 s of restoration.
+//!
+//! ## Pipeline
+//!
+//! ```text
+//!  CSP adapters ──gRPC Ingest──▶ ingest ──(validate, shard by device)──▶ debounce shard × N
+//!                                                                           │ state machine +
+//!                                                                           │ timing wheel
+//!                                                                           ▼
+//!                      route (registry: device → MPAN → distributor → subscriber, or park)
+//!                                                                           │
+//!                                                                           ▼
+//!                          store (per-subscriber alert log, cursors, parked alerts)
+//!                                       │                         │
+//!                     deliver::feed (Subscribe/Ack)     deliver::push (AlertReceiver)
+//!                                       │                         │
+//!                                       └──────▶ sla watch ◀──────┘   telemetry (Prometheus)
+//! ```
+//!
+//! - [`ingest`]: gRPC `Ingest`; validates events, splits batches by shard, answers one
+//!   `BatchAck` per batch once every event is applied.
+//! - [`debounce`]: the pure per-supply-point state machine ([`debounce::machine`]) and the
+//!   single-writer shard task that drives it with a `DelayQueue` timing wheel.
+//! - [`route`]: device registry and routing table.
+//! - [`store`]: the storage interface (alert logs, cursors, parked alerts, open outages).
+//! - [`deliver`]: subscriber feeds (server streaming with resume and cumulative acks) and push
+//!   delivery to DNO-hosted receivers.
+//! - [`sla`]: the deadline watchdog.
+//! - [`admin`]: the operator gRPC service.
+//! - [`telemetry`]: metric names and handles.
+//! - [`server`]: wires the stages together and runs them until shutdown.
+
+pub mod config;
+pub mod domain;
+pub mod proto;

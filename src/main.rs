@@ -1,0 +1,2 @@
+//! The `outage-relay` binary.
+fn main() {}
