@@ -35,6 +35,18 @@
 //! - [`telemetry`]: metric names and handles.
 //! - [`server`]: wires the stages together and runs them until shutdown.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod debounce;
+pub mod deliver;
 pub mod domain;
+pub mod error;
+pub mod ingest;
 pub mod proto;
+pub mod route;
+pub mod server;
+pub mod sla;
+pub mod store;
+pub mod telemetry;
+pub mod tools;

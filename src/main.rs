@@ -1,2 +1,96 @@
-//! The `outage-relay` binary.
-fn main() {}
+//! The `outage-relay` binary: parses the command line and runs a subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use outage_relay::cli::{Cli, Command, ServeArgs};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration that cannot run (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("outage-relay: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        match cli.command {
+            Command::Serve(args) => serve(args, shutdown).await,
+            Command::DnoSink(args) => outage_relay::tools::sink::run(args, shutdown)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            Command::Publish(args) => outage_relay::tools::publish::run(args)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("outage-relay: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("outage-relay: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    outage_relay::telemetry::install_prometheus(config.metrics_listen)?;
+    tracing::info!(metrics = %config.metrics_listen, "Prometheus metrics at /metrics");
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    outage_relay::server::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTAGE_RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::error!(%err, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        trigger.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}

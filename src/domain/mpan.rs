@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_mpan_and_reads_its_distributor() {
-        let mpan = MpanCore::with_check_digit(12_3456_7890_12).expect("12 digits");
+        let mpan = MpanCore::with_check_digit(123_456_789_012).expect("12 digits");
         let text = mpan.to_string();
         assert_eq!(text.len(), 13);
         assert_eq!(text.parse::<MpanCore>(), Ok(mpan));

@@ -1,0 +1,245 @@
+//! The `Admin` gRPC service: what operators ask of a running relay.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::debounce::{OpenOutage, OutageState, ShardHandle, shard::OutageListing, shard_of};
+use crate::deliver::Delivery;
+use crate::deliver::convert::alert_to_proto;
+use crate::deliver::outbox::Outbox;
+use crate::domain::{DeviceId, SupplyPoint};
+use crate::error::RelayError;
+use crate::proto::{self, admin_server::Admin};
+use crate::route::Registry;
+use crate::store::{Destination, LogId};
+
+const DEFAULT_LIST_LIMIT: usize = 1000;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shards: Arc<[ShardHandle]>,
+    delivery: Arc<Delivery>,
+    outbox: Arc<Outbox>,
+    registry_path: Option<PathBuf>,
+    debounce: std::time::Duration,
+}
+
+impl AdminService {
+    /// An admin service over the running stages.
+    pub fn new(
+        shards: Arc<[ShardHandle]>,
+        delivery: Arc<Delivery>,
+        outbox: Arc<Outbox>,
+        registry_path: Option<PathBuf>,
+        debounce: std::time::Duration,
+    ) -> Self {
+        Self {
+            shards,
+            delivery,
+            outbox,
+            registry_path,
+            debounce,
+        }
+    }
+
+    fn subscriber_status(&self, log: LogId) -> Result<proto::SubscriberStatus, RelayError> {
+        let LogId::Subscriber(id) = log else {
+            return Err(RelayError::NotFound(
+                "the parked log is not a subscriber".into(),
+            ));
+        };
+        let table = self.delivery.table();
+        let status = self.delivery.status(log)?;
+        let oldest = self.delivery.store().read(log, status.acked + 1, 1)?;
+        Ok(proto::SubscriberStatus {
+            subscriber: table.name(id).to_owned(),
+            distributor_ids: table
+                .distributor_ids(id)
+                .iter()
+                .map(|d| u32::from(d.0))
+                .collect(),
+            mode: if table.push_endpoint(id).is_some() {
+                "push"
+            } else {
+                "subscribe"
+            }
+            .into(),
+            head_sequence: status.head,
+            acked_sequence: status.acked,
+            backlog: status.backlog(),
+            connected: self.delivery.connected(log),
+            oldest_unacked_due_at: oldest.first().map(|e| e.alert.due_at.to_proto()),
+            last_error: self.delivery.last_error(log),
+        })
+    }
+}
+
+fn limit_or_default(limit: u32) -> usize {
+    if limit == 0 {
+        DEFAULT_LIST_LIMIT
+    } else {
+        limit as usize
+    }
+}
+
+fn outage_to_proto(
+    point: &SupplyPoint,
+    outage: &OpenOutage,
+    debounce: std::time::Duration,
+) -> proto::OpenOutage {
+    proto::OpenOutage {
+        device_id: point.device.to_string(),
+        phase: point.phase.to_proto(),
+        state: match outage.state {
+            OutageState::Pending => proto::OutageState::Pending,
+            OutageState::Alerted => proto::OutageState::Alerted,
+        } as i32,
+        lost_at: Some(outage.lost_at.to_proto()),
+        poa_due_at: Some(outage.lost_at.plus(debounce).to_proto()),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_device_state(
+        &self,
+        request: Request<proto::GetDeviceStateRequest>,
+    ) -> Result<Response<proto::GetDeviceStateResponse>, Status> {
+        let device = DeviceId::from_str(&request.into_inner().device_id)
+            .map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
+        let shard = &self.shards[shard_of(device, self.shards.len())];
+        let listing = shard.outages(Some(device), usize::MAX).await?;
+        let debounce = self.debounce;
+        let mut response = proto::GetDeviceStateResponse {
+            device_id: device.to_string(),
+            outages: listing
+                .outages
+                .iter()
+                .map(|(p, o)| outage_to_proto(p, o, debounce))
+                .collect(),
+            ..Default::default()
+        };
+        let router = self.outbox.router();
+        if let Some(entry) = router.registry().get(device) {
+            response.mpan_core = entry.mpan.to_string();
+            response.gsp_group = entry.gsp.to_string();
+        }
+        if let Ok(route) = router.route(device, None) {
+            response.subscriber = router.table().name(route.subscriber).to_owned();
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn list_open_outages(
+        &self,
+        request: Request<proto::ListOpenOutagesRequest>,
+    ) -> Result<Response<proto::ListOpenOutagesResponse>, Status> {
+        let limit = limit_or_default(request.into_inner().limit);
+        let listings =
+            futures::future::try_join_all(self.shards.iter().map(|s| s.outages(None, limit)))
+                .await?;
+        let debounce = self.debounce;
+        let total: usize = listings.iter().map(|l| l.total).sum();
+        let mut outages: Vec<_> = listings
+            .into_iter()
+            .flat_map(|l: OutageListing| l.outages)
+            .collect();
+        outages.sort_by_key(|(point, outage)| (outage.lost_at, *point));
+        outages.truncate(limit);
+        Ok(Response::new(proto::ListOpenOutagesResponse {
+            outages: outages
+                .iter()
+                .map(|(p, o)| outage_to_proto(p, o, debounce))
+                .collect(),
+            total: total as u64,
+        }))
+    }
+
+    async fn list_parked_alerts(
+        &self,
+        request: Request<proto::ListParkedAlertsRequest>,
+    ) -> Result<Response<proto::ListParkedAlertsResponse>, Status> {
+        let limit = limit_or_default(request.into_inner().limit);
+        let status = self
+            .delivery
+            .status(LogId::Parked)
+            .map_err(RelayError::from)?;
+        let entries = self
+            .delivery
+            .store()
+            .read(LogId::Parked, status.acked + 1, limit)
+            .map_err(RelayError::from)?;
+        let alerts = entries
+            .iter()
+            .map(|entry| proto::ParkedAlert {
+                alert: Some(alert_to_proto(entry, "")),
+                reason: match entry.destination {
+                    Destination::Parked(reason) => reason.to_string(),
+                    Destination::Routed(_) => String::new(),
+                },
+            })
+            .collect();
+        Ok(Response::new(proto::ListParkedAlertsResponse {
+            alerts,
+            total: status.backlog(),
+        }))
+    }
+
+    async fn reload_registry(
+        &self,
+        request: Request<proto::ReloadRegistryRequest>,
+    ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
+        let requested = request.into_inner().path;
+        let path = if requested.is_empty() {
+            self.registry_path.clone().ok_or_else(|| {
+                RelayError::InvalidArgument(
+                    "no registry file is configured; name one in `path`".into(),
+                )
+            })?
+        } else {
+            PathBuf::from(requested)
+        };
+        let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
+            .await
+            .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
+        let registry = loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
+        let devices = registry.len() as u64;
+        let outbox = Arc::clone(&self.outbox);
+        let unparked = tokio::task::spawn_blocking(move || outbox.reload_registry(registry))
+            .await
+            .map_err(|err| RelayError::Unavailable(format!("registry swap task failed: {err}")))?
+            .map_err(RelayError::from)?;
+        tracing::info!(devices, unparked, "registry reloaded");
+        Ok(Response::new(proto::ReloadRegistryResponse {
+            devices,
+            unparked,
+        }))
+    }
+
+    async fn get_delivery_status(
+        &self,
+        request: Request<proto::GetDeliveryStatusRequest>,
+    ) -> Result<Response<proto::GetDeliveryStatusResponse>, Status> {
+        let wanted = request.into_inner().subscriber;
+        let table = self.delivery.table();
+        let logs: Vec<LogId> = if wanted.is_empty() {
+            table.iter().map(|(id, _)| LogId::Subscriber(id)).collect()
+        } else {
+            let id = table
+                .id_of(&wanted)
+                .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {wanted:?}")))?;
+            vec![LogId::Subscriber(id)]
+        };
+        let subscribers = logs
+            .into_iter()
+            .map(|log| self.subscriber_status(log))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::GetDeliveryStatusResponse {
+            subscribers,
+        }))
+    }
+}

@@ -1,0 +1,166 @@
+//! Command-line interface: `serve` flags (each also an `OUTAGE_RELAY_*` environment
+//! variable) layered over the TOML config file, layered over the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::tools::publish::PublishArgs;
+use crate::tools::sink::SinkArgs;
+
+/// outage-relay: Power Outage and Restoration Alerts to DNOs within the SEC deadlines.
+#[derive(Debug, Parser)]
+#[command(name = "outage-relay", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Run the reference DNO receiver (push mode) or subscriber (subscribe mode).
+    DnoSink(SinkArgs),
+    /// Publish loss/restoration events the way a CSP adapter does.
+    Publish(PublishArgs),
+}
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// `serve` flags; each overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "OUTAGE_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "OUTAGE_RELAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus listen address [default: 127.0.0.1:9464].
+    #[arg(long, env = "OUTAGE_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "OUTAGE_RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Device registry CSV (device_id,mpan_core,gsp_group).
+    #[arg(long, env = "OUTAGE_RELAY_REGISTRY")]
+    pub registry: Option<PathBuf>,
+    /// Debounce, e.g. 3m [default: 3m].
+    #[arg(long, env = "OUTAGE_RELAY_DEBOUNCE", value_parser = duration)]
+    pub debounce: Option<Duration>,
+    /// POA delivery window after it is due, e.g. 60s [default: 60s].
+    #[arg(long, env = "OUTAGE_RELAY_POA_SLA", value_parser = duration)]
+    pub poa_sla: Option<Duration>,
+    /// PRA delivery window after restoration, e.g. 60s [default: 60s].
+    #[arg(long, env = "OUTAGE_RELAY_PRA_SLA", value_parser = duration)]
+    pub pra_sla: Option<Duration>,
+    /// Debounce shards; 0 = one per CPU [default: 0].
+    #[arg(long, env = "OUTAGE_RELAY_SHARDS")]
+    pub shards: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The effective config: defaults, then the file, then these flags; validated.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(listen) = self.metrics_listen {
+            config.metrics_listen = listen;
+        }
+        if self.data_dir.is_some() {
+            config.data_dir = self.data_dir;
+        }
+        if self.registry.is_some() {
+            config.registry = self.registry;
+        }
+        if let Some(debounce) = self.debounce {
+            config.debounce = debounce;
+        }
+        if let Some(sla) = self.poa_sla {
+            config.poa_sla = sla;
+        }
+        if let Some(sla) = self.pra_sla {
+            config.pra_sla = sla;
+        }
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["outage-relay", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Serve(args) => args,
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "debounce = \"2m\"\npoa_sla = \"30s\"\n").expect("write");
+        let config = serve_args(&[
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--debounce",
+            "250ms",
+        ])
+        .into_config()
+        .expect("valid");
+        assert_eq!(config.debounce, Duration::from_millis(250));
+        assert_eq!(config.poa_sla, Duration::from_secs(30));
+        assert_eq!(config.pra_sla, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn durations_accept_human_units_and_refuse_garbage() {
+        let args = serve_args(&[
+            "--debounce",
+            "3m",
+            "--poa-sla",
+            "60s",
+            "--pra-sla",
+            "1m 30s",
+        ]);
+        assert_eq!(args.debounce, Some(Duration::from_secs(180)));
+        assert_eq!(args.pra_sla, Some(Duration::from_secs(90)));
+        let argv = ["outage-relay", "serve", "--debounce", "soon"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn no_flags_give_the_defaults() {
+        let config = serve_args(&[]).into_config().expect("valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn an_invalid_combination_is_refused() {
+        let err = serve_args(&["--debounce", "0s"])
+            .into_config()
+            .expect_err("zero debounce");
+        assert!(err.to_string().contains("debounce"), "{err}");
+    }
+}

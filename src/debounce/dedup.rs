@@ -1,0 +1,107 @@
+//! Event-id de-duplication: remembers the keys of recently accepted events for a time window,
+//! bounded in count, so a re-sent event is acknowledged as a duplicate and changes nothing.
+//!
+//! The state machine is already idempotent for repeated events (tombstones and open outages
+//! absorb them); this window exists so publishers learn which events were re-sends, and so the
+//! common retry case costs one hash lookup instead of a state-machine step.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::domain::UtcMillis;
+use crate::domain::event::EventKey;
+
+/// Keys seen within `window`, at most `capacity` of them (oldest forgotten first).
+#[derive(Debug)]
+pub struct EventIdWindow {
+    window: Duration,
+    capacity: usize,
+    seen: HashSet<u128>,
+    order: VecDeque<(UtcMillis, u128)>,
+}
+
+impl EventIdWindow {
+    /// An empty window.
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Records `key` seen at `now`; returns `false` if it was already in the window.
+    pub fn insert(&mut self, key: EventKey, now: UtcMillis) -> bool {
+        self.forget_before(now);
+        if self.capacity == 0 || !self.seen.insert(key.0) {
+            return self.capacity == 0;
+        }
+        if self.order.len() == self.capacity
+            && let Some((_, oldest)) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        self.order.push_back((now, key.0));
+        true
+    }
+
+    /// Keys currently remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn forget_before(&mut self, now: UtcMillis) {
+        while let Some(&(at, key)) = self.order.front() {
+            if at.plus(self.window) > now {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u128) -> EventKey {
+        EventKey(n)
+    }
+
+    #[test]
+    fn a_key_is_new_once_within_the_window() {
+        let mut w = EventIdWindow::new(Duration::from_secs(10), 100);
+        assert!(w.insert(key(1), UtcMillis(0)));
+        assert!(!w.insert(key(1), UtcMillis(9_999)));
+        assert!(
+            w.insert(key(1), UtcMillis(10_000)),
+            "forgotten after the window"
+        );
+    }
+
+    #[test]
+    fn capacity_forgets_the_oldest_first() {
+        let mut w = EventIdWindow::new(Duration::from_secs(10), 2);
+        assert!(w.insert(key(1), UtcMillis(0)));
+        assert!(w.insert(key(2), UtcMillis(0)));
+        assert!(w.insert(key(3), UtcMillis(0)));
+        assert_eq!(w.len(), 2);
+        assert!(!w.insert(key(3), UtcMillis(1)));
+        assert!(w.insert(key(1), UtcMillis(1)));
+    }
+
+    #[test]
+    fn zero_capacity_disables_deduplication() {
+        let mut w = EventIdWindow::new(Duration::from_secs(10), 0);
+        assert!(w.insert(key(1), UtcMillis(0)));
+        assert!(w.insert(key(1), UtcMillis(0)));
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,166 @@
+//! The `AlertFeed` gRPC service: a resumable server stream per subscriber and cumulative acks.
+//!
+//! Each `Subscribe` call gets its own task that reads the subscriber's log from the requested
+//! sequence into a bounded channel; when it has caught up it waits on the log's head. A
+//! client that leaves shows as a closed channel and ends the task; nothing is lost, because
+//! the cursor only moves on `Ack`.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::Delivery;
+use super::convert::alert_to_proto;
+use crate::error::RelayError;
+use crate::proto::{self, alert_feed_server::AlertFeed};
+use crate::server::Tasks;
+use crate::store::{LogId, StoreError};
+
+const READ_BATCH: usize = 256;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct FeedService {
+    delivery: Arc<Delivery>,
+    buffer: usize,
+    shutdown: CancellationToken,
+    tasks: Tasks,
+}
+
+impl FeedService {
+    /// A feed over the shared delivery state; `buffer` alerts are queued per stream.
+    pub fn new(
+        delivery: Arc<Delivery>,
+        buffer: usize,
+        shutdown: CancellationToken,
+        tasks: Tasks,
+    ) -> Self {
+        Self {
+            delivery,
+            buffer,
+            shutdown,
+            tasks,
+        }
+    }
+
+    fn log_of(&self, subscriber: &str) -> Result<LogId, RelayError> {
+        self.delivery
+            .table()
+            .id_of(subscriber)
+            .map(LogId::Subscriber)
+            .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {subscriber:?}")))
+    }
+}
+
+#[tonic::async_trait]
+impl AlertFeed for FeedService {
+    type SubscribeStream = ReceiverStream<Result<proto::Alert, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let log = self.log_of(&request.subscriber)?;
+        let status = self.delivery.status(log).map_err(RelayError::from)?;
+        let from = match request.from_sequence {
+            0 => status.acked + 1,
+            n if n < status.first_retained => {
+                return Err(RelayError::from(StoreError::Gone {
+                    requested: n,
+                    first_retained: status.first_retained,
+                })
+                .into());
+            }
+            n if n > status.head + 1 => {
+                return Err(RelayError::from(StoreError::BeyondHead {
+                    requested: n,
+                    head: status.head,
+                })
+                .into());
+            }
+            n => n,
+        };
+        let (tx, rx) = mpsc::channel(self.buffer);
+        tracing::info!(subscriber = %request.subscriber, from, "subscriber connected");
+        let task = stream_log(
+            Arc::clone(&self.delivery),
+            log,
+            from,
+            tx,
+            self.shutdown.clone(),
+        );
+        self.tasks.spawn("feed-stream", task);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let request = request.into_inner();
+        let log = self.log_of(&request.subscriber)?;
+        let summary = self
+            .delivery
+            .ack(log, request.sequence)
+            .map_err(|err| match err {
+                StoreError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(
+                    "cannot ack sequence {requested}: the last alert sent is {head}"
+                )),
+                other => RelayError::from(other),
+            })?;
+        Ok(Response::new(proto::AckResponse {
+            acked_sequence: summary.acked,
+            backlog: summary.backlog,
+        }))
+    }
+}
+
+async fn stream_log(
+    delivery: Arc<Delivery>,
+    log: LogId,
+    mut next: u64,
+    tx: mpsc::Sender<Result<proto::Alert, Status>>,
+    shutdown: CancellationToken,
+) {
+    let _connected = delivery.connect(log);
+    let mut head = delivery.watch_head(log);
+    let name = delivery.log_name(log).to_owned();
+    loop {
+        let batch = match delivery.store().read(log, next, READ_BATCH) {
+            Ok(batch) => batch,
+            // Acknowledged meanwhile (through another stream): those are delivered, move on.
+            Err(StoreError::Gone { first_retained, .. }) => {
+                next = first_retained;
+                continue;
+            }
+            Err(err) => {
+                let _ = tx.send(Err(RelayError::from(err).into())).await;
+                return;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = head.wait_for(|head| *head >= next) => if changed.is_err() { return },
+                () = tx.closed() => break,
+                () = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        for entry in &batch {
+            next = entry.sequence + 1;
+            let sent = tokio::select! {
+                sent = tx.send(Ok(alert_to_proto(entry, &name))) => sent.is_ok(),
+                () = shutdown.cancelled() => return,
+            };
+            if !sent {
+                tracing::info!(subscriber = %name, "subscriber disconnected");
+                return;
+            }
+        }
+    }
+    tracing::info!(subscriber = %name, "subscriber disconnected");
+}

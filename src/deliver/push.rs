@@ -1,0 +1,142 @@
+//! Push mode: the relay calls a DNO-hosted `AlertReceiver.Deliver` and advances the
+//! subscriber's cursor only on the receiver's acknowledgements.
+//!
+//! One task per push subscriber keeps a session open: it sends alerts from the oldest
+//! unacknowledged one, at most `push_window` ahead of the acks, and treats every
+//! `DeliveryAck` as cumulative. When the receiver is down or the stream breaks, it retries
+//! with exponential backoff (with jitter, capped) and resends everything unacknowledged, so a
+//! receiver may see an alert twice, always with the same `alert_id` and sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use super::Delivery;
+use super::convert::alert_to_proto;
+use crate::config::DeliveryConfig;
+use crate::proto::alert_receiver_client::AlertReceiverClient;
+use crate::store::LogId;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_BATCH: usize = 256;
+
+/// Why a push session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("receiver refused the stream: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("receiver closed the stream")]
+    Closed,
+    #[error("receiver acknowledged sequence {acked}, beyond the last sent {sent}")]
+    AckBeyondSent { acked: u64, sent: u64 },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs push delivery for `log` until `shutdown`.
+pub async fn run(
+    delivery: Arc<Delivery>,
+    log: LogId,
+    endpoint: String,
+    config: DeliveryConfig,
+    shutdown: CancellationToken,
+) {
+    let name = delivery.log_name(log).to_owned();
+    let backoff_builder = ExponentialBuilder::new()
+        .with_min_delay(config.push_backoff_initial)
+        .with_max_delay(config.push_backoff_max)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    tracing::info!(subscriber = %name, %endpoint, "push delivery started");
+    while !shutdown.is_cancelled() {
+        let mut connected = false;
+        let result = session(
+            &delivery,
+            log,
+            &endpoint,
+            &config,
+            &shutdown,
+            &mut connected,
+        )
+        .await;
+        if connected {
+            backoff = backoff_builder.build();
+        }
+        match result {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(subscriber = %name, %endpoint, %err, "push session ended; retrying");
+                delivery.set_last_error(log, err.to_string());
+            }
+        }
+        let delay = backoff.next().unwrap_or(config.push_backoff_max);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!(subscriber = %name, "push delivery stopped");
+}
+
+async fn session(
+    delivery: &Arc<Delivery>,
+    log: LogId,
+    endpoint: &str,
+    config: &DeliveryConfig,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<(), SessionError> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(config.keepalive)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let (tx, rx) = mpsc::channel(config.push_window);
+    let mut acks = AlertReceiverClient::new(channel)
+        .deliver(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    *connected = true;
+    let _guard = delivery.connect(log);
+    delivery.set_last_error(log, String::new());
+    let name = delivery.log_name(log).to_owned();
+    let mut head = delivery.watch_head(log);
+    let mut acked = delivery.status(log)?.acked;
+    let mut sent = acked;
+    let window = config.push_window as u64;
+    loop {
+        let room = window.saturating_sub(sent - acked);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            ack = acks.message() => {
+                let ack = ack?.ok_or(SessionError::Closed)?;
+                if ack.sequence > sent {
+                    return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
+                }
+                if ack.sequence > acked {
+                    acked = delivery.ack(log, ack.sequence)?.acked;
+                }
+            }
+            open = async { head.wait_for(|head| *head > sent).await.is_ok() }, if room > 0 => {
+                if !open {
+                    return Ok(());
+                }
+                let max = usize::try_from(room).unwrap_or(READ_BATCH).min(READ_BATCH);
+                for entry in delivery.store().read(log, sent + 1, max)? {
+                    sent = entry.sequence;
+                    // Capacity equals the window, so this send never waits on the receiver.
+                    tx.send(alert_to_proto(&entry, &name)).await.map_err(|_| SessionError::Closed)?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The relay's service errors and their one mapping to gRPC status codes.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// An error a gRPC call answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such subscriber or device.
+    #[error("{0}")]
+    NotFound(String),
+    /// A limit was exceeded; retry after the hint.
+    #[error("{message}")]
+    Exhausted {
+        /// What was exceeded.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The relay is shutting down or a stage stopped.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<RelayError> for Status {
+    fn from(err: RelayError) -> Self {
+        let message = err.to_string();
+        match err {
+            RelayError::InvalidArgument(_) => Status::invalid_argument(message),
+            RelayError::NotFound(_) => Status::not_found(message),
+            RelayError::Exhausted { retry_after, .. } => {
+                let mut status = Status::resource_exhausted(message);
+                if let Ok(value) = format!("{}", retry_after.as_millis()).parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                status
+            }
+            RelayError::Unavailable(_) => Status::unavailable(message),
+            RelayError::Store(store) => match store {
+                StoreError::Gone { .. } | StoreError::BeyondHead { .. } => {
+                    Status::new(Code::OutOfRange, message)
+                }
+                StoreError::Full(_) => Status::resource_exhausted(message),
+                StoreError::Unavailable(_) => Status::unavailable(message),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_grpc_code() {
+        let cases = [
+            (
+                RelayError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (RelayError::NotFound("x".into()), Code::NotFound),
+            (RelayError::Unavailable("x".into()), Code::Unavailable),
+            (
+                RelayError::Store(StoreError::Gone {
+                    requested: 1,
+                    first_retained: 5,
+                }),
+                Code::OutOfRange,
+            ),
+            (
+                RelayError::Store(StoreError::Full("disk".into())),
+                Code::ResourceExhausted,
+            ),
+            (
+                RelayError::Store(StoreError::Unavailable("io".into())),
+                Code::Unavailable,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn exhaustion_carries_a_retry_hint() {
+        let status = Status::from(RelayError::Exhausted {
+            message: "shard queue full".into(),
+            retry_after: Duration::from_millis(250),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after-ms")
+                .and_then(|v| v.to_str().ok()),
+            Some("250")
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Ingest stage: the `Ingest` gRPC service CSP adapters publish to.
+//!
+//! A batch is validated event by event ([`validate`]); bad events are reported by index
+//! while their batch-mates go on. Good events are split by shard (every phase of a device
+//! goes to the same shard, keeping its events in order) and the batch is acknowledged once
+//! every shard has applied and stored its part. A shard queue that stays full past
+//! `ingest.queue_timeout` answers `RESOURCE_EXHAUSTED` with a retry hint: that is the
+//! relay's backpressure. The streaming call pipelines a few batches and answers in order.
+
+pub mod validate;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::IngestConfig;
+use crate::debounce::{ApplyReport, ShardHandle, shard_of};
+use crate::domain::Clock;
+use crate::error::RelayError;
+use crate::proto::{self, ingest_server::Ingest};
+use crate::telemetry::Metrics;
+
+/// Batches of one `Publish` stream processed concurrently (acks still go out in order).
+const STREAM_PIPELINE: usize = 4;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    shards: Arc<[ShardHandle]>,
+    limits: IngestConfig,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+impl IngestService {
+    /// An ingest feeding `shards`.
+    pub fn new(
+        shards: Arc<[ShardHandle]>,
+        limits: IngestConfig,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            shards,
+            limits,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Validates, applies and acknowledges one batch.
+    pub async fn handle_batch(
+        &self,
+        batch: proto::EventBatch,
+    ) -> Result<proto::BatchAck, RelayError> {
+        let started = Instant::now();
+        if batch.events.len() > self.limits.max_batch_events {
+            return Err(RelayError::Exhausted {
+                message: format!(
+                    "batch of {} events is larger than the limit of {}; split it",
+                    batch.events.len(),
+                    self.limits.max_batch_events
+                ),
+                retry_after: std::time::Duration::ZERO,
+            });
+        }
+        let received_at = self.clock.now();
+        let mut per_shard = vec![Vec::new(); self.shards.len()];
+        let mut rejected = Vec::new();
+        for (index, event) in batch.events.iter().enumerate() {
+            match validate::event(event, &self.limits, received_at) {
+                Ok(event) => per_shard[shard_of(event.point.device, self.shards.len())].push(event),
+                Err(rejection) => {
+                    self.metrics.rejected(rejection.field);
+                    rejected.push(proto::EventError {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        reason: rejection.message,
+                    });
+                }
+            }
+        }
+        let applies = per_shard
+            .into_iter()
+            .zip(self.shards.iter())
+            .filter(|(events, _)| !events.is_empty())
+            .map(|(events, shard)| shard.apply(events, received_at, self.limits.queue_timeout));
+        let reports = futures::future::try_join_all(applies).await?;
+        let total = reports
+            .iter()
+            .fold(ApplyReport::default(), |sum, r| ApplyReport {
+                accepted: sum.accepted + r.accepted,
+                duplicates: sum.duplicates + r.duplicates,
+            });
+        self.metrics
+            .ingest_batch
+            .record(started.elapsed().as_secs_f64());
+        Ok(proto::BatchAck {
+            accepted: total.accepted,
+            duplicates: total.duplicates,
+            rejected,
+            batch_id: batch.batch_id,
+        })
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<proto::BatchAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type PublishStream = AckStream;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<proto::EventBatch>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let service = self.clone();
+        let acks = request
+            .into_inner()
+            .map(move |batch| {
+                let service = service.clone();
+                async move {
+                    match batch {
+                        Ok(batch) => service.handle_batch(batch).await.map_err(Status::from),
+                        Err(status) => Err(status),
+                    }
+                }
+            })
+            .buffered(STREAM_PIPELINE)
+            // A failed batch ends the stream: the publisher resends from its first unacked.
+            .scan(false, |failed, ack| {
+                let item = (!*failed).then_some(ack);
+                if let Some(Err(_)) = &item {
+                    *failed = true;
+                }
+                futures::future::ready(item)
+            });
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<proto::EventBatch>,
+    ) -> Result<Response<proto::BatchAck>, Status> {
+        Ok(Response::new(
+            self.handle_batch(request.into_inner()).await?,
+        ))
+    }
+}

@@ -1,0 +1,247 @@
+//! Telemetry: every metric name in one place, handles created once (never looked up per
+//! event), and the Prometheus exporter on its own listener.
+//!
+//! Latencies are histograms in seconds; no counter duplicates a histogram's count.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::debounce::Outcome;
+use crate::domain::{AlertKind, BreachCause};
+
+/// Events applied, by `kind` (lost, restored) and `outcome` (see `debounce::Outcome`).
+pub const EVENTS: &str = "outage_relay_events_total";
+/// Events refused by validation, by `reason`.
+pub const EVENTS_REJECTED: &str = "outage_relay_events_rejected_total";
+/// Alerts emitted by the state machine, by `kind` (poa, pra).
+pub const ALERTS: &str = "outage_relay_alerts_total";
+/// Alerts that routed nowhere and were parked, by `reason`.
+pub const ALERTS_PARKED: &str = "outage_relay_alerts_parked_total";
+/// Alerts not delivered by their deadline, by `kind`, `subscriber` and `cause`.
+pub const SLA_BREACHES: &str = "outage_relay_sla_breaches_total";
+/// Relay time from an alert becoming emittable (due, or its event arriving, whichever is
+/// later) to its emission, by `kind`.
+pub const EMIT_LAG: &str = "outage_relay_alert_emit_lag_seconds";
+/// Time from an alert's due time to its acknowledgement by the subscriber, by `kind` and
+/// `subscriber`: the SLA quantity.
+pub const DELIVERY_LATENCY: &str = "outage_relay_alert_delivery_seconds";
+/// Time from receiving an ingest batch to acknowledging it.
+pub const INGEST_BATCH_LATENCY: &str = "outage_relay_ingest_batch_seconds";
+/// Debounce timers running (outages pending).
+pub const PENDING_TIMERS: &str = "outage_relay_pending_timers";
+/// Open outages, pending or alerted.
+pub const OPEN_OUTAGES: &str = "outage_relay_open_outages";
+/// Alerts not yet acknowledged, by `subscriber`.
+pub const BACKLOG: &str = "outage_relay_subscriber_backlog";
+/// Open Subscribe streams (or push connections), by `subscriber`.
+pub const CONNECTED: &str = "outage_relay_subscriber_connected";
+/// Alerts currently parked.
+pub const PARKED_NOW: &str = "outage_relay_parked_alerts";
+
+/// Subscriber label used for parked alerts.
+pub const PARKED_SUBSCRIBER: &str = "(parked)";
+
+/// Validation failure classes, the `reason` label of [`EVENTS_REJECTED`].
+pub const REJECT_REASONS: [&str; 6] = [
+    "event_id",
+    "device_id",
+    "phase",
+    "mpan_core",
+    "kind",
+    "timestamp",
+];
+
+/// Park reasons, the `reason` label of [`ALERTS_PARKED`].
+pub const PARK_REASONS: [&str; 3] = ["unknown_device", "no_subscriber", "idno_without_gsp"];
+
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0,
+    60.0, 90.0, 120.0, 300.0,
+];
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder and serves `/metrics` on `listen`.
+///
+/// The recorder is global, so only the first call in a process installs it and binds the
+/// listener; later calls (several relays in one test process) return `Ok(false)`.
+pub fn install_prometheus(listen: SocketAddr) -> anyhow::Result<bool> {
+    if PROMETHEUS.get().is_some() {
+        return Ok(false);
+    }
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .build()?;
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        return Ok(false);
+    }
+    let _ = PROMETHEUS.set(handle);
+    tokio::spawn(async move {
+        if let Err(err) = exporter.await {
+            tracing::error!(?err, "prometheus exporter stopped");
+        }
+    });
+    describe();
+    Ok(true)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(EVENTS, "Device events applied, by kind and outcome");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Device events refused by validation, by reason"
+    );
+    describe_counter!(ALERTS, "Alerts emitted, by kind");
+    describe_counter!(
+        ALERTS_PARKED,
+        "Alerts that routed to no subscriber, by reason"
+    );
+    describe_counter!(
+        SLA_BREACHES,
+        "Alerts not acknowledged by their deadline, by kind, subscriber and cause"
+    );
+    describe_histogram!(
+        EMIT_LAG,
+        Unit::Seconds,
+        "Emission delay once an alert could be emitted"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Alert due time to subscriber acknowledgement"
+    );
+    describe_histogram!(
+        INGEST_BATCH_LATENCY,
+        Unit::Seconds,
+        "Ingest batch receipt to acknowledgement"
+    );
+    describe_gauge!(PENDING_TIMERS, "Debounce timers running");
+    describe_gauge!(OPEN_OUTAGES, "Open outages, pending or alerted");
+    describe_gauge!(BACKLOG, "Unacknowledged alerts per subscriber");
+    describe_gauge!(CONNECTED, "Open streams or push connections per subscriber");
+    describe_gauge!(PARKED_NOW, "Alerts currently parked");
+}
+
+fn kind_index(kind: AlertKind) -> usize {
+    match kind {
+        AlertKind::Outage => 0,
+        AlertKind::Restoration => 1,
+    }
+}
+
+/// Handles for one subscriber (or the parked pseudo-subscriber).
+#[derive(Debug)]
+pub struct SubscriberMetrics {
+    /// Unacknowledged alerts.
+    pub backlog: Gauge,
+    /// Open streams or push connections.
+    pub connected: Gauge,
+    delivery: [Histogram; 2],
+    breaches: [[Counter; 2]; 2],
+}
+
+impl SubscriberMetrics {
+    /// Registers the handles for `subscriber`.
+    pub fn new(subscriber: &str) -> Self {
+        let name = subscriber.to_owned();
+        let breach = |kind: AlertKind, cause: BreachCause| counter!(SLA_BREACHES, "kind" => kind.as_str(), "subscriber" => name.clone(), "cause" => cause.as_str());
+        Self {
+            backlog: gauge!(BACKLOG, "subscriber" => name.clone()),
+            connected: gauge!(CONNECTED, "subscriber" => name.clone()),
+            delivery: [AlertKind::Outage, AlertKind::Restoration]
+                .map(|k| histogram!(DELIVERY_LATENCY, "kind" => k.as_str(), "subscriber" => name.clone())),
+            breaches: [AlertKind::Outage, AlertKind::Restoration]
+                .map(|k| [BreachCause::Upstream, BreachCause::Relay].map(|c| breach(k, c))),
+        }
+    }
+
+    /// Records an acknowledged alert's due → delivered latency.
+    pub fn delivered(&self, kind: AlertKind, seconds: f64) {
+        self.delivery[kind_index(kind)].record(seconds.max(0.0));
+    }
+
+    /// Counts one SLA breach.
+    pub fn breach(&self, kind: AlertKind, cause: BreachCause) {
+        let cause_index = usize::from(cause == BreachCause::Relay);
+        self.breaches[kind_index(kind)][cause_index].increment(1);
+    }
+}
+
+/// Relay-wide handles.
+#[derive(Debug)]
+pub struct Metrics {
+    events: [[Counter; Outcome::ALL.len()]; 2],
+    rejected: [Counter; REJECT_REASONS.len()],
+    alerts: [Counter; 2],
+    emit_lag: [Histogram; 2],
+    parked: [Counter; PARK_REASONS.len()],
+    /// Parked alerts now.
+    pub parked_now: Gauge,
+    /// Debounce timers running.
+    pub pending_timers: Gauge,
+    /// Open outages.
+    pub open_outages: Gauge,
+    /// Ingest batch latency.
+    pub ingest_batch: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every relay-wide handle.
+    pub fn new() -> Self {
+        let kinds = ["lost", "restored"];
+        Self {
+            events: kinds.map(|kind| {
+                Outcome::ALL.map(|o| counter!(EVENTS, "kind" => kind, "outcome" => o.as_str()))
+            }),
+            rejected: REJECT_REASONS.map(|reason| counter!(EVENTS_REJECTED, "reason" => reason)),
+            alerts: [AlertKind::Outage, AlertKind::Restoration]
+                .map(|k| counter!(ALERTS, "kind" => k.as_str())),
+            emit_lag: [AlertKind::Outage, AlertKind::Restoration]
+                .map(|k| histogram!(EMIT_LAG, "kind" => k.as_str())),
+            parked: PARK_REASONS.map(|reason| counter!(ALERTS_PARKED, "reason" => reason)),
+            parked_now: gauge!(PARKED_NOW),
+            pending_timers: gauge!(PENDING_TIMERS),
+            open_outages: gauge!(OPEN_OUTAGES),
+            ingest_batch: histogram!(INGEST_BATCH_LATENCY),
+        }
+    }
+
+    /// Counts one applied event.
+    pub fn event(&self, restored: bool, outcome: Outcome) {
+        let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.events[usize::from(restored)][index].increment(1);
+    }
+
+    /// Counts one rejected event; `reason` is one of [`REJECT_REASONS`].
+    pub fn rejected(&self, reason: &str) {
+        if let Some(index) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[index].increment(1);
+        }
+    }
+
+    /// Counts one emitted alert and its emission lag.
+    pub fn alert_emitted(&self, kind: AlertKind, lag_seconds: f64) {
+        self.alerts[kind_index(kind)].increment(1);
+        self.emit_lag[kind_index(kind)].record(lag_seconds.max(0.0));
+    }
+
+    /// Counts one parked alert; `reason` is one of [`PARK_REASONS`].
+    pub fn parked(&self, reason: &str) {
+        if let Some(index) = PARK_REASONS.iter().position(|r| *r == reason) {
+            self.parked[index].increment(1);
+        }
+        self.parked_now.increment(1.0);
+    }
+}
