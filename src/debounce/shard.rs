@@ -306,3 +306,7 @@ impl Shard {
         listing
     }
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;

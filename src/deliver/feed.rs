@@ -65,6 +65,14 @@ impl AlertFeed for FeedService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
+        if let LogId::Subscriber(id) = log
+            && self.delivery.table().push_endpoint(id).is_some()
+        {
+            return Err(Status::failed_precondition(format!(
+                "subscriber {:?} is configured for push delivery; its alerts go to its AlertReceiver",
+                request.subscriber
+            )));
+        }
         let status = self.delivery.status(log).map_err(RelayError::from)?;
         let from = match request.from_sequence {
             0 => status.acked + 1,
