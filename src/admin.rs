@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::commit::CommitHandle;
 use crate::debounce::{OpenOutage, OutageState, ShardHandle, shard::OutageListing, shard_of};
 use crate::deliver::Delivery;
 use crate::deliver::convert::alert_to_proto;
-use crate::deliver::outbox::Outbox;
 use crate::domain::{DeviceId, SupplyPoint};
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
-use crate::route::Registry;
+use crate::route::{Registry, Router};
 use crate::store::{Destination, LogId};
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
@@ -23,7 +23,8 @@ const DEFAULT_LIST_LIMIT: usize = 1000;
 pub struct AdminService {
     shards: Arc<[ShardHandle]>,
     delivery: Arc<Delivery>,
-    outbox: Arc<Outbox>,
+    commit: CommitHandle,
+    router: Arc<Router>,
     registry_path: Option<PathBuf>,
     debounce: std::time::Duration,
 }
@@ -33,14 +34,16 @@ impl AdminService {
     pub fn new(
         shards: Arc<[ShardHandle]>,
         delivery: Arc<Delivery>,
-        outbox: Arc<Outbox>,
+        commit: CommitHandle,
+        router: Arc<Router>,
         registry_path: Option<PathBuf>,
         debounce: std::time::Duration,
     ) -> Self {
         Self {
             shards,
             delivery,
-            outbox,
+            commit,
+            router,
             registry_path,
             debounce,
         }
@@ -53,7 +56,7 @@ impl AdminService {
             ));
         };
         let table = self.delivery.table();
-        let status = self.delivery.status(log)?;
+        let status = self.delivery.status(log);
         let oldest = self.delivery.store().read(log, status.acked + 1, 1)?;
         Ok(proto::SubscriberStatus {
             subscriber: table.name(id).to_owned(),
@@ -123,12 +126,13 @@ impl Admin for AdminService {
                 .collect(),
             ..Default::default()
         };
-        let router = self.outbox.router();
+        let router = &self.router;
         if let Some(entry) = router.registry().get(device) {
             response.mpan_core = entry.mpan.to_string();
             response.gsp_group = entry.gsp.to_string();
         }
-        if let Ok(route) = router.route(device, None) {
+        let event_mpan = listing.outages.iter().find_map(|(_, outage)| outage.mpan);
+        if let Ok(route) = router.route(device, event_mpan) {
             response.subscriber = router.table().name(route.subscriber).to_owned();
         }
         Ok(Response::new(response))
@@ -164,10 +168,7 @@ impl Admin for AdminService {
         request: Request<proto::ListParkedAlertsRequest>,
     ) -> Result<Response<proto::ListParkedAlertsResponse>, Status> {
         let limit = limit_or_default(request.into_inner().limit);
-        let status = self
-            .delivery
-            .status(LogId::Parked)
-            .map_err(RelayError::from)?;
+        let status = self.delivery.status(LogId::Parked);
         let entries = self
             .delivery
             .store()
@@ -208,10 +209,10 @@ impl Admin for AdminService {
             .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
         let registry = loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
         let devices = registry.len() as u64;
-        let outbox = Arc::clone(&self.outbox);
-        let unparked = tokio::task::spawn_blocking(move || outbox.reload_registry(registry))
+        let unparked = self
+            .commit
+            .reload(registry)
             .await
-            .map_err(|err| RelayError::Unavailable(format!("registry swap task failed: {err}")))?
             .map_err(RelayError::from)?;
         tracing::info!(devices, unparked, "registry reloaded");
         Ok(Response::new(proto::ReloadRegistryResponse {

@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Prometheus listen address [default: 127.0.0.1:9464].
     #[arg(long, env = "OUTAGE_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Data directory.
+    /// Data directory of the embedded store [default: outage-relay-data].
     #[arg(long, env = "OUTAGE_RELAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Device registry CSV (device_id,mpan_core,gsp_group).
@@ -80,8 +80,8 @@ impl ServeArgs {
         if let Some(listen) = self.metrics_listen {
             config.metrics_listen = listen;
         }
-        if self.data_dir.is_some() {
-            config.data_dir = self.data_dir;
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
         }
         if self.registry.is_some() {
             config.registry = self.registry;

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::DistributorId;
 
+/// Data directory of the embedded store, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "outage-relay-data";
 /// gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Prometheus listen address.
@@ -49,6 +51,16 @@ pub const DEFAULT_PUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_PUSH_WINDOW: usize = 1024;
 /// HTTP/2 keepalive interval on every connection (load balancers drop idle ones).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Ingest pauses while the data directory has less free space than this.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
+/// Requests queued for the commit stage before shards wait.
+pub const DEFAULT_COMMIT_QUEUE: usize = 4096;
+/// How often event keys and tombstones are expired and retention applied.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// Most unacknowledged alerts kept per subscriber; older ones are removed and counted.
+pub const DEFAULT_RETENTION_MAX_ALERTS: u64 = 20_000_000;
+/// Unacknowledged alerts older than this are removed and counted.
+pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Bound on graceful shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -60,8 +72,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address.
     pub metrics_listen: SocketAddr,
-    /// Data directory for the store.
-    pub data_dir: Option<PathBuf>,
+    /// Data directory for the embedded store.
+    pub data_dir: PathBuf,
     /// Device registry CSV (`device_id,mpan_core,gsp_group`).
     pub registry: Option<PathBuf>,
     /// Debounce: outages shorter than this produce no alert.
@@ -86,6 +98,51 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Delivery tuning.
     pub delivery: DeliveryConfig,
+    /// Durable store, expiry and retention.
+    pub store: StoreConfig,
+}
+
+/// Storage backend.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded durable store (redb) in `data_dir`.
+    Embedded,
+    /// In memory: nothing survives a restart. For tests and benchmarks only.
+    Memory,
+}
+
+/// Durable store, expiry and retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Where state and alert logs are kept.
+    pub backend: Backend,
+    /// Ingest answers `RESOURCE_EXHAUSTED` while the data directory has less free space.
+    pub min_free_disk_bytes: u64,
+    /// Requests queued for the commit stage.
+    pub commit_queue: usize,
+    /// Expiry and retention period.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+    /// Most unacknowledged alerts kept per subscriber.
+    pub retention_max_alerts: u64,
+    /// Unacknowledged alerts older than this (by emission) are removed.
+    #[serde(with = "humantime_serde")]
+    pub retention_max_age: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Embedded,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            commit_queue: DEFAULT_COMMIT_QUEUE,
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
+            retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,
+            retention_max_age: DEFAULT_RETENTION_MAX_AGE,
+        }
+    }
 }
 
 /// Ingest limits, validation and de-duplication.
@@ -177,7 +234,7 @@ impl Default for Config {
         Self {
             listen: parse_addr(DEFAULT_LISTEN),
             metrics_listen: parse_addr(DEFAULT_METRICS_LISTEN),
-            data_dir: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             registry: None,
             debounce: DEFAULT_DEBOUNCE,
             poa_sla: DEFAULT_POA_SLA,
@@ -188,6 +245,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             routing: RoutingConfig::default(),
             delivery: DeliveryConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -328,6 +386,12 @@ impl Config {
             return invalid(
                 "ingest.max_batch_events and ingest.max_event_id_len must be at least 1".into(),
             );
+        }
+        if self.store.commit_queue == 0
+            || self.store.retention_max_alerts == 0
+            || self.store.maintenance_interval.is_zero()
+        {
+            return invalid("store.commit_queue, store.retention_max_alerts and store.maintenance_interval must be above zero".into());
         }
         if self.delivery.push_backoff_initial > self.delivery.push_backoff_max {
             return invalid(

@@ -27,7 +27,10 @@
 //! - [`debounce`]: the pure per-supply-point state machine ([`debounce::machine`]) and the
 //!   single-writer shard task that drives it with a `DelayQueue` timing wheel.
 //! - [`route`]: device registry and routing table.
-//! - [`store`]: the storage interface (alert logs, cursors, parked alerts, open outages).
+//! - [`commit`]: the single writer: routes each batch's alerts and commits batches, acks and
+//!   maintenance to the store in groups, then answers publishers and announces new alerts.
+//! - [`store`]: the storage interface and its embedded durable (redb) and in-memory
+//!   implementations: alert logs, cursors, parked alerts, open outages, tombstones, event keys.
 //! - [`deliver`]: subscriber feeds (server streaming with resume and cumulative acks) and push
 //!   delivery to DNO-hosted receivers.
 //! - [`sla`]: the deadline watchdog.
@@ -37,6 +40,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod debounce;
 pub mod deliver;

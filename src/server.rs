@@ -1,9 +1,11 @@
 //! Wires the pipeline stages together and runs them until shutdown.
 //!
-//! Shutdown order, bounded by `shutdown_grace`: health goes `NOT_SERVING`; the gRPC server
-//! stops accepting calls and open Subscribe streams end (DNOs resume from their cursor
-//! elsewhere); in-flight ingest batches finish, so every acknowledged event is applied; then
-//! shards, timers, push delivery and the SLA watch stop.
+//! Start: open the store, rebuild the state machines from it (timers re-armed at their
+//! original due times), re-watch pending SLA deadlines, then serve. Shutdown, bounded by
+//! `shutdown_grace`: health goes `NOT_SERVING`; the gRPC server stops accepting calls and
+//! open Subscribe streams end (DNOs resume from their cursor); in-flight ingest batches
+//! finish, so every acknowledged event is durable; then shards, timers, push delivery, the SLA
+//! watch and maintenance stop, and the commit stage drains its queue and closes the store.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,18 +19,19 @@ use tonic::transport::Server;
 use tracing::Instrument;
 
 use crate::admin::AdminService;
-use crate::config::Config;
+use crate::commit::{Admission, CommitHandle, CommitStage};
+use crate::config::{Backend, Config};
 use crate::debounce::dedup::EventIdWindow;
-use crate::debounce::shard::Shard;
-use crate::debounce::{Debouncer, OpenOutage, Settings, ShardHandle, shard_of};
+use crate::debounce::shard::{Restored, Shard};
+use crate::debounce::{Debouncer, Settings, ShardHandle, shard_of};
 use crate::deliver::feed::FeedService;
-use crate::deliver::outbox::{Outbox, SlaInbox};
 use crate::deliver::{Delivery, push};
-use crate::domain::{Clock, SupplyPoint};
+use crate::domain::Clock;
 use crate::ingest::IngestService;
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable};
-use crate::store::{LogId, MemoryStore, Store};
+use crate::sla::SlaInbox;
+use crate::store::{DurableStore, LogId, MemoryStore, Recovered, Store};
 use crate::telemetry::Metrics;
 
 /// Spawns named, instrumented tasks and keeps track of them for shutdown.
@@ -63,6 +66,22 @@ impl Tasks {
     }
 }
 
+/// Opens the configured store.
+pub fn open_store(config: &Config, table: &RoutingTable) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store.backend {
+        Backend::Memory => {
+            tracing::warn!("store.backend = \"memory\": nothing survives a restart");
+            Arc::new(MemoryStore::new(table.len()))
+        }
+        Backend::Embedded => {
+            let names: Vec<&str> = table.iter().map(|(_, name)| name).collect();
+            let store = DurableStore::open(&config.data_dir, &names)?;
+            tracing::info!(path = %store.path().display(), "embedded store open");
+            Arc::new(store)
+        }
+    })
+}
+
 /// Runs the relay on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -78,40 +97,72 @@ pub async fn run(
     let clock = Clock::system();
     let metrics = Arc::new(Metrics::new());
     let table = Arc::new(RoutingTable::from_config(&config.routing));
-    if config.data_dir.is_some() {
-        tracing::warn!(
-            "data_dir is set, but this build keeps its store in memory: a restart loses state"
-        );
-    }
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(table.len()));
+    let store = open_store(&config, &table)?;
+    let started = std::time::Instant::now();
+    let recovered = store.recover()?;
+    tracing::info!(
+        open_outages = recovered.outages.len(),
+        tombstones = recovered.tombstones.len(),
+        event_keys = recovered.events.len(),
+        elapsed = ?started.elapsed(),
+        "state recovered from the store"
+    );
     let delivery = Arc::new(Delivery::new(
         Arc::clone(&store),
         Arc::clone(&table),
         clock,
     )?);
     let sla_inbox = Arc::new(SlaInbox::default());
+    let rewatched = crate::sla::watch_backlog(&delivery, &sla_inbox)?;
+    if rewatched > 0 {
+        tracing::info!(
+            alerts = rewatched,
+            "unacknowledged alerts with deadlines ahead are watched again"
+        );
+    }
+    let admission = Arc::new(Admission::default());
     let router = Arc::new(Router::new(
         RoutingTable::from_config(&config.routing),
         registry,
     ));
-    let outbox = Arc::new(Outbox::new(
-        router,
-        Arc::clone(&delivery),
-        Arc::clone(&metrics),
-        Arc::clone(&sla_inbox),
-    ));
+    let stage = CommitStage {
+        store: Arc::clone(&store),
+        router: Arc::clone(&router),
+        delivery: Arc::clone(&delivery),
+        metrics: Arc::clone(&metrics),
+        sla: Arc::clone(&sla_inbox),
+        admission: Arc::clone(&admission),
+        config: config.store.clone(),
+        dedup_window: config.ingest.dedup_window,
+        tombstone_ttl: config.ingest.tombstone_ttl,
+    };
+    let (commit, commit_thread) = stage.spawn(config.store.commit_queue)?;
 
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
-    let shards = start_shards(&config, clock, &outbox, &store, &metrics, &tasks, &stages)?;
+    let shards = start_shards(
+        &config, clock, &commit, &metrics, &tasks, &stages, recovered,
+    );
     tasks.spawn(
         "sla-watch",
         crate::sla::run(Arc::clone(&delivery), sla_inbox, stages.clone()),
+    );
+    tasks.spawn(
+        "maintenance",
+        maintenance(
+            commit.clone(),
+            Arc::clone(&admission),
+            Arc::clone(&metrics),
+            config.clone(),
+            clock,
+            stages.clone(),
+        ),
     );
     for (id, _) in table.iter() {
         if let Some(endpoint) = table.push_endpoint(id) {
             let task = push::run(
                 Arc::clone(&delivery),
+                commit.clone(),
                 LogId::Subscriber(id),
                 endpoint.to_owned(),
                 config.delivery.clone(),
@@ -126,9 +177,11 @@ pub async fn run(
         config.ingest.clone(),
         clock,
         Arc::clone(&metrics),
+        admission,
     );
     let feed = FeedService::new(
         Arc::clone(&delivery),
+        commit.clone(),
         config.delivery.stream_buffer,
         shutdown.clone(),
         tasks.clone(),
@@ -136,10 +189,35 @@ pub async fn run(
     let admin = AdminService::new(
         shards,
         delivery,
-        outbox,
+        commit,
+        router,
         config.registry.clone(),
         config.debounce,
     );
+    let served = serve(&config, listener, shutdown, ingest, feed, admin).await;
+    stages.cancel();
+    if !tasks.wait(config.shutdown_grace).await {
+        tracing::warn!(grace = ?config.shutdown_grace, "pipeline tasks still running after the grace period");
+    }
+    let joined = tokio::task::spawn_blocking(move || commit_thread.join());
+    if tokio::time::timeout(config.shutdown_grace, joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("commit stage still draining after the grace period");
+    }
+    tracing::info!("outage-relay stopped");
+    served
+}
+
+async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    ingest: IngestService,
+    feed: FeedService,
+    admin: AdminService,
+) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     for service in [
         "",
@@ -155,11 +233,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-
     let local = listener.local_addr()?;
     tracing::info!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC (plaintext)");
     let stopping = shutdown.clone();
-    let reporter = health_reporter.clone();
     let serve = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
         .tcp_nodelay(true)
@@ -171,39 +247,65 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stopping.cancelled().await;
             for service in ["", "outage_relay.v1.Ingest"] {
-                reporter
+                health_reporter
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
                     .await;
             }
         });
     let grace = config.shutdown_grace;
-    let served = tokio::select! {
+    tokio::select! {
         served = serve => served.map_err(anyhow::Error::from),
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "gRPC calls still open after the grace period; closing them");
             Ok(())
         }
-    };
-    stages.cancel();
-    if !tasks.wait(grace).await {
-        tracing::warn!(
-            ?grace,
-            "pipeline tasks still running after the grace period"
-        );
     }
-    tracing::info!("outage-relay stopped");
-    served
+}
+
+/// Periodic expiry and retention, and the free-disk check that pauses ingest.
+async fn maintenance(
+    commit: CommitHandle,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(config.store.maintenance_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if config.store.backend == Backend::Embedded {
+            let free = fs4::available_space(&config.data_dir).unwrap_or(u64::MAX);
+            let low = free < config.store.min_free_disk_bytes;
+            admission.set_disk_low(low);
+            metrics.ingest_refused.set(if low { 1.0 } else { 0.0 });
+            if low {
+                tracing::warn!(
+                    free,
+                    min = config.store.min_free_disk_bytes,
+                    "data directory low on space; ingest paused"
+                );
+            }
+        }
+        if commit.maintain(clock.now()).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn start_shards(
     config: &Config,
     clock: Clock,
-    outbox: &Arc<Outbox>,
-    store: &Arc<dyn Store>,
+    commit: &CommitHandle,
     metrics: &Arc<Metrics>,
     tasks: &Tasks,
     stages: &CancellationToken,
-) -> anyhow::Result<Arc<[ShardHandle]>> {
+    recovered: Recovered,
+) -> Arc<[ShardHandle]> {
     let count = config.shard_count();
     let settings = Settings {
         debounce: config.debounce,
@@ -211,14 +313,28 @@ fn start_shards(
         pra_sla: config.pra_sla,
         tombstone_ttl: config.ingest.tombstone_ttl,
     };
-    let mut restored: Vec<Vec<(SupplyPoint, OpenOutage)>> = vec![Vec::new(); count];
-    for (point, outage) in store.open_outages()? {
-        restored[shard_of(point.device, count)].push((point, outage));
+    let mut restored: Vec<Restored> = (0..count).map(|_| Restored::default()).collect();
+    for (point, outage) in recovered.outages {
+        restored[shard_of(point.device, count)]
+            .outages
+            .push((point, outage));
+    }
+    let mut tombstones = recovered.tombstones;
+    tombstones.sort_by_key(|t| t.closed_at);
+    for tombstone in tombstones {
+        restored[shard_of(tombstone.point.device, count)]
+            .tombstones
+            .push(tombstone);
+    }
+    let mut events = recovered.events;
+    events.sort_by_key(|e| e.seen_at);
+    for event in events {
+        restored[shard_of(event.device, count)].events.push(event);
     }
     let handles: Vec<ShardHandle> = restored
         .into_iter()
         .enumerate()
-        .map(|(index, outages)| {
+        .map(|(index, state)| {
             let dedup = EventIdWindow::new(
                 config.ingest.dedup_window,
                 config.ingest.dedup_capacity / count,
@@ -227,11 +343,10 @@ fn start_shards(
                 Debouncer::new(settings),
                 dedup,
                 clock,
-                Arc::clone(outbox),
-                Arc::clone(store),
+                commit.clone(),
                 Arc::clone(metrics),
             );
-            shard.restore(outages);
+            shard.restore(state);
             shard.spawn(
                 config.shard_queue,
                 &format!("shard-{index}"),
@@ -240,5 +355,5 @@ fn start_shards(
             )
         })
         .collect();
-    Ok(handles.into())
+    handles.into()
 }

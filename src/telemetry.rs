@@ -41,6 +41,15 @@ pub const CONNECTED: &str = "outage_relay_subscriber_connected";
 /// Alerts currently parked.
 pub const PARKED_NOW: &str = "outage_relay_parked_alerts";
 
+/// Unacknowledged alerts removed by retention, by `subscriber`.
+pub const ALERTS_EXPIRED: &str = "outage_relay_alerts_expired_total";
+/// Duration of one durable commit (a group of batches, acks and maintenance).
+pub const STORE_COMMIT_LATENCY: &str = "outage_relay_store_commit_seconds";
+/// Failed commits; after one, ingest is refused until restart.
+pub const STORE_ERRORS: &str = "outage_relay_store_errors_total";
+/// 1 while ingest is refused (disk below `min_free_disk`, or the store failed).
+pub const INGEST_REFUSED: &str = "outage_relay_ingest_refused";
+
 /// Subscriber label used for parked alerts.
 pub const PARKED_SUBSCRIBER: &str = "(parked)";
 
@@ -126,6 +135,20 @@ fn describe() {
     describe_gauge!(BACKLOG, "Unacknowledged alerts per subscriber");
     describe_gauge!(CONNECTED, "Open streams or push connections per subscriber");
     describe_gauge!(PARKED_NOW, "Alerts currently parked");
+    describe_counter!(
+        ALERTS_EXPIRED,
+        "Unacknowledged alerts removed by retention, by subscriber"
+    );
+    describe_histogram!(
+        STORE_COMMIT_LATENCY,
+        Unit::Seconds,
+        "Durable commit duration"
+    );
+    describe_counter!(STORE_ERRORS, "Failed store commits");
+    describe_gauge!(
+        INGEST_REFUSED,
+        "1 while ingest is refused for lack of disk or a failed store"
+    );
 }
 
 fn kind_index(kind: AlertKind) -> usize {
@@ -142,6 +165,8 @@ pub struct SubscriberMetrics {
     pub backlog: Gauge,
     /// Open streams or push connections.
     pub connected: Gauge,
+    /// Unacknowledged alerts removed by retention.
+    pub expired: Counter,
     delivery: [Histogram; 2],
     breaches: [[Counter; 2]; 2],
 }
@@ -154,6 +179,7 @@ impl SubscriberMetrics {
         Self {
             backlog: gauge!(BACKLOG, "subscriber" => name.clone()),
             connected: gauge!(CONNECTED, "subscriber" => name.clone()),
+            expired: counter!(ALERTS_EXPIRED, "subscriber" => name.clone()),
             delivery: [AlertKind::Outage, AlertKind::Restoration]
                 .map(|k| histogram!(DELIVERY_LATENCY, "kind" => k.as_str(), "subscriber" => name.clone())),
             breaches: [AlertKind::Outage, AlertKind::Restoration]
@@ -189,6 +215,12 @@ pub struct Metrics {
     pub open_outages: Gauge,
     /// Ingest batch latency.
     pub ingest_batch: Histogram,
+    /// Durable commit latency.
+    pub store_commit: Histogram,
+    /// Failed commits.
+    pub store_errors: Counter,
+    /// 1 while ingest is refused.
+    pub ingest_refused: Gauge,
 }
 
 impl Default for Metrics {
@@ -215,6 +247,9 @@ impl Metrics {
             pending_timers: gauge!(PENDING_TIMERS),
             open_outages: gauge!(OPEN_OUTAGES),
             ingest_batch: histogram!(INGEST_BATCH_LATENCY),
+            store_commit: histogram!(STORE_COMMIT_LATENCY),
+            store_errors: counter!(STORE_ERRORS),
+            ingest_refused: gauge!(INGEST_REFUSED),
         }
     }
 
@@ -243,5 +278,10 @@ impl Metrics {
             self.parked[index].increment(1);
         }
         self.parked_now.increment(1.0);
+    }
+
+    /// Alerts emitted only (re-routing of parked alerts is not a new emission).
+    pub fn unparked(&self, count: usize) {
+        self.parked_now.decrement(count as f64);
     }
 }

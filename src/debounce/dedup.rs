@@ -46,6 +46,11 @@ impl EventIdWindow {
         true
     }
 
+    /// Re-remembers a key read back from the store; call in `seen_at` order.
+    pub fn restore(&mut self, key: EventKey, seen_at: UtcMillis) {
+        self.insert(key, seen_at);
+    }
+
     /// Keys currently remembered.
     pub fn len(&self) -> usize {
         self.order.len()

@@ -124,6 +124,17 @@ pub enum OutageChange {
     Closed(SupplyPoint),
 }
 
+/// A closed outage's restoration time, kept to refuse stale events about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The supply point.
+    pub point: SupplyPoint,
+    /// When it was restored (device time).
+    pub restored_at: UtcMillis,
+    /// When the relay closed it (relay time; expiry counts from here).
+    pub closed_at: UtcMillis,
+}
+
 /// Everything the machine asks its driver to do; cleared by the driver after each batch.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -133,6 +144,8 @@ pub struct Effects {
     pub alerts: Vec<Alert>,
     /// Changes to persist.
     pub changes: Vec<OutageChange>,
+    /// Tombstones to persist.
+    pub tombstones: Vec<Tombstone>,
 }
 
 impl Effects {
@@ -141,6 +154,7 @@ impl Effects {
         self.timers.clear();
         self.alerts.clear();
         self.changes.clear();
+        self.tombstones.clear();
     }
 }
 
@@ -317,7 +331,7 @@ impl Debouncer {
             return Outcome::Stale;
         }
         self.open.remove(&point);
-        self.bury(point, restored_at, now);
+        self.bury(point, restored_at, now, effects);
         effects.changes.push(OutageChange::Closed(point));
         let reached_debounce = restored_at.since(outage.lost_at) >= self.settings.debounce;
         match outage.state {
@@ -347,7 +361,7 @@ impl Debouncer {
         at: Arrival,
         effects: &mut Effects,
     ) -> Outcome {
-        self.bury(point, restored_at, at.now);
+        self.bury(point, restored_at, at.now, effects);
         let Some(lost_at) = reported_lost_at else {
             return Outcome::Unmatched;
         };
@@ -367,9 +381,34 @@ impl Debouncer {
         Outcome::LearnedLate
     }
 
-    fn bury(&mut self, point: SupplyPoint, restored_at: UtcMillis, now: UtcMillis) {
-        self.tombstones.insert(point, restored_at);
-        self.tombstone_expiry.push_back((now, point, restored_at));
+    fn bury(
+        &mut self,
+        point: SupplyPoint,
+        restored_at: UtcMillis,
+        now: UtcMillis,
+        effects: &mut Effects,
+    ) {
+        let tombstone = Tombstone {
+            point,
+            restored_at,
+            closed_at: now,
+        };
+        self.restore_tombstone(tombstone);
+        effects.tombstones.push(tombstone);
+    }
+
+    /// Re-establishes a tombstone read back from the store; call in `closed_at` order.
+    pub fn restore_tombstone(&mut self, tombstone: Tombstone) {
+        let newest = self
+            .tombstones
+            .entry(tombstone.point)
+            .or_insert(tombstone.restored_at);
+        *newest = (*newest).max(tombstone.restored_at);
+        self.tombstone_expiry.push_back((
+            tombstone.closed_at,
+            tombstone.point,
+            tombstone.restored_at,
+        ));
     }
 
     fn poa(

@@ -9,6 +9,7 @@ pub mod shard;
 
 pub use machine::{
     Arrival, Debouncer, Effects, OpenOutage, OutageChange, OutageState, Outcome, Settings,
+    Tombstone,
 };
 pub use shard::{ApplyReport, ShardCommand, ShardHandle};
 

@@ -1,10 +1,12 @@
 //! The shard task: single writer for one slice of the supply points.
 //!
 //! It owns a [`Debouncer`], an [`EventIdWindow`] and a `DelayQueue` of debounce timers, and
-//! `select!`s on its bounded command queue and the wheel. Each batch is applied, its effects
-//! flushed (timers armed, outage changes recorded, alerts routed and appended) and only then
-//! acknowledged, so an acknowledged event's consequences are in the store. A full queue is
-//! the ingest's backpressure signal.
+//! `select!`s on its bounded command queue and the wheel. Each batch is applied, its timers
+//! armed, and everything it changed handed to the commit stage together with the publisher's
+//! reply, which the commit stage answers once the change is durable: an acknowledged event's
+//! consequences are in the store. The shard goes on with the next batch meanwhile, so the
+//! commit stage can group many batches into one fsync. A full queue, here or at the commit
+//! stage, is the ingest's backpressure signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::dedup::EventIdWindow;
+use super::machine::Tombstone;
 use super::machine::{Arrival, Debouncer, Effects, OpenOutage, Outcome};
-use crate::deliver::outbox::Outbox;
+use crate::commit::{Batch, CommitHandle};
 use crate::domain::{Clock, DeviceEvent, DeviceId, EventKind, SupplyPoint, UtcMillis};
 use crate::error::RelayError;
 use crate::server::Tasks;
-use crate::store::{Store, StoreError};
+use crate::store::{SeenEvent, StoreError};
 use crate::telemetry::Metrics;
 
 /// Timers handled per wake-up before commands get a turn.
@@ -65,6 +68,17 @@ pub struct OutageListing {
     pub outages: Vec<(SupplyPoint, OpenOutage)>,
     /// How many match in all.
     pub total: usize,
+}
+
+/// One shard's part of the recovered state, each list in time order.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Open outages.
+    pub outages: Vec<(SupplyPoint, OpenOutage)>,
+    /// Tombstones, by `closed_at`.
+    pub tombstones: Vec<Tombstone>,
+    /// Event keys, by `seen_at`.
+    pub events: Vec<SeenEvent>,
 }
 
 /// Cloneable handle to a running shard.
@@ -129,9 +143,9 @@ pub struct Shard {
     dedup: EventIdWindow,
     wheel: DelayQueue<(SupplyPoint, UtcMillis)>,
     effects: Effects,
+    seen: Vec<SeenEvent>,
     clock: Clock,
-    outbox: Arc<Outbox>,
-    store: Arc<dyn Store>,
+    commit: CommitHandle,
     metrics: Arc<Metrics>,
     reported: (usize, usize),
 }
@@ -142,8 +156,7 @@ impl Shard {
         machine: Debouncer,
         dedup: EventIdWindow,
         clock: Clock,
-        outbox: Arc<Outbox>,
-        store: Arc<dyn Store>,
+        commit: CommitHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -151,21 +164,28 @@ impl Shard {
             dedup,
             wheel: DelayQueue::new(),
             effects: Effects::default(),
+            seen: Vec::new(),
             clock,
-            outbox,
-            store,
+            commit,
             metrics,
             reported: (0, 0),
         }
     }
 
-    /// Re-opens outages read from the store, re-arming timers at their original due times.
-    pub fn restore(&mut self, outages: impl IntoIterator<Item = (SupplyPoint, OpenOutage)>) {
-        for (point, outage) in outages {
+    /// Rebuilds the shard's state from the store: outages (timers re-armed at their original
+    /// due times; overdue ones fire at once), tombstones and event keys (each in time order).
+    pub fn restore(&mut self, recovered: Restored) {
+        for (point, outage) in recovered.outages {
             if let Some(due_at) = self.machine.restore(point, outage) {
                 self.wheel
                     .insert_at((point, due_at), self.clock.instant_at(due_at));
             }
+        }
+        for tombstone in recovered.tombstones {
+            self.machine.restore_tombstone(tombstone);
+        }
+        for event in recovered.events {
+            self.dedup.restore(event.key, event.seen_at);
         }
         self.report_gauges();
     }
@@ -189,10 +209,10 @@ impl Shard {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(expired) = futures::future::poll_fn(|cx| self.wheel.poll_expired(cx)), if !self.wheel.is_empty() => {
-                    self.on_expired(expired.into_inner());
+                    self.on_expired(expired.into_inner()).await;
                 }
                 command = rx.recv() => match command {
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.on_command(command).await,
                     None => break,
                 },
             }
@@ -203,7 +223,7 @@ impl Shard {
         self.metrics.open_outages.decrement(self.reported.1 as f64);
     }
 
-    fn on_expired(&mut self, first: (SupplyPoint, UtcMillis)) {
+    async fn on_expired(&mut self, first: (SupplyPoint, UtcMillis)) {
         let now = self.clock.now();
         let (point, due_at) = first;
         self.machine.on_timer(point, due_at, now, &mut self.effects);
@@ -213,12 +233,12 @@ impl Shard {
             let (point, due_at) = expired.into_inner();
             self.machine.on_timer(point, due_at, now, &mut self.effects);
         }
-        if let Err(err) = self.flush() {
+        if let Err(err) = self.flush(ApplyReport::default(), None).await {
             tracing::error!(%err, "cannot store alerts from expired timers");
         }
     }
 
-    fn on_command(&mut self, command: ShardCommand) {
+    async fn on_command(&mut self, command: ShardCommand) {
         match command {
             ShardCommand::Apply {
                 events,
@@ -226,7 +246,9 @@ impl Shard {
                 reply,
             } => {
                 let report = self.apply(&events, received_at);
-                let _ = reply.send(report);
+                if let Err(err) = self.flush(report, Some(reply)).await {
+                    tracing::error!(%err, "cannot hand a batch to the commit stage");
+                }
             }
             ShardCommand::Outages {
                 device,
@@ -238,11 +260,7 @@ impl Shard {
         }
     }
 
-    fn apply(
-        &mut self,
-        events: &[DeviceEvent],
-        received_at: UtcMillis,
-    ) -> Result<ApplyReport, StoreError> {
+    fn apply(&mut self, events: &[DeviceEvent], received_at: UtcMillis) -> ApplyReport {
         let at = Arrival {
             received: received_at,
             now: self.clock.now(),
@@ -253,6 +271,11 @@ impl Shard {
             let restored = matches!(event.kind, EventKind::Restored { .. });
             let outcome = if self.dedup.insert(event.key, at.now) {
                 report.accepted += 1;
+                self.seen.push(SeenEvent {
+                    device: event.point.device,
+                    key: event.key,
+                    seen_at: at.now,
+                });
                 self.machine.on_event(event, at, &mut self.effects)
             } else {
                 report.duplicates += 1;
@@ -260,22 +283,30 @@ impl Shard {
             };
             self.metrics.event(restored, outcome);
         }
-        self.flush()?;
-        Ok(report)
+        report
     }
 
-    fn flush(&mut self) -> Result<(), StoreError> {
+    /// Arms the effects' timers and hands everything else to the commit stage; `reply` is
+    /// answered there once durable.
+    async fn flush(
+        &mut self,
+        report: ApplyReport,
+        reply: Option<oneshot::Sender<Result<ApplyReport, StoreError>>>,
+    ) -> Result<(), StoreError> {
         for (point, due_at) in self.effects.timers.drain(..) {
             self.wheel
                 .insert_at((point, due_at), self.clock.instant_at(due_at));
         }
-        let result = self
-            .store
-            .record_outages(&self.effects.changes)
-            .and_then(|()| self.outbox.dispatch(&self.effects.alerts));
-        self.effects.clear();
         self.report_gauges();
-        result
+        let batch = Batch {
+            events: std::mem::take(&mut self.seen),
+            outages: std::mem::take(&mut self.effects.changes),
+            tombstones: std::mem::take(&mut self.effects.tombstones),
+            alerts: std::mem::take(&mut self.effects.alerts),
+        };
+        // Even a batch of duplicates goes through the commit stage: its reply must not
+        // overtake the commit of the batch that first carried those events.
+        self.commit.batch(batch, report, reply).await
     }
 
     fn report_gauges(&mut self) {

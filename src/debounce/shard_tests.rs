@@ -3,14 +3,15 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::RoutingConfig;
+use crate::commit::{Admission, CommitStage};
+use crate::config::{RoutingConfig, StoreConfig};
 use crate::debounce::machine::{OutageState, Settings};
 use crate::deliver::Delivery;
-use crate::deliver::outbox::SlaInbox;
 use crate::domain::event::EventKey;
 use crate::domain::{DeviceId, MpanCore, Phase};
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
-use crate::store::{LogId, MemoryStore};
+use crate::sla::SlaInbox;
+use crate::store::{LogId, MemoryStore, Store};
 
 const START: UtcMillis = UtcMillis(1_764_000_000_000);
 
@@ -37,26 +38,33 @@ fn fixture(restored: Vec<(SupplyPoint, OpenOutage)>) -> Fixture {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(table.len()));
     let delivery =
         Arc::new(Delivery::new(Arc::clone(&store), Arc::clone(&table), clock).expect("delivery"));
-    let router = Arc::new(Router::new(
-        RoutingTable::from_config(&routing),
-        Registry::empty(),
-    ));
     let metrics = Arc::new(Metrics::new());
-    let outbox = Arc::new(Outbox::new(
-        router,
+    let commit = CommitStage {
+        store: Arc::clone(&store),
+        router: Arc::new(Router::new(
+            RoutingTable::from_config(&routing),
+            Registry::empty(),
+        )),
         delivery,
-        Arc::clone(&metrics),
-        Arc::new(SlaInbox::default()),
-    ));
+        metrics: Arc::clone(&metrics),
+        sla: Arc::new(SlaInbox::default()),
+        admission: Arc::new(Admission::default()),
+        config: StoreConfig::default(),
+        dedup_window: Duration::from_secs(600),
+        tombstone_ttl: Duration::from_secs(3600),
+    }
+    .spawn_task(16);
     let mut shard = Shard::new(
         Debouncer::new(settings()),
         EventIdWindow::new(Duration::from_secs(600), 1000),
         clock,
-        outbox,
-        Arc::clone(&store),
+        commit,
         metrics,
     );
-    shard.restore(restored);
+    shard.restore(Restored {
+        outages: restored,
+        ..Restored::default()
+    });
     let shutdown = CancellationToken::new();
     let handle = shard.spawn(
         8,

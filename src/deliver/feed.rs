@@ -3,7 +3,7 @@
 //! Each `Subscribe` call gets its own task that reads the subscriber's log from the requested
 //! sequence into a bounded channel; when it has caught up it waits on the log's head. A
 //! client that leaves shows as a closed channel and ends the task; nothing is lost, because
-//! the cursor only moves on `Ack`.
+//! the cursor only moves on `Ack`, and an ack is answered once it is durable.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::Delivery;
 use super::convert::alert_to_proto;
+use crate::commit::CommitHandle;
 use crate::error::RelayError;
 use crate::proto::{self, alert_feed_server::AlertFeed};
 use crate::server::Tasks;
@@ -25,6 +26,7 @@ const READ_BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct FeedService {
     delivery: Arc<Delivery>,
+    commit: CommitHandle,
     buffer: usize,
     shutdown: CancellationToken,
     tasks: Tasks,
@@ -34,12 +36,14 @@ impl FeedService {
     /// A feed over the shared delivery state; `buffer` alerts are queued per stream.
     pub fn new(
         delivery: Arc<Delivery>,
+        commit: CommitHandle,
         buffer: usize,
         shutdown: CancellationToken,
         tasks: Tasks,
     ) -> Self {
         Self {
             delivery,
+            commit,
             buffer,
             shutdown,
             tasks,
@@ -73,7 +77,7 @@ impl AlertFeed for FeedService {
                 request.subscriber
             )));
         }
-        let status = self.delivery.status(log).map_err(RelayError::from)?;
+        let status = self.delivery.status(log);
         let from = match request.from_sequence {
             0 => status.acked + 1,
             n if n < status.first_retained => {
@@ -112,8 +116,9 @@ impl AlertFeed for FeedService {
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
         let summary = self
-            .delivery
+            .commit
             .ack(log, request.sequence)
+            .await
             .map_err(|err| match err {
                 StoreError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(
                     "cannot ack sequence {requested}: the last alert sent is {head}"

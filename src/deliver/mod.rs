@@ -1,17 +1,16 @@
 //! Delivery stage: getting each subscriber's alert log to its DNO.
 //!
-//! - [`outbox`]: routes emitted alerts and appends them to subscriber logs (or parks them).
 //! - [`feed`]: the `AlertFeed` gRPC service (resumable Subscribe stream, cumulative Ack).
 //! - [`push`]: push mode, calling a DNO-hosted `AlertReceiver` with retries and backoff.
 //!
-//! [`Delivery`] is the state they share: the store, a `watch` per log announcing its head
-//! (so readers wait without polling), acknowledgement handling, and per-subscriber counters.
-//! A subscriber's cursor advances only when that subscriber (or its receiver) acknowledges;
-//! one slow subscriber holds only its own log.
+//! [`Delivery`] is the read side they share: every log's cursors (kept in memory, updated by
+//! the commit stage after each durable commit), a `watch` per log announcing its head so
+//! readers wait without polling, and per-subscriber metrics. Writes (acks included) go
+//! through the commit stage. A subscriber's cursor advances only when that subscriber (or
+//! its receiver) acknowledges; one slow subscriber holds only its own log.
 
 pub mod convert;
 pub mod feed;
-pub mod outbox;
 pub mod push;
 
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::domain::Clock;
+use crate::domain::{AlertKind, BreachCause, Clock};
 use crate::route::{RoutingTable, SubscriberId};
 use crate::store::{LogEntry, LogId, LogStatus, Store, StoreError};
 use crate::telemetry::{PARKED_SUBSCRIBER, SubscriberMetrics};
@@ -28,6 +27,7 @@ use crate::telemetry::{PARKED_SUBSCRIBER, SubscriberMetrics};
 /// Per-log live state.
 #[derive(Debug)]
 struct LogState {
+    status: Mutex<LogStatus>,
     head: watch::Sender<u64>,
     connected: AtomicU32,
     last_error: Mutex<String>,
@@ -43,7 +43,8 @@ pub struct AckSummary {
     pub backlog: u64,
 }
 
-/// State shared by the outbox, the feed service, push tasks, the SLA watch and Admin.
+/// Read-side state shared by the commit stage, the feed service, push tasks, the SLA watch
+/// and Admin.
 pub struct Delivery {
     store: Arc<dyn Store>,
     table: Arc<RoutingTable>,
@@ -60,7 +61,7 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// Builds the shared state, reading each log's current head from the store.
+    /// Builds the shared state, reading each log's cursors from the store.
     pub fn new(
         store: Arc<dyn Store>,
         table: Arc<RoutingTable>,
@@ -72,11 +73,11 @@ impl Delivery {
             .map(|(_, name)| name.to_owned())
             .chain([PARKED_SUBSCRIBER.to_owned()]);
         for (index, name) in names.enumerate() {
-            let log = Self::log_id_at(&table, index);
-            let status = store.status(log)?;
+            let status = store.status(Self::log_id_at(&table, index))?;
             let metrics = SubscriberMetrics::new(&name);
             metrics.backlog.set(status.backlog() as f64);
             logs.push(LogState {
+                status: Mutex::new(status),
                 head: watch::Sender::new(status.head),
                 connected: AtomicU32::new(0),
                 last_error: Mutex::new(String::new()),
@@ -107,7 +108,7 @@ impl Delivery {
         &self.logs[index]
     }
 
-    /// The store.
+    /// The store (for reading entries).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -127,6 +128,14 @@ impl Delivery {
         (0..self.logs.len()).map(|index| Self::log_id_at(&self.table, index))
     }
 
+    /// Index of a log in [`Delivery::log_ids`] order.
+    pub fn log_index(&self, log: LogId) -> usize {
+        match log {
+            LogId::Subscriber(id) => usize::from(id.0),
+            LogId::Parked => self.logs.len() - 1,
+        }
+    }
+
     /// Label value for a log's metrics and messages.
     pub fn log_name(&self, log: LogId) -> &str {
         match log {
@@ -135,11 +144,41 @@ impl Delivery {
         }
     }
 
-    /// Announces entries appended up to `head`.
-    pub fn appended(&self, log: LogId, head: u64, count: usize) {
+    /// Cursor positions of a log, as of the last durable commit.
+    pub fn status(&self, log: LogId) -> LogStatus {
+        *self.state(log).status.lock()
+    }
+
+    /// Commit stage: entries up to `head` are durable.
+    pub fn appended(&self, log: LogId, head: u64, count: u64) {
         let state = self.state(log);
+        state.status.lock().head = head;
         state.head.send_replace(head);
         state.metrics.backlog.increment(count as f64);
+    }
+
+    /// Commit stage: an acknowledgement is durable; records the delivery latency of what it
+    /// acknowledged.
+    pub fn acked(&self, log: LogId, status: LogStatus, entries: &[LogEntry]) {
+        let state = self.state(log);
+        *state.status.lock() = status;
+        if log != LogId::Parked {
+            let now = self.clock.now();
+            for entry in entries {
+                state
+                    .metrics
+                    .delivered(entry.alert.kind, now.seconds_since(entry.alert.due_at));
+            }
+        }
+        state.metrics.backlog.set(status.backlog() as f64);
+    }
+
+    /// Commit stage: retention removed `removed` unacknowledged entries.
+    pub fn truncated(&self, log: LogId, status: LogStatus, removed: u64) {
+        let state = self.state(log);
+        *state.status.lock() = status;
+        state.metrics.backlog.set(status.backlog() as f64);
+        state.metrics.expired.increment(removed);
     }
 
     /// Waits-for-new-entries handle of a log.
@@ -147,44 +186,8 @@ impl Delivery {
         self.state(log).head.subscribe()
     }
 
-    /// Acknowledges a log up to `upto`, recording delivery latency of what it acknowledged.
-    pub fn ack(&self, log: LogId, upto: u64) -> Result<AckSummary, StoreError> {
-        self.take(log, upto)?;
-        let status = self.store.status(log)?;
-        Ok(AckSummary {
-            acked: status.acked,
-            backlog: status.backlog(),
-        })
-    }
-
-    /// Acknowledges a log up to `upto` and returns the entries this acknowledged.
-    pub fn take(&self, log: LogId, upto: u64) -> Result<Vec<LogEntry>, StoreError> {
-        let acked = self.store.ack(log, upto)?;
-        let state = self.state(log);
-        if log != LogId::Parked {
-            let now = self.clock.now();
-            for entry in &acked {
-                state
-                    .metrics
-                    .delivered(entry.alert.kind, now.seconds_since(entry.alert.due_at));
-            }
-        }
-        state.metrics.backlog.decrement(acked.len() as f64);
-        Ok(acked)
-    }
-
-    /// Cursor positions of a log.
-    pub fn status(&self, log: LogId) -> Result<LogStatus, StoreError> {
-        self.store.status(log)
-    }
-
     /// Counts an SLA breach against a log.
-    pub fn breach(
-        &self,
-        log: LogId,
-        kind: crate::domain::AlertKind,
-        cause: crate::domain::BreachCause,
-    ) {
+    pub fn breach(&self, log: LogId, kind: AlertKind, cause: BreachCause) {
         self.state(log).metrics.breach(kind, cause);
     }
 

@@ -18,6 +18,7 @@ use tonic::transport::Endpoint;
 
 use super::Delivery;
 use super::convert::alert_to_proto;
+use crate::commit::CommitHandle;
 use crate::config::DeliveryConfig;
 use crate::proto::alert_receiver_client::AlertReceiverClient;
 use crate::store::LogId;
@@ -43,6 +44,7 @@ enum SessionError {
 /// Runs push delivery for `log` until `shutdown`.
 pub async fn run(
     delivery: Arc<Delivery>,
+    commit: CommitHandle,
     log: LogId,
     endpoint: String,
     config: DeliveryConfig,
@@ -60,6 +62,7 @@ pub async fn run(
         let mut connected = false;
         let result = session(
             &delivery,
+            &commit,
             log,
             &endpoint,
             &config,
@@ -88,6 +91,7 @@ pub async fn run(
 
 async fn session(
     delivery: &Arc<Delivery>,
+    commit: &CommitHandle,
     log: LogId,
     endpoint: &str,
     config: &DeliveryConfig,
@@ -110,7 +114,7 @@ async fn session(
     delivery.set_last_error(log, String::new());
     let name = delivery.log_name(log).to_owned();
     let mut head = delivery.watch_head(log);
-    let mut acked = delivery.status(log)?.acked;
+    let mut acked = delivery.status(log).acked;
     let mut sent = acked;
     let window = config.push_window as u64;
     loop {
@@ -123,7 +127,7 @@ async fn session(
                     return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
                 }
                 if ack.sequence > acked {
-                    acked = delivery.ack(log, ack.sequence)?.acked;
+                    acked = commit.ack(log, ack.sequence).await?.acked;
                 }
             }
             open = async { head.wait_for(|head| *head > sent).await.is_ok() }, if room > 0 => {

@@ -60,6 +60,14 @@ impl MpanCore {
     pub fn value(self) -> u64 {
         self.0
     }
+
+    /// Rebuilds an MPAN core from [`MpanCore::value`], re-checking it (for stored data).
+    pub fn from_value(value: u64) -> Option<Self> {
+        if value >= 10_000_000_000_000 {
+            return None;
+        }
+        Self::with_check_digit(value / 10).filter(|mpan| mpan.0 == value)
+    }
 }
 
 impl FromStr for MpanCore {
@@ -136,6 +144,19 @@ pub const DNO_AREAS: [(u8, &str, char); 14] = [
 pub struct BadGspGroup(pub String);
 
 impl GspGroup {
+    /// The group's letter as a byte (`b'A'` for `_A`), for compact storage.
+    pub fn letter(self) -> u8 {
+        self.0
+    }
+
+    /// The group whose letter is `letter`, if there is one.
+    pub fn from_letter(letter: u8) -> Option<Self> {
+        DNO_AREAS
+            .iter()
+            .any(|(_, _, l)| *l as u8 == letter)
+            .then_some(Self(letter))
+    }
+
     /// The DNO area (host distributor) this GSP group belongs to.
     pub fn host_distributor(self) -> DistributorId {
         let host = DNO_AREAS

@@ -5,7 +5,9 @@
 //! goes to the same shard, keeping its events in order) and the batch is acknowledged once
 //! every shard has applied and stored its part. A shard queue that stays full past
 //! `ingest.queue_timeout` answers `RESOURCE_EXHAUSTED` with a retry hint: that is the
-//! relay's backpressure. The streaming call pipelines a few batches and answers in order.
+//! relay's backpressure. While the data directory is low on space ingest answers
+//! `RESOURCE_EXHAUSTED`, and after a store failure `UNAVAILABLE`, before touching any state.
+//! The streaming call pipelines a few batches and answers in order.
 
 pub mod validate;
 
@@ -16,6 +18,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::commit::Admission;
 use crate::config::IngestConfig;
 use crate::debounce::{ApplyReport, ShardHandle, shard_of};
 use crate::domain::Clock;
@@ -33,21 +36,24 @@ pub struct IngestService {
     limits: IngestConfig,
     clock: Clock,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 impl IngestService {
-    /// An ingest feeding `shards`.
+    /// An ingest feeding `shards`, refusing batches while `admission` says so.
     pub fn new(
         shards: Arc<[ShardHandle]>,
         limits: IngestConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             shards,
             limits,
             clock,
             metrics,
+            admission,
         }
     }
 
@@ -67,6 +73,7 @@ impl IngestService {
                 retry_after: std::time::Duration::ZERO,
             });
         }
+        self.admission.check()?;
         let received_at = self.clock.now();
         let mut per_shard = vec![Vec::new(); self.shards.len()];
         let mut rejected = Vec::new();
