@@ -128,7 +128,8 @@ impl Admin for AdminService {
             response.mpan_core = entry.mpan.to_string();
             response.gsp_group = entry.gsp.to_string();
         }
-        if let Ok(route) = router.route(device, None) {
+        let event_mpan = listing.outages.iter().find_map(|(_, outage)| outage.mpan);
+        if let Ok(route) = router.route(device, event_mpan) {
             response.subscriber = router.table().name(route.subscriber).to_owned();
         }
         Ok(Response::new(response))
