@@ -1,0 +1,301 @@
+//! The compiled `outage-relay` binary: `serve` relays an alert published by the `publish`
+//! subcommand, exposes Prometheus metrics, and exits cleanly on SIGTERM; configurations that
+//! cannot run are refused with a useful message and exit code.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::{WAIT, bounded, connect, device, valid_mpan};
+use outage_relay::proto::AlertKind;
+use outage_relay::proto::alert_feed_client::AlertFeedClient;
+use outage_relay::proto::{AckRequest, SubscribeRequest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_outage-relay");
+
+/// A loopback port on which nothing listens (bound, then released).
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    listener.local_addr().expect("address").port()
+}
+
+/// A child process, killed if the test ends while it still runs.
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded by [`WAIT`]) for the process to exit.
+    async fn exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("query the child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts the binary with `args`, stdout and stderr going to files in `dir`.
+fn spawn(args: &[&str], dir: &Path, name: &str) -> Running {
+    let stdout = std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file");
+    let stderr = std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file");
+    let child = Command::new(BIN)
+        .args(args)
+        .env("OUTAGE_RELAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("start the outage-relay binary");
+    Running { child }
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// Runs the binary to completion (bounded by [`WAIT`]): exit status, stdout, stderr.
+async fn run_to_exit(args: &[&str], dir: &Path, name: &str) -> (ExitStatus, String, String) {
+    let mut running = spawn(args, dir, name);
+    let status = running.exit().await;
+    let out = read(dir, &format!("{name}.out"));
+    let err = read(dir, &format!("{name}.err"));
+    (status, out, err)
+}
+
+/// `GET /metrics` over plain HTTP/1.0; returns the body.
+async fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    assert!(response.starts_with("HTTP/1."), "{response}");
+    assert!(response.contains(" 200 "), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_relays_a_published_loss_exposes_metrics_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let grpc_port = free_port().await;
+    let metrics_port = free_port().await;
+    let listen = format!("127.0.0.1:{grpc_port}");
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let url = format!("http://{listen}");
+    let mut relay = spawn(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            &metrics_listen,
+            "--debounce",
+            "1s",
+        ],
+        dir.path(),
+        "serve",
+    );
+
+    // Wait for it to accept and report itself healthy.
+    let channel = connect(&url).await;
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let check = health.check(HealthCheckRequest::default()).await;
+        if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay never became healthy: {}",
+            read(dir.path(), "serve.err")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut feed = AlertFeedClient::new(channel);
+    let mut stream = bounded(
+        "Subscribe",
+        feed.subscribe(SubscribeRequest {
+            subscriber: "ukpn".into(),
+            from_sequence: 0,
+        }),
+    )
+    .await
+    .expect("Subscribe")
+    .into_inner();
+
+    let dev = device(0x9001);
+    let mpan = valid_mpan(12, 9001);
+    let (published, publish_out, publish_err) = run_to_exit(
+        &[
+            "publish",
+            "--target",
+            &url,
+            "--device",
+            &dev,
+            "--mpan-core",
+            &mpan,
+            "--lost",
+            "--at=-200ms",
+        ],
+        dir.path(),
+        "publish",
+    )
+    .await;
+    assert!(
+        published.success(),
+        "publish failed: {publish_out}{publish_err}"
+    );
+    assert!(publish_out.contains("accepted 1"), "{publish_out}");
+
+    let poa = bounded("the POA", stream.message())
+        .await
+        .expect("a healthy stream")
+        .expect("an alert");
+    assert_eq!(poa.kind, AlertKind::PowerOutage as i32, "{poa:?}");
+    assert_eq!(
+        (poa.device_id.as_str(), poa.mpan_core.as_str()),
+        (dev.as_str(), mpan.as_str())
+    );
+    assert_eq!(poa.subscriber, "ukpn");
+    let acked = bounded(
+        "Ack",
+        feed.ack(AckRequest {
+            subscriber: "ukpn".into(),
+            sequence: poa.sequence,
+        }),
+    )
+    .await
+    .expect("Ack")
+    .into_inner();
+    assert_eq!((acked.acked_sequence, acked.backlog), (1, 0));
+
+    let metrics = scrape(metrics_port).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == r#"outage_relay_alerts_total{kind="poa"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|line| {
+            line.starts_with("outage_relay_alert_delivery_seconds_bucket{")
+                && line.contains(r#"kind="poa""#)
+                && line.contains(r#"subscriber="ukpn""#)
+        }),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("outage_relay_alert_delivery_seconds_count{")
+                && line.contains(r#"kind="poa""#)
+                && line.contains(r#"subscriber="ukpn""#)
+                && line.ends_with(" 1")
+        ),
+        "{metrics}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &relay.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    // The open Subscribe stream ends cleanly, then the process exits successfully.
+    let end = bounded("the stream to end", stream.message()).await;
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let status = relay.exit().await;
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        read(dir.path(), "serve.err")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_zero_debounce_with_exit_code_64() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (status, _, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--debounce",
+            "0s",
+        ],
+        dir.path(),
+        "serve",
+    )
+    .await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("debounce"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_registry_with_a_bad_row_and_names_its_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let good = valid_mpan(12, 1);
+    let bad = common::bad_check_digit(&valid_mpan(12, 2));
+    let registry = common::write_registry(
+        dir.path(),
+        "registry.csv",
+        &[(&device(1), &good, "_C"), (&device(2), &bad, "_C")],
+    );
+    let registry = registry.display().to_string();
+    let (status, _, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--registry",
+            &registry,
+        ],
+        dir.path(),
+        "serve",
+    )
+    .await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("check digit"), "{stderr}");
+}
