@@ -67,6 +67,7 @@ fn spawn(args: &[&str], dir: &Path, name: &str) -> Running {
     let stderr = std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file");
     let child = Command::new(BIN)
         .args(args)
+        .current_dir(dir)
         .env("OUTAGE_RELAY_LOG", "info")
         .stdin(Stdio::null())
         .stdout(stdout)

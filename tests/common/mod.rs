@@ -210,6 +210,7 @@ impl TestRelay {
             debounce: DEBOUNCE,
             shards: SHARDS,
             shutdown_grace: Duration::from_secs(5),
+            data_dir: dir.path().join("data"),
             ..Config::default()
         };
         configure(&mut config, dir.path());
