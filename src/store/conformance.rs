@@ -180,9 +180,12 @@ pub fn state_is_recovered_and_expires(store: &dyn Store) {
     assert_eq!(recovered.tombstones, vec![tomb(20)]);
 }
 
+/// One conformance check.
+type Check = fn(&dyn Store);
+
 /// Every conformance check, each on a fresh store from `make`.
 pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
-    let checks: [(&str, fn(&dyn Store)); 6] = [
+    let checks: [(&str, Check); 6] = [
         ("sequences", sequences_start_at_one_and_are_contiguous),
         ("acks", acks_are_cumulative_idempotent_and_bounded),
         ("gone", reading_below_the_cursor_is_gone),
