@@ -81,13 +81,13 @@ impl Admission {
     /// `Ok` when a batch may be applied.
     pub fn check(&self) -> Result<(), RelayError> {
         if let Some(err) = self.failed.lock().clone() {
-            return Err(RelayError::Unavailable(format!(
-                "{err}; restart the relay to recover from the store"
-            )));
+            // A full disk answers RESOURCE_EXHAUSTED, any other failure UNAVAILABLE; either
+            // way only a restart (rebuilding state from the store) lifts the fence.
+            return Err(RelayError::Store(err));
         }
         if self.disk_low.load(Ordering::Relaxed) {
             return Err(RelayError::Exhausted {
-                message: "the data directory is below store.min_free_disk; ingest paused".into(),
+                message: "the data directory has less free space than store.min_free_disk_bytes; ingest paused".into(),
                 retry_after: Duration::from_secs(5),
             });
         }
@@ -100,7 +100,15 @@ impl Admission {
     }
 
     fn fail(&self, err: StoreError) {
-        self.failed.lock().get_or_insert(err);
+        let fenced = match err {
+            StoreError::Full(message) => StoreError::Full(format!(
+                "{message}; ingest is refused until the relay restarts"
+            )),
+            other => StoreError::Unavailable(format!(
+                "{other}; ingest is refused until the relay restarts"
+            )),
+        };
+        self.failed.lock().get_or_insert(fenced);
     }
 }
 
@@ -509,3 +517,7 @@ impl CommitStage {
         Ok(parked.len() as u64 - reparked)
     }
 }
+
+#[cfg(test)]
+#[path = "commit_tests.rs"]
+mod tests;

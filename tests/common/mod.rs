@@ -235,6 +235,45 @@ impl TestRelay {
         }
     }
 
+    /// Stops the relay gracefully and starts it again on the same data directory and
+    /// config (on a new port).
+    pub async fn restart(self) -> Self {
+        self.restart_after(|| async {}).await
+    }
+
+    /// Like [`Self::restart`], running `while_down` between the stop and the start.
+    pub async fn restart_after<F, Fut>(mut self, while_down: F) -> Self
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.shutdown.cancel();
+        let server = self.server.take().expect("the relay is running");
+        bounded("the relay to stop", server)
+            .await
+            .expect("the relay task did not panic")
+            .expect("server::run returned Ok");
+        bounded("the downtime", while_down()).await;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("listener address");
+        let mut config = self.config.clone();
+        config.listen = addr;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(outage_relay::server::run(
+            config.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        self.addr = addr;
+        self.url = format!("http://{addr}");
+        self.shutdown = shutdown;
+        self.config = config;
+        self.server = Some(server);
+        self
+    }
+
     /// Shuts the relay down and checks that `server::run` returned `Ok`.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
