@@ -70,6 +70,15 @@ enum Request {
     },
 }
 
+/// A caller waiting for the commit that carries its request.
+enum Waiting {
+    Batch(
+        ApplyReport,
+        oneshot::Sender<Result<ApplyReport, StoreError>>,
+    ),
+    Ack(oneshot::Sender<Result<AckSummary, StoreError>>),
+}
+
 /// Whether ingest may go ahead: refused while the disk is low or after a store failure.
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -260,35 +269,41 @@ impl CommitStage {
             return;
         }
         let mut writes = Vec::new();
-        let mut accepted = Vec::with_capacity(requests.len());
+        let mut waiting = Vec::with_capacity(requests.len());
         for request in requests {
-            match &request {
-                Request::Batch { batch, .. } => {
+            match request {
+                Request::Batch {
+                    batch,
+                    report,
+                    reply,
+                } => {
                     writes.push(Write::State {
-                        events: batch.events.clone(),
-                        outages: batch.outages.clone(),
-                        tombstones: batch.tombstones.clone(),
+                        events: batch.events,
+                        outages: batch.outages,
+                        tombstones: batch.tombstones,
                     });
                     self.route(&batch.alerts, &mut writes);
+                    waiting.extend(reply.map(|reply| Waiting::Batch(report, reply)));
                 }
-                Request::Ack { log, upto, .. } => {
-                    let (log, upto) = (*log, *upto);
+                Request::Ack { log, upto, reply } => {
                     let head = self.delivery.status(log).head + self.pending_appends(&writes, log);
                     if upto > head {
-                        if let Request::Ack { reply, .. } = request {
-                            let _ = reply.send(Err(StoreError::BeyondHead {
-                                requested: upto,
-                                head,
-                            }));
-                        }
+                        let _ = reply.send(Err(StoreError::BeyondHead {
+                            requested: upto,
+                            head,
+                        }));
                         continue;
                     }
                     writes.push(Write::Ack { log, upto });
+                    waiting.push(Waiting::Ack(reply));
                 }
-                Request::Maintain { now } => self.maintenance(*now, &mut writes),
-                Request::Reload { .. } => {}
+                Request::Maintain { now } => self.maintenance(now, &mut writes),
+                Request::Reload { reply, .. } => {
+                    // `process` handles reloads; one reaching here is a bug, not a reason to
+                    // drop the group.
+                    let _ = reply.send(Err(StoreError::Unavailable("reload out of order".into())));
+                }
             }
-            accepted.push(request);
         }
         let started = Instant::now();
         let result = self.store.commit(&writes);
@@ -298,15 +313,22 @@ impl CommitStage {
         match result {
             Ok(outcomes) => {
                 self.announce(&writes, &outcomes, |_| true);
-                self.reply(accepted, &writes, &outcomes);
+                Self::reply(waiting, &writes, &outcomes);
             }
             Err(err) => {
                 tracing::error!(%err, "store commit failed; ingest refused until restart");
                 self.metrics.store_errors.increment(1);
                 self.metrics.ingest_refused.set(1.0);
                 self.admission.fail(err.clone());
-                for request in accepted {
-                    Self::fail(request, &err);
+                for waiting in waiting {
+                    match waiting {
+                        Waiting::Batch(_, reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Waiting::Ack(reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
                 }
             }
         }
@@ -392,6 +414,14 @@ impl CommitStage {
         let cutoff = UtcMillis(
             now.0 - i64::try_from(self.config.retention_max_age.as_millis()).unwrap_or(i64::MAX),
         );
+        // The common case, nothing too old, costs one entry read.
+        let oldest_is_young = self
+            .store
+            .read(log, from, 1)
+            .map(|first| first.first().is_none_or(|e| e.alert.emitted_at >= cutoff));
+        if oldest_is_young.unwrap_or(true) {
+            return from;
+        }
         match self.store.read(log, from, 4096) {
             Ok(entries) => entries
                 .iter()
@@ -442,7 +472,7 @@ impl CommitStage {
         }
     }
 
-    fn reply(&self, requests: Vec<Request>, writes: &[Write], outcomes: &[Outcome]) {
+    fn reply(waiting: Vec<Waiting>, writes: &[Write], outcomes: &[Outcome]) {
         let mut acks = writes
             .iter()
             .zip(outcomes)
@@ -453,35 +483,15 @@ impl CommitStage {
                 }),
                 _ => None,
             });
-        for request in requests {
-            match request {
-                Request::Batch { report, reply, .. } => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(report));
-                    }
+        for waiting in waiting {
+            match waiting {
+                Waiting::Batch(report, reply) => {
+                    let _ = reply.send(Ok(report));
                 }
-                Request::Ack { reply, .. } => {
+                Waiting::Ack(reply) => {
                     let _ = reply.send(acks.next().ok_or_else(stopped));
                 }
-                Request::Maintain { .. } | Request::Reload { .. } => {}
             }
-        }
-    }
-
-    fn fail(request: Request, err: &StoreError) {
-        match request {
-            Request::Batch {
-                reply: Some(reply), ..
-            } => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            Request::Ack { reply, .. } => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            Request::Reload { reply, .. } => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            Request::Batch { reply: None, .. } | Request::Maintain { .. } => {}
         }
     }
 
