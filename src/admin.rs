@@ -57,7 +57,7 @@ impl AdminService {
         };
         let table = self.delivery.table();
         let status = self.delivery.status(log);
-        let oldest = self.delivery.store().read(log, status.acked + 1, 1)?;
+        let oldest = self.delivery.read_unacked(log, 1)?;
         Ok(proto::SubscriberStatus {
             subscriber: table.name(id).to_owned(),
             distributor_ids: table
@@ -171,8 +171,7 @@ impl Admin for AdminService {
         let status = self.delivery.status(LogId::Parked);
         let entries = self
             .delivery
-            .store()
-            .read(LogId::Parked, status.acked + 1, limit)
+            .read_unacked(LogId::Parked, limit)
             .map_err(RelayError::from)?;
         let alerts = entries
             .iter()

@@ -159,21 +159,47 @@ async fn a_data_directory_short_of_space_pauses_ingest_with_resource_exhausted()
         config.store.maintenance_interval = Duration::from_millis(50);
     })
     .await;
-    let status = eventually("ingest to be refused", || async {
+    // Until the first free-space check runs, batches are still taken.
+    let attempt = std::sync::atomic::AtomicU64::new(30);
+    let (refused_device, status) = eventually("ingest to be refused", || async {
+        let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut client = relay.ingest_client().await;
         let batch = outage_relay::proto::EventBatch {
-            events: vec![lost(&device(30), now_ms(), Some(&valid_mpan(12, 30)))],
-            batch_id: 9,
+            events: vec![lost(&device(n), now_ms(), Some(&valid_mpan(12, n)))],
+            batch_id: n,
         };
-        client.publish_batch(batch).await.err()
+        client
+            .publish_batch(batch)
+            .await
+            .err()
+            .map(|status| (device(n), status))
     })
     .await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("min_free_disk"), "{status}");
     assert!(status.metadata().get("retry-after-ms").is_some());
-    assert!(
-        relay.device_state(&device(30)).await.outages.is_empty(),
-        "nothing applied"
-    );
+    let state = relay.device_state(&refused_device).await;
+    assert!(state.outages.is_empty(), "nothing applied: {state:?}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_removes_alerts_nobody_collected_in_time() {
+    let relay = TestRelay::start_with(|config, _| {
+        config.store.retention_max_age = Duration::from_millis(300);
+        config.store.maintenance_interval = Duration::from_millis(50);
+    })
+    .await;
+    let long_ago = now_ms() - common::LONG_AGO_MS;
+    let events: Vec<_> = (0..3)
+        .map(|n| lost(&device(40 + n), long_ago, Some(&valid_mpan(16, n))))
+        .collect();
+    relay.publish_ok(events).await;
+    let status = eventually("retention to expire the enwl backlog", || async {
+        let status = relay.delivery_status("enwl").await;
+        (status.acked_sequence == 3).then_some(status)
+    })
+    .await;
+    assert_eq!((status.head_sequence, status.backlog), (3, 0));
     relay.stop().await;
 }

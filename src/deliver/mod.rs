@@ -149,6 +149,20 @@ impl Delivery {
         *self.state(log).status.lock()
     }
 
+    /// Up to `max` of a log's oldest unacknowledged entries. Retention may move the cursor
+    /// between reading it and reading the store; the read then starts where it now begins.
+    pub fn read_unacked(&self, log: LogId, max: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let mut from = self.status(log).acked + 1;
+        loop {
+            match self.store.read(log, from, max) {
+                Err(StoreError::Gone { first_retained, .. }) if first_retained > from => {
+                    from = first_retained;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Commit stage: entries up to `head` are durable.
     pub fn appended(&self, log: LogId, head: u64, count: u64) {
         let state = self.state(log);
