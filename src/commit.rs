@@ -277,11 +277,16 @@ impl CommitStage {
                     report,
                     reply,
                 } => {
-                    writes.push(Write::State {
-                        events: batch.events,
-                        outages: batch.outages,
-                        tombstones: batch.tombstones,
-                    });
+                    let changed = !(batch.events.is_empty()
+                        && batch.outages.is_empty()
+                        && batch.tombstones.is_empty());
+                    if changed {
+                        writes.push(Write::State {
+                            events: batch.events,
+                            outages: batch.outages,
+                            tombstones: batch.tombstones,
+                        });
+                    }
                     self.route(&batch.alerts, &mut writes);
                     waiting.extend(reply.map(|reply| Waiting::Batch(report, reply)));
                 }
@@ -304,6 +309,12 @@ impl CommitStage {
                     let _ = reply.send(Err(StoreError::Unavailable("reload out of order".into())));
                 }
             }
+        }
+        if writes.is_empty() {
+            // Only duplicates (or stale timers): nothing to store, and everything before
+            // this group is already committed.
+            Self::reply(waiting, &writes, &[]);
+            return;
         }
         let started = Instant::now();
         let result = self.store.commit(&writes);

@@ -110,7 +110,7 @@ async fn a_failed_commit_fences_ingest_as_unavailable() {
     }));
     assert!(f.admission.check().is_ok());
     assert!(
-        submit(&f, Vec::new()).await.is_err(),
+        submit(&f, vec![alert(AlertKind::Outage, 1)]).await.is_err(),
         "the publisher is not acknowledged"
     );
     let refused = f.admission.check().expect_err("fenced");
@@ -123,7 +123,9 @@ async fn a_full_disk_fences_ingest_as_resource_exhausted() {
         inner: MemoryStore::new(6),
         error: StoreError::Full("No space left on device".into()),
     }));
-    let err = submit(&f, Vec::new()).await.expect_err("not stored");
+    let err = submit(&f, vec![alert(AlertKind::Outage, 1)])
+        .await
+        .expect_err("not stored");
     assert_eq!(
         tonic::Status::from(RelayError::from(err)).code(),
         Code::ResourceExhausted

@@ -304,6 +304,13 @@ impl Shard {
             tombstones: std::mem::take(&mut self.effects.tombstones),
             alerts: std::mem::take(&mut self.effects.alerts),
         };
+        let unchanged = batch.events.is_empty()
+            && batch.outages.is_empty()
+            && batch.tombstones.is_empty()
+            && batch.alerts.is_empty();
+        if unchanged && reply.is_none() {
+            return Ok(());
+        }
         // Even a batch of duplicates goes through the commit stage: its reply must not
         // overtake the commit of the batch that first carried those events.
         self.commit.batch(batch, report, reply).await
