@@ -651,6 +651,7 @@ impl Relay {
             .args(&self.args)
             .current_dir(&self.dir)
             .env("OUTAGE_RELAY_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log("out"))
             .stderr(log("err"))
@@ -720,12 +721,12 @@ impl Drop for Relay {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port()
+/// Two distinct loopback ports on which nothing listens (bound together, then released).
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("its address").port();
+    (port(&a), port(&b))
 }
 
 /// Heads of every subscriber's log and the number of parked alerts, if the relay answers.
@@ -911,7 +912,7 @@ async fn sigkilled_relay_loses_no_alert_and_reuses_no_sequence() {
     );
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (grpc, metrics) = (free_port(), free_port());
+    let (grpc, metrics) = free_ports();
     let listen = format!("127.0.0.1:{grpc}");
     let data_dir = dir.path().join("data");
     let args: Vec<String> = [
