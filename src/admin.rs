@@ -77,6 +77,7 @@ impl AdminService {
             connected: self.delivery.connected(log),
             oldest_unacked_due_at: oldest.first().map(|e| e.alert.due_at.to_proto()),
             last_error: self.delivery.last_error(log),
+            sla_breaches: self.delivery.breaches(log),
         })
     }
 }

@@ -53,6 +53,8 @@ pub const DEFAULT_PUSH_WINDOW: usize = 1024;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Ingest pauses while the data directory has less free space than this.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
+/// Page cache of the embedded store.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 128 * 1024 * 1024;
 /// Requests queued for the commit stage before shards wait.
 pub const DEFAULT_COMMIT_QUEUE: usize = 4096;
 /// How often event keys and tombstones are expired and retention applied.
@@ -120,6 +122,8 @@ pub struct StoreConfig {
     pub backend: Backend,
     /// Ingest answers `RESOURCE_EXHAUSTED` while the data directory has less free space.
     pub min_free_disk_bytes: u64,
+    /// Page cache of the embedded store, bytes.
+    pub cache_bytes: usize,
     /// Requests queued for the commit stage.
     pub commit_queue: usize,
     /// Expiry and retention period.
@@ -137,6 +141,7 @@ impl Default for StoreConfig {
         Self {
             backend: Backend::Embedded,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             commit_queue: DEFAULT_COMMIT_QUEUE,
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,

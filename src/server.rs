@@ -75,7 +75,8 @@ pub fn open_store(config: &Config, table: &RoutingTable) -> anyhow::Result<Arc<d
         }
         Backend::Embedded => {
             let names: Vec<&str> = table.iter().map(|(_, name)| name).collect();
-            let store = DurableStore::open(&config.data_dir, &names)?;
+            let store =
+                DurableStore::open_with_cache(&config.data_dir, &names, config.store.cache_bytes)?;
             tracing::info!(path = %store.path().display(), "embedded store open");
             Arc::new(store)
         }

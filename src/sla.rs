@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +93,9 @@ pub fn watch_backlog(delivery: &Delivery, inbox: &SlaInbox) -> Result<usize, Sto
     Ok(count)
 }
 
+/// Deadlines checked per wake-up before new alerts get a turn.
+const SWEEP: usize = 4096;
+
 /// Runs the watch until `shutdown`.
 pub async fn run(delivery: Arc<Delivery>, inbox: Arc<SlaInbox>, shutdown: CancellationToken) {
     let mut wheel: DelayQueue<Tracked> = DelayQueue::new();
@@ -103,23 +108,61 @@ pub async fn run(delivery: Arc<Delivery>, inbox: Arc<SlaInbox>, shutdown: Cancel
             () = shutdown.cancelled() => return,
             () = inbox.notify.notified() => {}
             Some(expired) = futures::future::poll_fn(|cx| wheel.poll_expired(cx)), if !wheel.is_empty() => {
-                check(&delivery, expired.into_inner());
+                let mut sweep = Sweep::default();
+                sweep.check(&delivery, expired.into_inner());
+                for _ in 1..SWEEP {
+                    let next = futures::future::poll_fn(|cx| wheel.poll_expired(cx)).now_or_never();
+                    let Some(Some(expired)) = next else { break };
+                    sweep.check(&delivery, expired.into_inner());
+                }
+                sweep.report(&delivery);
             }
         }
     }
 }
 
-fn check(delivery: &Delivery, tracked: Tracked) {
-    if delivery.status(tracked.log).acked >= tracked.sequence {
-        return;
-    }
-    delivery.breach(tracked.log, tracked.kind, tracked.cause);
-    tracing::warn!(
-        subscriber = delivery.log_name(tracked.log),
-        alert_id = %tracked.id,
-        sequence = tracked.sequence,
-        deadline = %tracked.deadline,
-        cause = tracked.cause.as_str(),
-        "SLA breach: alert not acknowledged by its deadline"
-    );
+/// Breaches found in one sweep, reported as one log line per log (a storm can breach a
+/// million alerts in one second; the counters carry every one).
+#[derive(Default)]
+struct Sweep {
+    breaches: Vec<(LogId, Tracked, Tracked, u64)>,
 }
+
+impl Sweep {
+    fn check(&mut self, delivery: &Delivery, tracked: Tracked) {
+        if delivery.status(tracked.log).acked >= tracked.sequence {
+            return;
+        }
+        delivery.breach(tracked.log, tracked.kind, tracked.cause);
+        match self
+            .breaches
+            .iter_mut()
+            .find(|(log, ..)| *log == tracked.log)
+        {
+            Some((_, _, last, count)) => {
+                *last = tracked;
+                *count += 1;
+            }
+            None => self.breaches.push((tracked.log, tracked, tracked, 1)),
+        }
+    }
+
+    fn report(self, delivery: &Delivery) {
+        for (log, first, last, count) in self.breaches {
+            tracing::warn!(
+                subscriber = delivery.log_name(log),
+                breaches = count,
+                first_alert_id = %first.id,
+                first_sequence = first.sequence,
+                first_deadline = %first.deadline,
+                first_cause = first.cause.as_str(),
+                last_alert_id = %last.id,
+                "SLA breach: alerts not acknowledged by their deadline"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "sla_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@ pub mod feed;
 pub mod push;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -30,6 +30,7 @@ struct LogState {
     status: Mutex<LogStatus>,
     head: watch::Sender<u64>,
     connected: AtomicU32,
+    breaches: AtomicU64,
     last_error: Mutex<String>,
     metrics: SubscriberMetrics,
 }
@@ -80,6 +81,7 @@ impl Delivery {
                 status: Mutex::new(status),
                 head: watch::Sender::new(status.head),
                 connected: AtomicU32::new(0),
+                breaches: AtomicU64::new(0),
                 last_error: Mutex::new(String::new()),
                 metrics,
             });
@@ -202,7 +204,14 @@ impl Delivery {
 
     /// Counts an SLA breach against a log.
     pub fn breach(&self, log: LogId, kind: AlertKind, cause: BreachCause) {
-        self.state(log).metrics.breach(kind, cause);
+        let state = self.state(log);
+        state.breaches.fetch_add(1, Ordering::Relaxed);
+        state.metrics.breach(kind, cause);
+    }
+
+    /// SLA breaches counted against a log since start.
+    pub fn breaches(&self, log: LogId) -> u64 {
+        self.state(log).breaches.load(Ordering::Relaxed)
     }
 
     /// Marks a stream or push connection opened; the guard marks it closed when dropped.

@@ -103,11 +103,24 @@ impl DurableStore {
     /// Opens (or creates) the store in `dir` for subscribers named `subscribers`, in the
     /// order of the routing table.
     pub fn open(dir: &Path, subscribers: &[&str]) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, subscribers, crate::config::DEFAULT_STORE_CACHE_BYTES)
+    }
+
+    /// Like [`DurableStore::open`], with redb's page cache bounded to `cache_bytes` (its own
+    /// default is 1 GiB, which would make the relay's memory grow with the database).
+    pub fn open_with_cache(
+        dir: &Path,
+        subscribers: &[&str],
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|err| {
             StoreError::Unavailable(format!("cannot create {}: {err}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(map_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(map_err)?;
         let names: Vec<&str> = subscribers
             .iter()
             .copied()

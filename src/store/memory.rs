@@ -198,13 +198,13 @@ impl Store for MemoryStore {
                 head: log.head(),
             });
         }
-        Ok(log
+        // Sequences are contiguous, so the entry for `from` is at a fixed offset.
+        let start = log
             .entries
-            .iter()
-            .skip_while(|e| e.sequence < from)
-            .take(max)
-            .copied()
-            .collect())
+            .front()
+            .map_or(0, |first| from.saturating_sub(first.sequence));
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        Ok(log.entries.iter().skip(start).take(max).copied().collect())
     }
 
     fn status(&self, log: LogId) -> Result<LogStatus, StoreError> {
