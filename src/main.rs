@@ -58,8 +58,12 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<E
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTAGE_RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }
