@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use crate::admin::AdminService;
@@ -239,13 +239,12 @@ async fn serve(
     let stopping = shutdown.clone();
     let serve = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(proto::ingest_server::IngestServer::new(ingest))
         .add_service(proto::alert_feed_server::AlertFeedServer::new(feed))
         .add_service(proto::admin_server::AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener, config), async move {
             stopping.cancelled().await;
             for service in ["", "outage_relay.v1.Ingest"] {
                 health_reporter
@@ -261,6 +260,15 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// Accepted connections with Nagle off (small acks must not wait behind a stream of alerts)
+/// and TCP keepalive on. `Server::tcp_nodelay` applies only to `serve(addr)`, not to a
+/// listener handed in, so it is set here.
+fn incoming(listener: TcpListener, config: &Config) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.delivery.keepalive))
 }
 
 /// Periodic expiry and retention, and the free-disk check that pauses ingest.
