@@ -1,9 +1,11 @@
 //! Tests of `outage-relay dno-sink`.
+use super::record::json_line;
 use super::*;
 use crate::proto::alert_feed_server::{AlertFeed, AlertFeedServer};
 use crate::proto::alert_receiver_client::AlertReceiverClient;
 use crate::proto::{AckResponse, Phase};
 use clap::Parser;
+use tokio_stream::wrappers::TcpListenerStream;
 
 const T0: i64 = 1_796_032_800_000; // 2026-11-30T10:00:00Z
 

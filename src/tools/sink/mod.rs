@@ -1,0 +1,158 @@
+//! `outage-relay dno-sink`: the reference DNO receiver.
+//!
+//! Two modes:
+//! - **push** (default): hosts the `AlertReceiver` service that the relay calls; every received
+//!   alert is recorded, then acknowledged with a cumulative `DeliveryAck`.
+//! - **subscribe** (`--subscribe URL --subscriber NAME`): calls the relay's `AlertFeed.Subscribe`,
+//!   records alerts and acknowledges them with `AlertFeed.Ack` every `--ack-every` alerts or
+//!   when the stream has been idle for 50 ms; reconnects with exponential backoff, resuming from
+//!   the oldest unacknowledged alert.
+//!
+//! Alerts are recorded as JSON Lines, to `--output FILE` (appended) or to stdout. An alert is
+//! acknowledged only once its line has been flushed.
+
+mod receiver;
+mod record;
+mod subscriber;
+
+pub use receiver::serve_receiver;
+pub use record::{ReceivedAlerts, RecordOptions, Recorder};
+use subscriber::{Subscription, subscribe};
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures::{FutureExt as _, StreamExt as _};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::domain::UtcMillis;
+use crate::proto::alert_feed_client::AlertFeedClient;
+use crate::proto::alert_receiver_server::{AlertReceiver, AlertReceiverServer};
+use crate::proto::{AckRequest, Alert, AlertKind, DeliveryAck, SubscribeRequest};
+
+/// Subscribe mode acknowledges pending alerts once the stream has been quiet this long.
+const IDLE_ACK_AFTER: Duration = Duration::from_millis(50);
+/// Push mode flushes and acknowledges at least every this many alerts of a burst.
+const MAX_PUSH_BATCH: usize = 512;
+/// Bound on queued `DeliveryAck`s per push stream.
+const ACK_QUEUE: usize = 1024;
+/// How long a last acknowledgement may take when a subscription ends.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and largest reconnection delays in subscribe mode.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Flags of `outage-relay dno-sink`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SinkArgs {
+    /// Push mode: address to host the `AlertReceiver` service on.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50061",
+        conflicts_with = "subscribe"
+    )]
+    pub listen: SocketAddr,
+    /// Subscribe mode: the relay's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, value_name = "URL", requires = "subscriber")]
+    pub subscribe: Option<String>,
+    /// Subscribe mode: the subscriber name whose alerts to receive.
+    #[arg(long, value_name = "NAME", requires = "subscribe")]
+    pub subscriber: Option<String>,
+    /// Subscribe mode: first sequence wanted on the first connection (0 = oldest
+    /// unacknowledged). Reconnections always resume from the oldest unacknowledged.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "subscribe")]
+    pub from_sequence: u64,
+    /// Subscribe mode: acknowledge at least every N alerts (and whenever the stream is idle
+    /// for 50 ms).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub ack_every: u64,
+    /// Append one JSON object per alert to FILE (JSON Lines) instead of printing to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Do not print alerts to stdout (when there is no `--output`).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop after receiving N alerts.
+    #[arg(long, value_name = "N")]
+    pub once_count: Option<u64>,
+}
+
+/// What a sink run received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Alerts recorded.
+    pub received: u64,
+    /// Highest sequence recorded (0 when none).
+    pub last_sequence: u64,
+}
+
+/// Runs `outage-relay dno-sink` until `shutdown`, `--once-count` or an output error.
+pub async fn run(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<SinkSummary> {
+    let recorder = Recorder::open(RecordOptions {
+        output: args.output.clone(),
+        stdout: !args.quiet,
+        once_count: args.once_count,
+        keep: None,
+    })?;
+    match (args.subscribe, args.subscriber) {
+        (Some(target), Some(subscriber)) => {
+            tracing::info!(
+                %target,
+                %subscriber,
+                from_sequence = args.from_sequence,
+                "dno-sink subscribing to the relay's alert feed"
+            );
+            subscribe(
+                Subscription {
+                    target,
+                    subscriber,
+                    from_sequence: args.from_sequence,
+                    ack_every: args.ack_every,
+                },
+                recorder.clone(),
+                shutdown,
+            )
+            .await;
+        }
+        (None, None) => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                "dno-sink hosting AlertReceiver for pushed alerts"
+            );
+            serve_receiver(listener, recorder.clone(), shutdown).await?;
+        }
+        _ => anyhow::bail!("--subscribe and --subscriber go together"),
+    }
+    let summary = recorder.finish()?;
+    tracing::info!(
+        received = summary.received,
+        last_sequence = summary.last_sequence,
+        "dno-sink stopped"
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
