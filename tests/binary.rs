@@ -4,113 +4,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::{free_port, read, run_to_exit, scrape, spawn};
 use common::{WAIT, bounded, connect, device, valid_mpan};
 use outage_relay::proto::AlertKind;
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::{AckRequest, SubscribeRequest};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_outage-relay");
-
-/// A loopback port on which nothing listens (bound, then released).
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    listener.local_addr().expect("address").port()
-}
-
-/// A child process, killed if the test ends while it still runs.
-struct Running {
-    child: Child,
-}
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded by [`WAIT`]) for the process to exit.
-    async fn exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("query the child") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts the binary with `args`, stdout and stderr going to files in `dir`.
-fn spawn(args: &[&str], dir: &Path, name: &str) -> Running {
-    let stdout = std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file");
-    let stderr = std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file");
-    let child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("OUTAGE_RELAY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("start the outage-relay binary");
-    Running { child }
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
-/// Runs the binary to completion (bounded by [`WAIT`]): exit status, stdout, stderr.
-async fn run_to_exit(args: &[&str], dir: &Path, name: &str) -> (ExitStatus, String, String) {
-    let mut running = spawn(args, dir, name);
-    let status = running.exit().await;
-    let out = read(dir, &format!("{name}.out"));
-    let err = read(dir, &format!("{name}.err"));
-    (status, out, err)
-}
-
-/// `GET /metrics` over plain HTTP/1.0; returns the body.
-async fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to the metrics listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read the response");
-    assert!(response.starts_with("HTTP/1."), "{response}");
-    assert!(response.contains(" 200 "), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_relays_a_published_loss_exposes_metrics_and_stops_on_sigterm() {

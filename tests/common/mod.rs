@@ -1,10 +1,13 @@
 //! Shared harness for the integration tests: starts the real relay in-process on a loopback
 //! port (`server::run` on a `127.0.0.1:0` listener) and talks to it only through its gRPC
 //! services, with event builders, a subscriber helper, registry files and bounded waits.
+//! [`process`] runs real programs instead: the compiled binary, Prometheus.
 //!
 //! Every wait is bounded by [`WAIT`] only so that a broken relay fails a test instead of
 //! hanging it; no test asserts how quickly anything happens.
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
+
+pub mod process;
 
 use std::future::Future;
 use std::net::SocketAddr;
