@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
+use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
 use crate::tools::sink::SinkArgs;
 
@@ -29,6 +31,13 @@ pub enum Command {
     DnoSink(SinkArgs),
     /// Publish loss/restoration events the way a CSP adapter does.
     Publish(PublishArgs),
+    /// Ask a relay's gRPC health service whether it is serving (exit 0) or not (exit 1).
+    Health(HealthArgs),
+    /// Validate the configuration `serve` would run with (same flags and variables), load the
+    /// registry, and print the effective configuration as TOML; exit 64 if it cannot run.
+    CheckConfig(ServeArgs),
+    /// Run the SLA benchmark: a generated fleet and a scripted scenario against the relay.
+    Bench(BenchArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {

@@ -37,8 +37,10 @@
 //! - [`admin`]: the operator gRPC service.
 //! - [`telemetry`]: metric names and handles.
 //! - [`server`]: wires the stages together and runs them until shutdown.
+//! - [`bench`]: `outage-relay bench`, the end-to-end SLA benchmark against the real binary.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod commit;
 pub mod config;

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use outage_relay::cli::{Cli, Command, ServeArgs};
+use outage_relay::config::Config;
+use outage_relay::route::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration that cannot run (EX_USAGE).
@@ -29,6 +31,9 @@ fn main() -> ExitCode {
             Command::Publish(args) => outage_relay::tools::publish::run(args)
                 .await
                 .map(|_| ExitCode::SUCCESS),
+            Command::Health(args) => Ok(outage_relay::tools::health::run(args).await),
+            Command::CheckConfig(args) => check_config(args),
+            Command::Bench(args) => outage_relay::bench::run(args, shutdown).await,
         }
     });
     match result {
@@ -40,18 +45,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// The effective configuration; one that cannot run is reported (the same way for `serve` and
+/// `check-config`) and becomes exit code [`EXIT_CONFIG`].
+fn effective_config(args: ServeArgs) -> Result<Config, ExitCode> {
+    args.into_config().map_err(|err| {
+        eprintln!("outage-relay: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    let config = match args.into_config() {
+    let config = match effective_config(args) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("outage-relay: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
     outage_relay::telemetry::install_prometheus(config.metrics_listen)?;
     tracing::info!(metrics = %config.metrics_listen, "Prometheus metrics at /metrics");
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     outage_relay::server::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check-config`: validates the configuration and the registry `serve` would load, then prints
+/// the effective configuration. A bad registry fails (exit 1) with its bad lines.
+fn check_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match effective_config(args) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let devices = match &config.registry {
+        Some(path) => Registry::load(path)?.len(),
+        None => 0,
+    };
+    print!(
+        "{}",
+        outage_relay::tools::check_config::render(&config, devices)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
