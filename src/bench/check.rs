@@ -272,3 +272,7 @@ fn trigger_sent(tracker: &Tracker, n: u32, outage: &Outage, kind: AlertKind) -> 
         Tracker::get(&tracker.restore_sent, n)
     }
 }
+
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;

@@ -107,11 +107,13 @@ pub struct BenchArgs {
     /// Directory for result.json, report.html and relay.log (created if missing).
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     pub out: PathBuf,
-    /// CSP publishers, one Publish stream each.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Publishers, one Publish stream each (the two CSPs' adapters, two streams each). Fewer
+    /// streams or smaller batches lower the ingest rate the relay can reach.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub publishers: u16,
-    /// Events per batch at most (the relay accepts up to 10,000).
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    /// Events per batch at most (the relay accepts up to 10,000); a batch holds whatever is
+    /// due when it is sent, so quiet periods send small batches.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
     /// No progress bar and no status lines (the summary is still printed).
     #[arg(long)]

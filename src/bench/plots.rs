@@ -81,7 +81,7 @@ pub fn write(out: &mut String, result: &BenchResult) {
     out.push_str(&line_chart(
         &Frame {
             y_label: "alerts",
-            ..frame("Backlog over time")
+            ..frame("Backlog over time (upstream delays included)")
         },
         &[
             line("due, not yet received", POA, ints(&series.outstanding)),
