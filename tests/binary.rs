@@ -5,17 +5,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::process::{free_port, read, run_to_exit, scrape, spawn};
-use common::{WAIT, bounded, connect, device, valid_mpan};
+use common::process::{free_port, read, run_to_exit, scrape, spawn, wait_healthy};
+use common::{bounded, device, valid_mpan};
 use outage_relay::proto::AlertKind;
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::{AckRequest, SubscribeRequest};
-use tokio::time::Instant;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_relays_a_published_loss_exposes_metrics_and_stops_on_sigterm() {
@@ -40,21 +35,7 @@ async fn serve_relays_a_published_loss_exposes_metrics_and_stops_on_sigterm() {
     );
 
     // Wait for it to accept and report itself healthy.
-    let channel = connect(&url).await;
-    let mut health = HealthClient::new(channel.clone());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let check = health.check(HealthCheckRequest::default()).await;
-        if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay never became healthy: {}",
-            read(dir.path(), "serve.err")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let channel = wait_healthy(&url, dir.path()).await;
 
     let mut feed = AlertFeedClient::new(channel);
     let mut stream = bounded(

@@ -12,17 +12,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::process::{Running, free_port, http_get, read, spawn, spawn_program};
-use common::{bounded, connect, device, lost, now_ms, valid_mpan};
+use common::process::{Running, free_port, http_get, read, spawn, spawn_program, wait_healthy};
+use common::{bounded, device, lost, now_ms, valid_mpan};
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::ingest_client::IngestClient;
 use outage_relay::proto::{AckRequest, EventBatch, SubscribeRequest};
 use outage_relay::telemetry;
 use serde_json::Value;
 use tokio::time::Instant;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Bound on waiting for Prometheus to start, scrape and evaluate (it scrapes and evaluates
 /// every second here); only turns a hang into a failure.
@@ -368,21 +365,7 @@ async fn a_real_prometheus_scrapes_the_relay_and_evaluates_the_rules() {
     );
     let mut prometheus = Prometheus::start(dir.path(), metrics_port, &rules_with_short_for()).await;
 
-    let channel = connect(&url).await;
-    let mut health = HealthClient::new(channel.clone());
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let check = health.check(HealthCheckRequest::default()).await;
-        if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay never became healthy: {}",
-            read(dir.path(), "serve.err")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let channel = wait_healthy(&url, dir.path()).await;
 
     // Prometheus has scraped the relay before any alert exists, so the histogram's increase
     // is seen by rate().

@@ -130,3 +130,27 @@ pub async fn scrape(port: u16) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+/// Waits until the relay at `url` reports SERVING on `grpc.health.v1`, failing with its log
+/// (`serve.err` in `dir`) if it never does within [`WAIT`].
+pub async fn wait_healthy(url: &str, dir: &Path) -> tonic::transport::Channel {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let channel = super::connect(url).await;
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let check = health.check(HealthCheckRequest::default()).await;
+        if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+            return channel;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay never became healthy: {}",
+            read(dir, "serve.err")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
