@@ -475,3 +475,10 @@ proptest! {
             h.machine.outages().filter(|(_, o)| o.state == OutageState::Pending).count());
     }
 }
+
+#[test]
+fn outcome_all_lists_the_variants_in_declaration_order() {
+    for (index, outcome) in Outcome::ALL.iter().enumerate() {
+        assert_eq!(*outcome as usize, index, "{outcome:?}");
+    }
+}
