@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TlsMode};
 use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
 use crate::tools::sink::SinkArgs;
@@ -74,6 +74,30 @@ pub struct ServeArgs {
     /// Debounce shards; 0 = one per CPU [default: 0].
     #[arg(long, env = "OUTAGE_RELAY_SHARDS")]
     pub shards: Option<usize>,
+    /// Events per second one publisher may send; 0 = no limit [default: 250000].
+    #[arg(long, env = "OUTAGE_RELAY_PUBLISHER_EVENTS_PER_SECOND")]
+    pub publisher_events_per_second: Option<u32>,
+    /// `mutual` (TLS with client certificates) or `plaintext`; unset: plaintext, on a loopback
+    /// `--listen` only.
+    #[arg(long, env = "OUTAGE_RELAY_TLS_MODE", value_parser = tls_mode)]
+    pub tls_mode: Option<TlsMode>,
+    /// PEM certificate chain the relay presents.
+    #[arg(long, env = "OUTAGE_RELAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "OUTAGE_RELAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) client certificates must chain to.
+    #[arg(long, env = "OUTAGE_RELAY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+fn tls_mode(text: &str) -> Result<TlsMode, String> {
+    match text {
+        "mutual" => Ok(TlsMode::Mutual),
+        "plaintext" => Ok(TlsMode::Plaintext),
+        other => Err(format!("{other:?} is not \"mutual\" or \"plaintext\"")),
+    }
 }
 
 impl ServeArgs {
@@ -106,6 +130,21 @@ impl ServeArgs {
         }
         if let Some(shards) = self.shards {
             config.shards = shards;
+        }
+        if let Some(rate) = self.publisher_events_per_second {
+            config.limits.publisher_events_per_second = rate;
+        }
+        if self.tls_mode.is_some() {
+            config.tls.mode = self.tls_mode;
+        }
+        if self.tls_cert.is_some() {
+            config.tls.cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            config.tls.key = self.tls_key;
+        }
+        if self.tls_client_ca.is_some() {
+            config.tls.client_ca = self.tls_client_ca;
         }
         config.validate()?;
         Ok(config)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DistributorId;
+use crate::security::Role;
 
 /// Data directory of the embedded store, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "outage-relay-data";
@@ -65,6 +66,16 @@ pub const DEFAULT_RETENTION_MAX_ALERTS: u64 = 20_000_000;
 pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Bound on graceful shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Longest gRPC message accepted, bytes (a full batch of 10,000 events is about 1 MB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Open `Publish` and `Subscribe` streams per connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 16;
+/// Events per second one publisher may send, sustained; 0 turns the limit off.
+pub const DEFAULT_PUBLISHER_EVENTS_PER_SECOND: u32 = 250_000;
+/// Events one publisher may send at once above its sustained rate.
+pub const DEFAULT_PUBLISHER_BURST_EVENTS: u32 = 500_000;
+/// Bound on a TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +113,92 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Durable store, expiry and retention.
     pub store: StoreConfig,
+    /// TLS and the identities allowed to call.
+    pub tls: TlsConfig,
+    /// Limits on hostile or runaway clients.
+    pub limits: LimitsConfig,
+}
+
+/// Transport security of the gRPC listener.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// No TLS, no identities: every caller may do everything. Set explicitly to allow it on
+    /// an address other than loopback.
+    Plaintext,
+    /// TLS with client certificates mapped to roles by `tls.identities`.
+    Mutual,
+}
+
+/// TLS settings and the certificate identities allowed to call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Unset: plaintext, allowed only when `listen` is a loopback address.
+    pub mode: Option<TlsMode>,
+    /// PEM certificate chain the relay presents (to clients, and to push receivers).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Bound on a TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Certificate identities and what they may do.
+    pub identities: Vec<IdentityConfig>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            identities: Vec::new(),
+        }
+    }
+}
+
+/// One certificate identity: a subject alternative name (DNS, URI or email) or subject common
+/// name, its role, and for subscribers the feed it may read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The name the certificate carries.
+    pub identity: String,
+    /// What it may do.
+    pub role: Role,
+    /// For `role = "subscriber"`: the subscriber whose feed it reads.
+    #[serde(default)]
+    pub subscriber: Option<String>,
+}
+
+/// Limits on hostile or runaway clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest gRPC message accepted, bytes.
+    pub max_message_bytes: usize,
+    /// Open `Publish` and `Subscribe` streams per connection.
+    pub max_streams_per_connection: usize,
+    /// Events per second one publisher (identity; address in plaintext mode) may send; 0 = off.
+    pub publisher_events_per_second: u32,
+    /// Events a publisher may send at once above its rate; at least `ingest.max_batch_events`.
+    pub publisher_burst_events: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            publisher_events_per_second: DEFAULT_PUBLISHER_EVENTS_PER_SECOND,
+            publisher_burst_events: DEFAULT_PUBLISHER_BURST_EVENTS,
+        }
+    }
 }
 
 /// Storage backend.
@@ -206,8 +303,15 @@ pub struct SubscriberConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
-    /// Receiver URL, e.g. `http://127.0.0.1:50061`.
+    /// Receiver URL, e.g. `http://127.0.0.1:50061`, or `https://` for TLS.
     pub endpoint: String,
+    /// For `https://`: PEM CA certificates the receiver's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// For `https://`: the name the receiver's certificate must carry, when it is not the
+    /// endpoint's host.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// Delivery tuning.
@@ -251,6 +355,8 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             delivery: DeliveryConfig::default(),
             store: StoreConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -403,7 +509,99 @@ impl Config {
                 "delivery.push_backoff_initial is longer than delivery.push_backoff_max".into(),
             );
         }
-        self.validate_routing()
+        self.validate_routing()?;
+        self.validate_limits()?;
+        self.validate_tls()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.max_message_bytes < 1024 || limits.max_streams_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least 1024 and limits.max_streams_per_connection at least 1".into(),
+            ));
+        }
+        if limits.publisher_events_per_second > 0
+            && (limits.publisher_burst_events as usize) < self.ingest.max_batch_events
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.publisher_burst_events = {} is below ingest.max_batch_events = {}: a full batch could never pass",
+                limits.publisher_burst_events, self.ingest.max_batch_events
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let tls = &self.tls;
+        match tls.mode {
+            None if !self.listen.ip().is_loopback() => {
+                return invalid(format!(
+                    "listen = {} is not a loopback address: configure [tls] mode = \"mutual\" (cert, key, client_ca, identities), or set mode = \"plaintext\" to serve unauthenticated plaintext deliberately",
+                    self.listen
+                ));
+            }
+            Some(TlsMode::Mutual) => {
+                if tls.cert.is_none() || tls.key.is_none() || tls.client_ca.is_none() {
+                    return invalid(
+                        "tls.mode = \"mutual\" needs tls.cert, tls.key and tls.client_ca".into(),
+                    );
+                }
+                if tls.identities.is_empty() {
+                    return invalid(
+                        "tls.mode = \"mutual\" with no tls.identities would refuse every call"
+                            .into(),
+                    );
+                }
+            }
+            _ if !tls.identities.is_empty() => {
+                return invalid(
+                    "tls.identities are set but tls.mode is not \"mutual\": they would be ignored"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if tls.handshake_timeout.is_zero() {
+            return invalid("tls.handshake_timeout must be greater than zero".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in &tls.identities {
+            if entry.identity.trim().is_empty() || entry.identity.len() > 1024 {
+                return invalid("tls.identities: identity must be 1-1024 characters".into());
+            }
+            if !seen.insert(entry.identity.as_str()) {
+                return invalid(format!(
+                    "tls.identities: {:?} is configured twice",
+                    entry.identity
+                ));
+            }
+            match (entry.role, &entry.subscriber) {
+                (Role::Subscriber, None) => {
+                    return invalid(format!(
+                        "tls.identities: {:?} has role subscriber but no subscriber name",
+                        entry.identity
+                    ));
+                }
+                (Role::Subscriber, Some(name))
+                    if !self.routing.subscribers.iter().any(|s| &s.name == name) =>
+                {
+                    return invalid(format!(
+                        "tls.identities: {:?} reads subscriber {name:?}, which is not configured",
+                        entry.identity
+                    ));
+                }
+                (Role::Publisher | Role::Admin, Some(_)) => {
+                    return invalid(format!(
+                        "tls.identities: {:?} has role {} and a subscriber name; only subscribers read a feed",
+                        entry.identity, entry.role
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate_routing(&self) -> Result<(), ConfigError> {
@@ -442,13 +640,20 @@ impl Config {
                     )));
                 }
             }
-            if let Some(push) = &sub.push
-                && !(push.endpoint.starts_with("http://") || push.endpoint.starts_with("https://"))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "subscriber {:?}: push endpoint {:?} must start with http:// or https://",
-                    sub.name, push.endpoint
-                )));
+            if let Some(push) = &sub.push {
+                let https = push.endpoint.starts_with("https://");
+                if !(https || push.endpoint.starts_with("http://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "subscriber {:?}: push endpoint {:?} must start with http:// or https://",
+                        sub.name, push.endpoint
+                    )));
+                }
+                if https != push.ca.is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "subscriber {:?}: push.ca is required for an https:// endpoint and only for one",
+                        sub.name
+                    )));
+                }
             }
         }
         if let Some(idno) = &self.routing.idno_subscriber
@@ -517,6 +722,104 @@ mod tests {
         .expect("parses");
         let err = config.validate().expect_err("conflict");
         assert!(err.to_string().contains("distributor id 10"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_must_be_chosen_explicitly() {
+        let mut config = Config {
+            listen: parse_addr("0.0.0.0:50051"),
+            ..Config::default()
+        };
+        let err = config
+            .validate()
+            .expect_err("implicit plaintext on all interfaces");
+        assert!(err.to_string().contains("mode = \"mutual\""), "{err}");
+        config.tls.mode = Some(TlsMode::Plaintext);
+        config.validate().expect("explicit plaintext is allowed");
+    }
+
+    fn mutual() -> Config {
+        Config::from_toml(
+            r#"
+            [tls]
+            mode = "mutual"
+            cert = "relay.pem"
+            key = "relay-key.pem"
+            client_ca = "ca.pem"
+            [[tls.identities]]
+            identity = "spiffe://dno.example/ukpn"
+            role = "subscriber"
+            subscriber = "ukpn"
+            [[tls.identities]]
+            identity = "adapter.csp.example"
+            role = "publisher"
+            "#,
+        )
+        .expect("parses")
+    }
+
+    #[test]
+    fn mutual_tls_needs_its_files_and_sound_identities() {
+        mutual().validate().expect("valid");
+        let expect_refused = |config: Config, needle: &str| {
+            let err = config.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        let mut no_ca = mutual();
+        no_ca.tls.client_ca = None;
+        expect_refused(no_ca, "tls.client_ca");
+        let mut nobody = mutual();
+        nobody.tls.identities.clear();
+        expect_refused(nobody, "refuse every call");
+        let mut unknown_feed = mutual();
+        unknown_feed.tls.identities[0].subscriber = Some("nobody".into());
+        expect_refused(unknown_feed, "not configured");
+        let mut no_feed = mutual();
+        no_feed.tls.identities[0].subscriber = None;
+        expect_refused(no_feed, "no subscriber name");
+        let mut publisher_with_feed = mutual();
+        publisher_with_feed.tls.identities[1].subscriber = Some("ukpn".into());
+        expect_refused(publisher_with_feed, "only subscribers read a feed");
+        let mut twice = mutual();
+        let first = twice.tls.identities[0].clone();
+        twice.tls.identities.push(first);
+        expect_refused(twice, "configured twice");
+        let mut ignored = mutual();
+        ignored.tls.mode = Some(TlsMode::Plaintext);
+        expect_refused(ignored, "would be ignored");
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused_with_its_line() {
+        let err = Config::from_toml("[[tls.identities]]\nidentity = \"x\"\nrole = \"superuser\"\n")
+            .expect_err("unknown role");
+        let message = err.to_string();
+        assert!(message.contains("superuser"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused() {
+        let mut config = Config::default();
+        config.limits.publisher_burst_events = 10;
+        let err = config.validate().expect_err("burst below a batch");
+        assert!(err.to_string().contains("publisher_burst_events"), "{err}");
+        config.limits.publisher_events_per_second = 0;
+        config.validate().expect("no rate limit, no burst needed");
+        config.limits.max_streams_per_connection = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn an_https_push_endpoint_needs_its_ca() {
+        let mut config = Config::default();
+        config.routing.subscribers[0].push = Some(PushConfig {
+            endpoint: "https://receiver.ukpn.example:443".into(),
+            ca: None,
+            domain: None,
+        });
+        let err = config.validate().expect_err("no CA");
+        assert!(err.to_string().contains("push.ca"), "{err}");
     }
 
     #[test]

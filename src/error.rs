@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::store::StoreError;
 
@@ -38,8 +39,17 @@ impl From<RelayError> for Status {
             RelayError::InvalidArgument(_) => Status::invalid_argument(message),
             RelayError::NotFound(_) => Status::not_found(message),
             RelayError::Exhausted { retry_after, .. } => {
-                let mut status = Status::resource_exhausted(message);
-                if let Ok(value) = format!("{}", retry_after.as_millis()).parse() {
+                if retry_after.is_zero() {
+                    return Status::resource_exhausted(message);
+                }
+                // The hint twice: `google.rpc.RetryInfo` in the status details for gRPC
+                // clients that read rich errors, and plain metadata for everyone else.
+                let mut status = Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                );
+                if let Ok(value) = retry_after.as_millis().to_string().parse() {
                     status.metadata_mut().insert("retry-after-ms", value);
                 }
                 status
@@ -54,6 +64,24 @@ impl From<RelayError> for Status {
             },
         }
     }
+}
+
+/// An error and its sources on one line (`transport error: tcp connect error: Connection
+/// refused`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut last = line.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Wrappers often repeat their source's message; say it once.
+        if text != last {
+            line.push_str(&format!(": {text}"));
+        }
+        last = text;
+        source = cause.source();
+    }
+    line
 }
 
 #[cfg(test)]
@@ -104,5 +132,7 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("250")
         );
+        let retry = status.get_details_retry_info().expect("RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(250)));
     }
 }

@@ -35,6 +35,8 @@
 //!   delivery to DNO-hosted receivers.
 //! - [`sla`]: the deadline watchdog.
 //! - [`admin`]: the operator gRPC service.
+//! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
+//!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles.
 //! - [`server`]: wires the stages together and runs them until shutdown.
 //! - [`bench`]: `outage-relay bench`, the end-to-end SLA benchmark against the real binary.
@@ -51,6 +53,7 @@ pub mod error;
 pub mod ingest;
 pub mod proto;
 pub mod route;
+pub mod security;
 pub mod server;
 pub mod sla;
 pub mod store;

@@ -66,8 +66,9 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// `check-config`: validates the configuration and the registry `serve` would load, then prints
-/// the effective configuration. A bad registry fails (exit 1) with its bad lines.
+/// `check-config`: validates the configuration, the registry and the TLS files `serve` would
+/// load, then prints the effective configuration. A bad registry fails (exit 1) with its bad
+/// lines, a bad TLS file with its name and the reason.
 fn check_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = match effective_config(args) {
         Ok(config) => config,
@@ -77,6 +78,7 @@ fn check_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Registry::load(path)?.len(),
         None => 0,
     };
+    outage_relay::security::tls::check_files(&config)?;
     print!(
         "{}",
         outage_relay::tools::check_config::render(&config, devices)?

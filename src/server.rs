@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
@@ -30,6 +31,9 @@ use crate::domain::Clock;
 use crate::ingest::IngestService;
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable};
+use crate::security::limits::{OversizeLayer, StreamLimiter};
+use crate::security::tls::ServerTls;
+use crate::security::{Guard, IdentityMap, Principal, Role};
 use crate::sla::SlaInbox;
 use crate::store::{DurableStore, LogId, MemoryStore, Recovered, Store};
 use crate::telemetry::Metrics;
@@ -90,6 +94,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let server_tls = crate::security::tls::server(&config.tls)?;
+    let push_targets = push_targets(&config)?;
     let registry = match &config.registry {
         Some(path) => Registry::load(path)?,
         None => Registry::empty(),
@@ -159,23 +165,27 @@ pub async fn run(
             stages.clone(),
         ),
     );
-    for (id, _) in table.iter() {
-        if let Some(endpoint) = table.push_endpoint(id) {
-            let task = push::run(
-                Arc::clone(&delivery),
-                commit.clone(),
-                LogId::Subscriber(id),
-                endpoint.to_owned(),
-                config.delivery.clone(),
-                stages.clone(),
-            );
-            tasks.spawn(&format!("push-{}", table.name(id)), task);
-        }
+    for (name, target) in push_targets {
+        let Some(id) = table.id_of(&name) else {
+            continue;
+        };
+        let task = push::run(
+            Arc::clone(&delivery),
+            commit.clone(),
+            LogId::Subscriber(id),
+            target,
+            config.delivery.clone(),
+            stages.clone(),
+        );
+        tasks.spawn(&format!("push-{name}"), task);
     }
+    let streams = StreamLimiter::new(config.limits.max_streams_per_connection);
 
     let ingest = IngestService::new(
         Arc::clone(&shards),
         config.ingest.clone(),
+        &config.limits,
+        Arc::clone(&streams),
         clock,
         Arc::clone(&metrics),
         admission,
@@ -186,6 +196,7 @@ pub async fn run(
         config.delivery.stream_buffer,
         shutdown.clone(),
         tasks.clone(),
+        streams,
     );
     let admin = AdminService::new(
         shards,
@@ -195,7 +206,11 @@ pub async fn run(
         config.registry.clone(),
         config.debounce,
     );
-    let served = serve(&config, listener, shutdown, ingest, feed, admin).await;
+    let edge = Edge {
+        tls: server_tls,
+        guard: guard(&config),
+    };
+    let served = serve(&config, listener, shutdown, edge, ingest, feed, admin).await;
     stages.cancel();
     if !tasks.wait(config.shutdown_grace).await {
         tracing::warn!(grace = ?config.shutdown_grace, "pipeline tasks still running after the grace period");
@@ -211,10 +226,44 @@ pub async fn run(
     served
 }
 
+/// Push receivers by subscriber name, with their TLS settings loaded.
+fn push_targets(config: &Config) -> anyhow::Result<Vec<(String, push::Target)>> {
+    Ok(crate::security::tls::push_clients(config)?
+        .into_iter()
+        .map(|(name, endpoint, tls)| (name, push::Target { endpoint, tls }))
+        .collect())
+}
+
+/// The identity check for the configured mode.
+fn guard(config: &Config) -> Guard {
+    if config.tls.mode != Some(crate::config::TlsMode::Mutual) {
+        return Guard::Open;
+    }
+    Guard::Mutual(Arc::new(IdentityMap::new(
+        config.tls.identities.iter().map(|entry| Principal {
+            identity: entry.identity.clone(),
+            role: entry.role,
+            subscriber: entry.subscriber.clone(),
+        }),
+    )))
+}
+
+/// What stands in front of the services: TLS (absent in plaintext mode) and the identity
+/// check.
+struct Edge {
+    tls: Option<ServerTls>,
+    guard: Guard,
+}
+
+/// HTTP/2 streams a connection may open beyond its long-lived `Publish`/`Subscribe` streams
+/// (unary calls in flight).
+const UNARY_STREAMS_PER_CONNECTION: usize = 256;
+
 async fn serve(
     config: &Config,
     listener: TcpListener,
     shutdown: CancellationToken,
+    edge: Edge,
     ingest: IngestService,
     feed: FeedService,
     admin: AdminService,
@@ -235,15 +284,52 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC (plaintext)");
-    let stopping = shutdown.clone();
-    let serve = Server::builder()
+    let mut builder = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
+        .max_concurrent_streams(
+            u32::try_from(config.limits.max_streams_per_connection + UNARY_STREAMS_PER_CONNECTION)
+                .unwrap_or(u32::MAX),
+        );
+    match edge.tls {
+        Some(tls) => {
+            if let Some(expires) = tls.own.expires {
+                let left = expires
+                    .0
+                    .saturating_sub(crate::domain::UtcMillis::system_now().0);
+                if left <= 0 {
+                    anyhow::bail!("tls.cert expired at {expires}; renew it before starting");
+                }
+                crate::telemetry::tls_certificate_expires_in(left as f64 / 1000.0);
+                if left < CERT_EXPIRY_WARNING_MS {
+                    tracing::warn!(%expires, "tls.cert expires within 30 days; renew it");
+                }
+            }
+            tracing::info!(%local, identities = config.tls.identities.len(), debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC with mutual TLS");
+            builder = builder.tls_config(tls.config)?;
+        }
+        None => {
+            tracing::warn!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC in PLAINTEXT: no TLS, no identities, every caller may publish, read every feed and use Admin");
+        }
+    }
+    let limit = config.limits.max_message_bytes;
+    let guard = edge.guard;
+    let stopping = shutdown.clone();
+    let serve = builder
+        .layer(OversizeLayer { limit })
         .add_service(health)
         .add_service(reflection)
-        .add_service(proto::ingest_server::IngestServer::new(ingest))
-        .add_service(proto::alert_feed_server::AlertFeedServer::new(feed))
-        .add_service(proto::admin_server::AdminServer::new(admin))
+        .add_service(InterceptedService::new(
+            proto::ingest_server::IngestServer::new(ingest).max_decoding_message_size(limit),
+            guard.require(Role::Publisher),
+        ))
+        .add_service(InterceptedService::new(
+            proto::alert_feed_server::AlertFeedServer::new(feed).max_decoding_message_size(limit),
+            guard.require(Role::Subscriber),
+        ))
+        .add_service(InterceptedService::new(
+            proto::admin_server::AdminServer::new(admin).max_decoding_message_size(limit),
+            guard.require(Role::Admin),
+        ))
         .serve_with_incoming_shutdown(incoming(listener, config), async move {
             stopping.cancelled().await;
             for service in ["", "outage_relay.v1.Ingest"] {
@@ -261,6 +347,9 @@ async fn serve(
         }
     }
 }
+
+/// How early before the relay's certificate expires the log warns.
+const CERT_EXPIRY_WARNING_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Accepted connections with Nagle off (small acks must not wait behind a stream of alerts)
 /// and TCP keepalive on. `Server::tcp_nodelay` applies only to `serve(addr)`, not to a

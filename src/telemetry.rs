@@ -49,6 +49,19 @@ pub const STORE_COMMIT_LATENCY: &str = "outage_relay_store_commit_seconds";
 pub const STORE_ERRORS: &str = "outage_relay_store_errors_total";
 /// 1 while ingest is refused (disk below `min_free_disk`, or the store failed).
 pub const INGEST_REFUSED: &str = "outage_relay_ingest_refused";
+/// Calls refused before reaching a service, by `reason` (see [`REFUSE_REASONS`]).
+pub const CALLS_REFUSED: &str = "outage_relay_calls_refused_total";
+/// Seconds until the relay's own TLS certificate expires (absent in plaintext mode).
+pub const TLS_CERT_EXPIRY: &str = "outage_relay_tls_certificate_expiry_seconds";
+
+/// Why a call was refused at the edge, the `reason` label of [`CALLS_REFUSED`].
+pub const REFUSE_REASONS: [&str; 5] = [
+    "unauthenticated",
+    "permission_denied",
+    "rate_limited",
+    "too_many_streams",
+    "too_large",
+];
 
 /// Subscriber label used for parked alerts.
 pub const PARKED_SUBSCRIBER: &str = "(parked)";
@@ -149,6 +162,26 @@ fn describe() {
         INGEST_REFUSED,
         "1 while ingest is refused for lack of disk or a failed store"
     );
+    describe_counter!(
+        CALLS_REFUSED,
+        "Calls refused at the edge (identity, role, rate, streams, size), by reason"
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the relay's TLS certificate expires"
+    );
+}
+
+/// Counts one call refused at the edge; `reason` is one of [`REFUSE_REASONS`]. Refusals are
+/// rare, so the handle is looked up here rather than kept.
+pub fn call_refused(reason: &'static str) {
+    counter!(CALLS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Publishes how long the relay's certificate has left.
+pub fn tls_certificate_expires_in(seconds: f64) {
+    gauge!(TLS_CERT_EXPIRY).set(seconds);
 }
 
 fn kind_index(kind: AlertKind) -> usize {

@@ -36,6 +36,8 @@ async fn push_mode_delivers_in_order_once_the_receiver_comes_up() {
             .expect("ukpn is a default subscriber");
         ukpn.push = Some(PushConfig {
             endpoint: format!("http://127.0.0.1:{port}"),
+            ca: None,
+            domain: None,
         });
         config.delivery.push_backoff_initial = Duration::from_millis(50);
         config.delivery.push_backoff_max = Duration::from_millis(200);
@@ -90,7 +92,7 @@ async fn push_mode_delivers_in_order_once_the_receiver_comes_up() {
     })
     .expect("an in-memory recorder");
     let sink_stop = CancellationToken::new();
-    let sink = tokio::spawn(serve_receiver(listener, recorder, sink_stop.clone()));
+    let sink = tokio::spawn(serve_receiver(listener, recorder, sink_stop.clone(), None));
 
     let alerts = bounded("3 pushed alerts", received.wait_for(3)).await;
     assert_eq!(sequences(&alerts), [1, 2, 3], "{alerts:?}");

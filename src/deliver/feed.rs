@@ -4,6 +4,10 @@
 //! sequence into a bounded channel; when it has caught up it waits on the log's head. A
 //! client that leaves shows as a closed channel and ends the task; nothing is lost, because
 //! the cursor only moves on `Ack`, and an ack is answered once it is durable.
+//!
+//! A caller identified by certificate may subscribe to and ack only its own feed
+//! (`PERMISSION_DENIED` otherwise, checked before the name is even looked up), and a
+//! connection may hold only so many open streams.
 
 use std::sync::Arc;
 
@@ -17,6 +21,8 @@ use super::convert::alert_to_proto;
 use crate::commit::CommitHandle;
 use crate::error::RelayError;
 use crate::proto::{self, alert_feed_server::AlertFeed};
+use crate::security::Caller;
+use crate::security::limits::{StreamLimiter, StreamPermit};
 use crate::server::Tasks;
 use crate::store::{LogId, StoreError};
 
@@ -30,16 +36,19 @@ pub struct FeedService {
     buffer: usize,
     shutdown: CancellationToken,
     tasks: Tasks,
+    streams: Arc<StreamLimiter>,
 }
 
 impl FeedService {
-    /// A feed over the shared delivery state; `buffer` alerts are queued per stream.
+    /// A feed over the shared delivery state; `buffer` alerts are queued per stream, and
+    /// `streams` bounds open streams per connection.
     pub fn new(
         delivery: Arc<Delivery>,
         commit: CommitHandle,
         buffer: usize,
         shutdown: CancellationToken,
         tasks: Tasks,
+        streams: Arc<StreamLimiter>,
     ) -> Self {
         Self {
             delivery,
@@ -47,6 +56,7 @@ impl FeedService {
             buffer,
             shutdown,
             tasks,
+            streams,
         }
     }
 
@@ -67,6 +77,8 @@ impl AlertFeed for FeedService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Caller::of(&request)?.may_read(&request.get_ref().subscriber)?;
+        let permit = self.streams.acquire(request.remote_addr())?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
         if let LogId::Subscriber(id) = log
@@ -104,6 +116,7 @@ impl AlertFeed for FeedService {
             from,
             tx,
             self.shutdown.clone(),
+            permit,
         );
         self.tasks.spawn("feed-stream", task);
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -113,6 +126,7 @@ impl AlertFeed for FeedService {
         &self,
         request: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
+        Caller::of(&request)?.may_read(&request.get_ref().subscriber)?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
         let summary = self
@@ -138,6 +152,7 @@ async fn stream_log(
     mut next: u64,
     tx: mpsc::Sender<Result<proto::Alert, Status>>,
     shutdown: CancellationToken,
+    _permit: Option<StreamPermit>,
 ) {
     let _connected = delivery.connect(log);
     let mut head = delivery.watch_head(log);

@@ -6,6 +6,9 @@
 //! `DeliveryAck` as cumulative. When the receiver is down or the stream breaks, it retries
 //! with exponential backoff (with jitter, capped) and resends everything unacknowledged, so a
 //! receiver may see an alert twice, always with the same `alert_id` and sequence.
+//!
+//! An `https://` receiver must present a certificate that chains to its configured CA and
+//! names its host; the relay presents its own certificate as the client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +17,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::Delivery;
 use super::convert::alert_to_proto;
 use crate::commit::CommitHandle;
 use crate::config::DeliveryConfig;
+use crate::error::error_chain;
 use crate::proto::alert_receiver_client::AlertReceiverClient;
 use crate::store::LogId;
 
@@ -30,7 +34,7 @@ const READ_BATCH: usize = 256;
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(String),
     #[error("receiver refused the stream: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("receiver closed the stream")]
@@ -41,15 +45,31 @@ enum SessionError {
     Store(#[from] crate::store::StoreError),
 }
 
+impl From<tonic::transport::Error> for SessionError {
+    fn from(err: tonic::transport::Error) -> Self {
+        Self::Connect(error_chain(&err))
+    }
+}
+
+/// Where a push subscriber's receiver is, and how to verify it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://` or `https://` URL.
+    pub endpoint: String,
+    /// For `https://`: the CA, the name to verify and the relay's client certificate.
+    pub tls: Option<ClientTlsConfig>,
+}
+
 /// Runs push delivery for `log` until `shutdown`.
 pub async fn run(
     delivery: Arc<Delivery>,
     commit: CommitHandle,
     log: LogId,
-    endpoint: String,
+    target: Target,
     config: DeliveryConfig,
     shutdown: CancellationToken,
 ) {
+    let endpoint = target.endpoint.clone();
     let name = delivery.log_name(log).to_owned();
     let backoff_builder = ExponentialBuilder::new()
         .with_min_delay(config.push_backoff_initial)
@@ -64,7 +84,7 @@ pub async fn run(
             &delivery,
             &commit,
             log,
-            &endpoint,
+            &target,
             &config,
             &shutdown,
             &mut connected,
@@ -93,12 +113,16 @@ async fn session(
     delivery: &Arc<Delivery>,
     commit: &CommitHandle,
     log: LogId,
-    endpoint: &str,
+    target: &Target,
     config: &DeliveryConfig,
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
+    let mut endpoint = Endpoint::from_shared(target.endpoint.clone())?;
+    if let Some(tls) = &target.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(config.keepalive)
         .keep_alive_while_idle(true)

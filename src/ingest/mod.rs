@@ -8,7 +8,12 @@
 //! relay's backpressure. While the data directory is low on space ingest answers
 //! `RESOURCE_EXHAUSTED`, and after a store failure `UNAVAILABLE`, before touching any state.
 //! The streaming call pipelines a few batches and answers in order.
+//!
+//! Before any of that, a batch is counted against its publisher's event rate ([`rate`]) and a
+//! `Publish` stream against its connection's stream limit; both refusals are
+//! `RESOURCE_EXHAUSTED` with a retry hint.
 
+pub mod rate;
 pub mod validate;
 
 use std::pin::Pin;
@@ -19,12 +24,15 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::commit::Admission;
-use crate::config::IngestConfig;
+use crate::config::{IngestConfig, LimitsConfig};
 use crate::debounce::{ApplyReport, ShardHandle, shard_of};
 use crate::domain::Clock;
 use crate::error::RelayError;
 use crate::proto::{self, ingest_server::Ingest};
+use crate::security::Caller;
+use crate::security::limits::{StreamLimiter, map_stream_error};
 use crate::telemetry::Metrics;
+use rate::PublisherRate;
 
 /// Batches of one `Publish` stream processed concurrently (acks still go out in order).
 const STREAM_PIPELINE: usize = 4;
@@ -37,13 +45,19 @@ pub struct IngestService {
     clock: Clock,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
+    rate: Arc<PublisherRate>,
+    streams: Arc<StreamLimiter>,
+    max_message_bytes: usize,
 }
 
 impl IngestService {
-    /// An ingest feeding `shards`, refusing batches while `admission` says so.
+    /// An ingest feeding `shards`, refusing batches while `admission` says so, and callers
+    /// over the `edge` limits; `streams` is shared with the other streaming services.
     pub fn new(
         shards: Arc<[ShardHandle]>,
         limits: IngestConfig,
+        edge: &LimitsConfig,
+        streams: Arc<StreamLimiter>,
         clock: Clock,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
@@ -54,13 +68,20 @@ impl IngestService {
             clock,
             metrics,
             admission,
+            rate: Arc::new(PublisherRate::new(
+                edge.publisher_events_per_second,
+                edge.publisher_burst_events,
+            )),
+            streams,
+            max_message_bytes: edge.max_message_bytes,
         }
     }
 
-    /// Validates, applies and acknowledges one batch.
+    /// Validates, applies and acknowledges one batch from `publisher` (the rate-limit key).
     pub async fn handle_batch(
         &self,
         batch: proto::EventBatch,
+        publisher: &str,
     ) -> Result<proto::BatchAck, RelayError> {
         let started = Instant::now();
         if batch.events.len() > self.limits.max_batch_events {
@@ -73,6 +94,7 @@ impl IngestService {
                 retry_after: std::time::Duration::ZERO,
             });
         }
+        self.rate.admit(publisher, batch.events.len())?;
         self.admission.check()?;
         let received_at = self.clock.now();
         let mut per_shard = vec![Vec::new(); self.shards.len()];
@@ -123,15 +145,23 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<proto::EventBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
+        let publisher: Arc<str> = Caller::of(&request)?
+            .limit_key(request.remote_addr())
+            .into();
+        let permit = self.streams.acquire(request.remote_addr())?;
         let service = self.clone();
         let acks = request
             .into_inner()
             .map(move |batch| {
                 let service = service.clone();
+                let publisher = Arc::clone(&publisher);
                 async move {
                     match batch {
-                        Ok(batch) => service.handle_batch(batch).await.map_err(Status::from),
-                        Err(status) => Err(status),
+                        Ok(batch) => service
+                            .handle_batch(batch, &publisher)
+                            .await
+                            .map_err(Status::from),
+                        Err(status) => Err(map_stream_error(status, service.max_message_bytes)),
                     }
                 }
             })
@@ -143,6 +173,10 @@ impl Ingest for IngestService {
                     *failed = true;
                 }
                 futures::future::ready(item)
+            })
+            // The stream's place on its connection is freed when the stream ends.
+            .inspect(move |_| {
+                let _ = &permit;
             });
         Ok(Response::new(Box::pin(acks)))
     }
@@ -151,8 +185,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<proto::EventBatch>,
     ) -> Result<Response<proto::BatchAck>, Status> {
+        let publisher = Caller::of(&request)?.limit_key(request.remote_addr());
         Ok(Response::new(
-            self.handle_batch(request.into_inner()).await?,
+            self.handle_batch(request.into_inner(), &publisher).await?,
         ))
     }
 }

@@ -169,6 +169,8 @@ mod tests {
             distributor_ids: vec![DistributorId(27)],
             push: Some(PushConfig {
                 endpoint: "http://127.0.0.1:50061".into(),
+                ca: None,
+                domain: None,
             }),
         });
         RoutingTable::from_config(&config)

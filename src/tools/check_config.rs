@@ -37,6 +37,8 @@ mod tests {
         };
         config.routing.subscribers[0].push = Some(PushConfig {
             endpoint: "http://10.0.0.5:50061".into(),
+            ca: None,
+            domain: None,
         });
         config.routing.idno_subscriber = Some("ukpn".into());
         let text = render(&config, 42).expect("serializes");

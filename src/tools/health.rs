@@ -6,17 +6,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tonic::Code;
-use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::tls_args::TlsArgs;
+use crate::error::error_chain;
+
 /// Flags of `outage-relay health`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HealthArgs {
-    /// The relay's gRPC endpoint.
+    /// The relay's gRPC endpoint (`https://` with `--tls-ca`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// TLS to the relay; health needs no client certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Service to ask about; "" (the default) is the relay as a whole.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub service: String,
@@ -29,15 +34,17 @@ pub struct HealthArgs {
 /// the reason otherwise.
 pub async fn check(args: &HealthArgs) -> Result<String, String> {
     let what = format!("{} service {:?}", args.target, args.service);
-    let endpoint = Endpoint::from_shared(args.target.clone())
-        .map_err(|err| format!("{what}: invalid URL: {err}"))?
+    let endpoint = args
+        .tls
+        .endpoint(&args.target)
+        .map_err(|err| format!("{what}: {err:#}"))?
         .connect_timeout(args.timeout)
         .timeout(args.timeout);
     let answer = tokio::time::timeout(args.timeout, async {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|err| format!("cannot connect: {}", chain(&err)))?;
+            .map_err(|err| format!("cannot connect: {}", error_chain(&err)))?;
         let request = HealthCheckRequest {
             service: args.service.clone(),
         };
@@ -58,24 +65,6 @@ pub async fn check(args: &HealthArgs) -> Result<String, String> {
         Ok(Err(unknown)) => Err(format!("{what}: unknown status {}", unknown.0)),
         Err(reason) => Err(format!("{what}: {reason}")),
     }
-}
-
-/// An error and its sources on one line (`transport error: tcp connect error: Connection
-/// refused`).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut last = line.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Wrappers often repeat their source's message; say it once.
-        if text != last {
-            line.push_str(&format!(": {text}"));
-        }
-        last = text;
-        source = cause.source();
-    }
-    line
 }
 
 /// Runs `outage-relay health`: prints one line (stdout when serving, stderr otherwise) and

@@ -7,3 +7,4 @@ pub mod check_config;
 pub mod health;
 pub mod publish;
 pub mod sink;
+pub mod tls_args;

@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::tls_args::TlsArgs;
 use crate::domain::{DeviceId, UtcMillis};
+use crate::error::error_chain;
 use crate::proto::ingest_client::IngestClient;
 use crate::proto::{BatchAck, DeviceEvent, EventBatch, SupplyLost, SupplyRestored, device_event};
 
@@ -29,9 +31,12 @@ const BAD_ROWS_SHOWN: usize = 20;
         .args(["lost", "restored", "from_file"])
 ))]
 pub struct PublishArgs {
-    /// The relay's gRPC endpoint.
+    /// The relay's gRPC endpoint (`https://` with `--tls-ca`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// TLS to the relay; the certificate identifies a publisher.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Device EUI-64, e.g. `00-db-12-34-56-78-90-a0`.
     #[arg(long, value_name = "EUI", required_unless_present = "from_file")]
     pub device: Option<String>,
@@ -117,7 +122,7 @@ impl std::fmt::Display for PublishSummary {
 /// rejected any event.
 pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
     let summary = match &args.from_file {
-        Some(path) => publish_file(&args.target, path, args.batch_size as usize).await?,
+        Some(path) => publish_file(&args.target, &args.tls, path, args.batch_size as usize).await?,
         None => publish_one(&args).await?,
     };
     if summary.rejected > 0 {
@@ -240,10 +245,16 @@ fn parse_time_at(text: &str, now: UtcMillis) -> Result<UtcMillis, String> {
         .map_err(|_| format!("{text:?} is out of range"))
 }
 
-async fn connect(target: &str) -> anyhow::Result<IngestClient<tonic::transport::Channel>> {
-    IngestClient::connect(target.to_owned())
+async fn connect(
+    target: &str,
+    tls: &TlsArgs,
+) -> anyhow::Result<IngestClient<tonic::transport::Channel>> {
+    let channel = tls
+        .endpoint(target)?
+        .connect()
         .await
-        .with_context(|| format!("connecting to {target}"))
+        .map_err(|err| anyhow::anyhow!("connecting to {target}: {}", error_chain(&err)))?;
+    Ok(IngestClient::new(channel))
 }
 
 /// Publishes the single event described by the flags with `PublishBatch`.
@@ -267,7 +278,7 @@ async fn publish_one(args: &PublishArgs) -> anyhow::Result<PublishSummary> {
     };
     let event = spec.into_proto();
     let event_id = event.event_id.clone();
-    let mut client = connect(&args.target).await?;
+    let mut client = connect(&args.target, &args.tls).await?;
     let ack = client
         .publish_batch(EventBatch {
             events: vec![event],
@@ -288,6 +299,7 @@ async fn publish_one(args: &PublishArgs) -> anyhow::Result<PublishSummary> {
 /// Publishes every event of a CSV file in batches over the `Publish` stream.
 async fn publish_file(
     target: &str,
+    tls: &TlsArgs,
     path: &Path,
     batch_size: usize,
 ) -> anyhow::Result<PublishSummary> {
@@ -313,7 +325,7 @@ async fn publish_file(
     }
     let total_batches = batches.len();
 
-    let mut client = connect(target).await?;
+    let mut client = connect(target, tls).await?;
     let (tx, rx) = mpsc::channel(BATCHES_QUEUED);
     let sender = tokio::spawn(async move {
         for batch in batches {

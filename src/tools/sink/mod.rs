@@ -34,10 +34,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::tls_args::TlsArgs;
 use crate::domain::UtcMillis;
+use crate::error::error_chain;
 use crate::proto::alert_feed_client::AlertFeedClient;
 use crate::proto::alert_receiver_server::{AlertReceiver, AlertReceiverServer};
 use crate::proto::{AckRequest, Alert, AlertKind, DeliveryAck, SubscribeRequest};
@@ -93,6 +95,11 @@ pub struct SinkArgs {
     /// Stop after receiving N alerts.
     #[arg(long, value_name = "N")]
     pub once_count: Option<u64>,
+    /// TLS. Subscribe mode: verify the relay against `--tls-ca` and present `--tls-cert` as
+    /// the subscriber's identity. Push mode: serve `AlertReceiver` with `--tls-cert` and
+    /// require the relay's client certificate to chain to `--tls-ca`.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// What a sink run received.
@@ -126,6 +133,7 @@ pub async fn run(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<
                     subscriber,
                     from_sequence: args.from_sequence,
                     ack_every: args.ack_every,
+                    tls: args.tls.clone(),
                 },
                 recorder.clone(),
                 shutdown,
@@ -140,7 +148,7 @@ pub async fn run(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<
                 listen = %listener.local_addr()?,
                 "dno-sink hosting AlertReceiver for pushed alerts"
             );
-            serve_receiver(listener, recorder.clone(), shutdown).await?;
+            serve_receiver(listener, recorder.clone(), shutdown, args.tls.server()?).await?;
         }
         _ => anyhow::bail!("--subscribe and --subscriber go together"),
     }

@@ -1,4 +1,5 @@
-//! Push mode: the `AlertReceiver` service the relay calls.
+//! Push mode: the `AlertReceiver` service the relay calls, over TLS with the relay's client
+//! certificate required when the sink is given `--tls-cert`.
 
 use super::*;
 
@@ -8,6 +9,7 @@ pub async fn serve_receiver(
     listener: TcpListener,
     recorder: Recorder,
     shutdown: CancellationToken,
+    tls: Option<ServerTlsConfig>,
 ) -> anyhow::Result<()> {
     let stop = shutdown.child_token();
     let signal = {
@@ -21,7 +23,11 @@ pub async fn serve_receiver(
         }
     };
     let service = ReceiverService { recorder, stop };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(AlertReceiverServer::new(service))
         .serve_with_incoming_shutdown(
             // Nagle off: each DeliveryAck must leave at once, not wait for more data.

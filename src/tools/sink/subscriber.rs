@@ -8,6 +8,7 @@ pub(super) struct Subscription {
     pub(super) subscriber: String,
     pub(super) from_sequence: u64,
     pub(super) ack_every: u64,
+    pub(super) tls: TlsArgs,
 }
 
 /// Resolves when the run should stop: `shutdown`, or the recorder is done.
@@ -132,10 +133,13 @@ async fn session(
     received: &mut u64,
 ) -> anyhow::Result<SessionEnd> {
     let target = &subscription.target;
+    let endpoint = subscription.tls.endpoint(target)?;
     let mut client = tokio::select! {
         () = stopping(shutdown, recorder) => return Ok(SessionEnd::Stopped),
-        client = AlertFeedClient::connect(target.clone()) => {
-            client.with_context(|| format!("connecting to {target}"))?
+        channel = endpoint.connect() => {
+            AlertFeedClient::new(channel.map_err(|err| {
+                anyhow::anyhow!("connecting to {target}: {}", error_chain(&err))
+            })?)
         }
     };
     let request = SubscribeRequest {

@@ -140,7 +140,12 @@ async fn push_mode_records_and_acks_each_alert() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve_receiver(listener, recorder.clone(), shutdown.clone()));
+    let server = tokio::spawn(serve_receiver(
+        listener,
+        recorder.clone(),
+        shutdown.clone(),
+        None,
+    ));
 
     let mut client = AlertReceiverClient::connect(format!("http://{addr}")).await?;
     let outbound = tokio_stream::iter([alert(1), alert(2), alert(3)]);
@@ -188,6 +193,7 @@ async fn push_mode_stops_after_once_count() -> anyhow::Result<()> {
         listener,
         recorder.clone(),
         CancellationToken::new(),
+        None,
     ));
     let mut client = AlertReceiverClient::connect(format!("http://{addr}")).await?;
     // The relay side keeps its stream open; the sink must end it by itself.

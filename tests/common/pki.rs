@@ -1,0 +1,131 @@
+//! Certificates made at test time (rcgen): a CA, the relay's server certificate, client
+//! certificates with chosen names, an expired one and one from a CA nobody trusts, written as
+//! PEM files, plus TLS channels to a relay.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, date_time_ymd,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The name the relay's test certificate carries; clients verify it.
+pub const SERVER_NAME: &str = "relay.test";
+
+/// A PEM certificate and key on disk.
+#[derive(Debug, Clone)]
+pub struct PemPair {
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+}
+
+impl PemPair {
+    /// The pair as a tonic identity.
+    pub fn identity(&self) -> Identity {
+        Identity::from_pem(
+            std::fs::read(&self.cert).expect("read cert"),
+            std::fs::read(&self.key).expect("read key"),
+        )
+    }
+}
+
+/// A test certificate authority writing into `dir`.
+pub struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate (PEM file).
+    pub ca: PathBuf,
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+impl Pki {
+    /// A new CA named `name`, its certificate written to `dir/<name>-ca.pem`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let params = ca_params(name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, cert.pem()).expect("write CA");
+        Self {
+            dir: dir.to_owned(),
+            issuer: Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    fn issue(&self, stem: &str, params: CertificateParams) -> PemPair {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let pair = PemPair {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}-key.pem")),
+        };
+        std::fs::write(&pair.cert, cert.pem()).expect("write cert");
+        std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
+        pair
+    }
+
+    /// The relay's certificate: [`SERVER_NAME`], usable as server and as push client.
+    pub fn server(&self, stem: &str) -> PemPair {
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).expect("SAN");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, SERVER_NAME);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(stem, params)
+    }
+
+    /// A client certificate whose URI SAN is `uri` (e.g. `spiffe://dno.test/ukpn`).
+    pub fn client(&self, stem: &str, uri: &str) -> PemPair {
+        self.issue(stem, client_params(uri))
+    }
+
+    /// A client certificate for `uri` that expired in 2020.
+    pub fn expired_client(&self, stem: &str, uri: &str) -> PemPair {
+        let mut params = client_params(uri);
+        params.not_before = date_time_ymd(2019, 1, 1);
+        params.not_after = date_time_ymd(2020, 1, 1);
+        self.issue(stem, params)
+    }
+}
+
+fn client_params(uri: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("no DNS SANs");
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("ASCII URI"))];
+    params.distinguished_name.push(DnType::CommonName, "client");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// A TLS channel to `addr` trusting `ca`, presenting `client` when given. Connection
+/// errors (a refused handshake) are returned, not retried.
+pub async fn tls_channel(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&PemPair>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("read CA")))
+        .domain_name(SERVER_NAME);
+    if let Some(pair) = client {
+        tls = tls.identity(pair.identity());
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("URL")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
