@@ -34,8 +34,10 @@ async fn serve_relays_a_published_loss_exposes_metrics_and_stops_on_sigterm() {
         "serve",
     );
 
-    // Wait for it to accept and report itself healthy.
+    // Wait for it to accept and report itself healthy; plaintext is said loudly.
     let channel = wait_healthy(&url, dir.path()).await;
+    let log = read(dir.path(), "serve.err");
+    assert!(log.contains("PLAINTEXT"), "{log}");
 
     let mut feed = AlertFeedClient::new(channel);
     let mut stream = bounded(
@@ -185,4 +187,163 @@ async fn serve_refuses_a_registry_with_a_bad_row_and_names_its_line() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(stderr.contains("check digit"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_implicit_plaintext_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (status, _, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        "serve",
+    )
+    .await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
+
+/// The tools over mutual TLS against the real binary: `health` without a client certificate,
+/// `publish` as the publisher, `dno-sink` as UKPN, and `publish` as UKPN refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_work_over_mutual_tls_and_roles_hold() {
+    use common::pki::{Pki, SERVER_NAME};
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = Pki::new(dir.path(), "dsp");
+    let server = pki.server("relay");
+    let publisher = pki.client("publisher", "spiffe://csp.test/adapter-1");
+    let ukpn = pki.client("ukpn", "spiffe://dno.test/ukpn");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[tls.identities]]
+identity = "spiffe://csp.test/adapter-1"
+role = "publisher"
+
+[[tls.identities]]
+identity = "spiffe://dno.test/ukpn"
+role = "subscriber"
+subscriber = "ukpn"
+"#,
+    )
+    .expect("write the config");
+    let port = free_port().await;
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("https://{listen}");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (config, ca) = (path(&config), path(&pki.ca));
+    let (server_cert, server_key) = (path(&server.cert), path(&server.key));
+    let mut relay = spawn(
+        &[
+            "serve",
+            "--config",
+            &config,
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--debounce",
+            "1s",
+            "--tls-mode",
+            "mutual",
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        dir.path(),
+        "serve",
+    );
+    let tls = ["--tls-ca", ca.as_str(), "--tls-domain", SERVER_NAME];
+    common::eventually("health over TLS", || async {
+        let mut args = vec!["health", "--target", &url];
+        args.extend(tls);
+        let (status, _, _) = run_to_exit(&args, dir.path(), "health").await;
+        status.success().then_some(())
+    })
+    .await;
+    assert!(
+        read(dir.path(), "serve.err").contains("mutual TLS"),
+        "{}",
+        read(dir.path(), "serve.err")
+    );
+
+    let identity = |pair: &common::pki::PemPair| [path(&pair.cert), path(&pair.key)];
+    let [pub_cert, pub_key] = identity(&publisher);
+    let [ukpn_cert, ukpn_key] = identity(&ukpn);
+    let dev = device(0x7001);
+    let mpan = valid_mpan(12, 7001);
+    let publish = |cert: &str, key: &str| {
+        let mut args = vec![
+            "publish",
+            "--target",
+            url.as_str(),
+            "--device",
+            dev.as_str(),
+            "--mpan-core",
+            mpan.as_str(),
+            "--lost",
+            "--at=-5m",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        args.extend(tls);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let denied = publish(&ukpn_cert, &ukpn_key);
+    let (status, out, err) = run_to_exit(&as_strs(&denied), dir.path(), "publish-as-dno").await;
+    assert!(!status.success(), "{out}");
+    assert!(
+        err.contains("PermissionDenied") || err.contains("permission"),
+        "{err}"
+    );
+    let allowed = publish(&pub_cert, &pub_key);
+    let (status, out, err) = run_to_exit(&as_strs(&allowed), dir.path(), "publish").await;
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("accepted 1"), "{out}");
+
+    let received = dir.path().join("ukpn.jsonl");
+    let received_path = path(&received);
+    let mut sink_args = vec![
+        "dno-sink",
+        "--subscribe",
+        &url,
+        "--subscriber",
+        "ukpn",
+        "--once-count",
+        "1",
+        "--output",
+        &received_path,
+        "--tls-cert",
+        &ukpn_cert,
+        "--tls-key",
+        &ukpn_key,
+    ];
+    sink_args.extend(tls);
+    let (status, _, err) = run_to_exit(&sink_args, dir.path(), "sink").await;
+    assert!(status.success(), "{err}");
+    let lines = std::fs::read_to_string(&received).expect("the sink wrote its alert");
+    assert!(lines.contains(&dev), "{lines}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &relay.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    assert!(relay.exit().await.success());
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }

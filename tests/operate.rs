@@ -230,6 +230,12 @@ async fn check_config_names_the_bad_lines_of_a_registry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployed_configurations_pass_check_config() {
     let dir = tempfile::tempdir().expect("temporary directory");
+    // Kubernetes mounts its TLS files from a Secret; stand in test-made ones (check-config
+    // reads them as serve would).
+    let pki = common::pki::Pki::new(dir.path(), "deploy");
+    let server = pki.server("relay");
+    let utf8 = |path: &Path| path.to_str().expect("utf-8").to_owned();
+    let (cert, key, ca) = (utf8(&server.cert), utf8(&server.key), utf8(&pki.ca));
     for target in ["compose", "kubernetes"] {
         let config = deploy().join(target).join("outage-relay.toml");
         let registry = deploy().join(target).join("registry.csv");
@@ -240,6 +246,12 @@ async fn the_deployed_configurations_pass_check_config() {
                 config.to_str().expect("utf-8"),
                 "--registry",
                 registry.to_str().expect("utf-8"),
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-ca",
+                &ca,
             ],
             &[],
             dir.path(),

@@ -11,6 +11,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::{PushConfig, TlsConfig, TlsMode};
 use crate::domain::UtcMillis;
+use crate::error::error_chain;
 
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +149,16 @@ pub fn server(tls: &TlsConfig) -> Result<Option<ServerTls>, TlsError> {
         .client_ca_root(Certificate::from_pem(ca.bytes))
         .client_auth_optional(true)
         .timeout(tls.handshake_timeout);
+    // Building the acceptor once here parses the key and pairs it with the certificate, so a
+    // bad key fails now, with the file named, rather than inside the server.
+    if let Err(err) = tonic::transport::Server::builder().tls_config(config.clone()) {
+        let key = tls.key.as_deref().unwrap_or(Path::new("?"));
+        return Err(malformed(
+            "tls.key",
+            key,
+            format!("unusable with tls.cert: {}", error_chain(&err)),
+        ));
+    }
     Ok(Some(ServerTls { config, own }))
 }
 
@@ -217,4 +228,81 @@ pub fn client(
         config = config.domain_name(domain.to_owned());
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mutual(dir: &Path) -> TlsConfig {
+        TlsConfig {
+            mode: Some(TlsMode::Mutual),
+            cert: Some(dir.join("relay.pem")),
+            key: Some(dir.join("relay-key.pem")),
+            client_ca: Some(dir.join("ca.pem")),
+            ..TlsConfig::default()
+        }
+    }
+
+    fn write_valid(dir: &Path) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["relay.test".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.join("relay.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("relay-key.pem"), key.serialize_pem()).expect("write");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write");
+    }
+
+    #[test]
+    fn valid_files_load_and_report_their_expiry() {
+        let dir = tempfile::tempdir().expect("dir");
+        write_valid(dir.path());
+        let tls = server(&mutual(dir.path())).expect("loads").expect("mutual");
+        assert!(tls.own.expires.is_some());
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        write_valid(dir.path());
+        std::fs::remove_file(dir.path().join("ca.pem")).expect("remove");
+        let err = server(&mutual(dir.path()))
+            .expect_err("missing CA")
+            .to_string();
+        assert!(
+            err.contains("tls.client_ca") && err.contains("ca.pem"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate").expect("write");
+        let err = server(&mutual(dir.path())).expect_err("no PEM").to_string();
+        assert!(err.contains("no CERTIFICATE block"), "{err}");
+
+        std::fs::write(
+            dir.path().join("relay-key.pem"),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        write_valid_ca(dir.path());
+        let err = server(&mutual(dir.path()))
+            .expect_err("bad key")
+            .to_string();
+        assert!(err.contains("tls.key"), "{err}");
+    }
+
+    fn write_valid_ca(dir: &Path) {
+        let cert = std::fs::read(dir.join("relay.pem")).expect("read");
+        std::fs::write(dir.join("ca.pem"), cert).expect("write");
+    }
+
+    #[test]
+    fn plaintext_needs_no_files() {
+        assert!(
+            server(&TlsConfig::default())
+                .expect("nothing to load")
+                .is_none()
+        );
+    }
 }
