@@ -58,8 +58,17 @@ impl UtcMillis {
     }
 }
 
+/// The last millisecond RFC 3339 can write (the end of year 9999).
+const LAST_RFC3339_MILLIS: i64 = 253_402_300_799_999;
+
 impl std::fmt::Display for UtcMillis {
+    /// RFC 3339 with milliseconds for years 1970 to 9999; other instants (a device may send
+    /// any) as a count of milliseconds, since humantime fails on them and `format!` would
+    /// panic.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !(0..=LAST_RFC3339_MILLIS).contains(&self.0) {
+            return write!(f, "{} ms since the Unix epoch", self.0);
+        }
         let secs = u64::try_from(self.0.div_euclid(1000)).unwrap_or(0);
         let millis = u32::try_from(self.0.rem_euclid(1000)).unwrap_or(0);
         let at = UNIX_EPOCH + Duration::new(secs, millis * 1_000_000);
@@ -125,6 +134,26 @@ mod tests {
             nanos: 0,
         };
         assert_eq!(UtcMillis::from_proto(&huge), None);
+    }
+
+    #[test]
+    fn display_writes_rfc3339_and_numbers_outside_it() {
+        assert_eq!(UtcMillis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            UtcMillis(LAST_RFC3339_MILLIS).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for (millis, text) in [
+            (-1, "-1 ms since the Unix epoch"),
+            (
+                LAST_RFC3339_MILLIS + 1,
+                "253402300800000 ms since the Unix epoch",
+            ),
+            (i64::MAX, "9223372036854775807 ms since the Unix epoch"),
+            (i64::MIN, "-9223372036854775808 ms since the Unix epoch"),
+        ] {
+            assert_eq!(UtcMillis(millis).to_string(), text);
+        }
     }
 
     #[test]
