@@ -134,3 +134,7 @@ fn timestamp(
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "validate_props.rs"]
+mod props;
