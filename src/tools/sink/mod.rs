@@ -138,7 +138,7 @@ pub async fn run(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<
                 recorder.clone(),
                 shutdown,
             )
-            .await;
+            .await?;
         }
         (None, None) => {
             let listener = TcpListener::bind(args.listen)

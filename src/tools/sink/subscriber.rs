@@ -19,12 +19,30 @@ async fn stopping(shutdown: &CancellationToken, recorder: &Recorder) {
     }
 }
 
-/// Subscribes, reconnecting with exponential backoff, until stopped.
+/// Refusals that no retry can cure: wrong or unknown identity, another DNO's feed, an unknown
+/// or push-mode subscriber, a bad request.
+fn is_permanent(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<Status>().is_some_and(|status| {
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+            )
+        })
+    })
+}
+
+/// Subscribes, reconnecting with exponential backoff, until stopped; gives up on a refusal no
+/// retry can cure.
 pub(super) async fn subscribe(
     subscription: Subscription,
     recorder: Recorder,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let backoff_policy = ExponentialBuilder::new()
         .with_min_delay(MIN_BACKOFF)
         .with_max_delay(MAX_BACKOFF)
@@ -43,8 +61,9 @@ pub(super) async fn subscribe(
         )
         .await;
         match ended {
-            Ok(SessionEnd::Stopped) => return,
+            Ok(SessionEnd::Stopped) => return Ok(()),
             Ok(SessionEnd::Closed) => tracing::warn!(received, "the relay ended the subscription"),
+            Err(error) if is_permanent(&error) => return Err(error),
             Err(error) => tracing::warn!(
                 received,
                 error = format!("{error:#}"),
@@ -62,7 +81,7 @@ pub(super) async fn subscribe(
             "reconnecting, resuming from the oldest unacknowledged alert"
         );
         tokio::select! {
-            () = stopping(&shutdown, &recorder) => return,
+            () = stopping(&shutdown, &recorder) => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
     }
