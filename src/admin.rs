@@ -27,6 +27,7 @@ pub struct AdminService {
     router: Arc<Router>,
     registry_path: Option<PathBuf>,
     debounce: std::time::Duration,
+    backend: &'static str,
 }
 
 impl AdminService {
@@ -38,6 +39,7 @@ impl AdminService {
         router: Arc<Router>,
         registry_path: Option<PathBuf>,
         debounce: std::time::Duration,
+        backend: &'static str,
     ) -> Self {
         Self {
             shards,
@@ -46,6 +48,7 @@ impl AdminService {
             router,
             registry_path,
             debounce,
+            backend,
         }
     }
 
@@ -241,6 +244,20 @@ impl Admin for AdminService {
             .collect::<Result<_, _>>()?;
         Ok(Response::new(proto::GetDeliveryStatusResponse {
             subscribers,
+        }))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _request: Request<proto::GetClusterStatusRequest>,
+    ) -> Result<Response<proto::GetClusterStatusResponse>, Status> {
+        Ok(Response::new(proto::GetClusterStatusResponse {
+            backend: self.backend.to_owned(),
+            instance: String::new(),
+            partitions: 0,
+            live_instances: Vec::new(),
+            owned_here: Vec::new(),
+            owners: Vec::new(),
         }))
     }
 }

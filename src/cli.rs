@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
-use crate::config::{Config, ConfigError, TlsMode};
+use crate::config::{Backend, Config, ConfigError, TlsMode};
 use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
 use crate::tools::sink::SinkArgs;
@@ -90,6 +90,26 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) client certificates must chain to.
     #[arg(long, env = "OUTAGE_RELAY_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Storage: `embedded` (default), `jetstream` or `memory`.
+    #[arg(long, env = "OUTAGE_RELAY_BACKEND", value_parser = backend)]
+    pub backend: Option<Backend>,
+    /// JetStream servers, comma-separated (`nats://host:4222,...`).
+    #[arg(long, env = "OUTAGE_RELAY_JETSTREAM_SERVERS", value_delimiter = ',')]
+    pub jetstream_servers: Option<Vec<String>>,
+    /// This instance's name among those sharing the JetStream cluster.
+    #[arg(long, env = "OUTAGE_RELAY_INSTANCE")]
+    pub instance: Option<String>,
+}
+
+fn backend(text: &str) -> Result<Backend, String> {
+    match text {
+        "embedded" => Ok(Backend::Embedded),
+        "jetstream" => Ok(Backend::Jetstream),
+        "memory" => Ok(Backend::Memory),
+        other => Err(format!(
+            "{other:?} is not \"embedded\", \"jetstream\" or \"memory\""
+        )),
+    }
 }
 
 fn tls_mode(text: &str) -> Result<TlsMode, String> {
@@ -145,6 +165,15 @@ impl ServeArgs {
         }
         if self.tls_client_ca.is_some() {
             config.tls.client_ca = self.tls_client_ca;
+        }
+        if let Some(backend) = self.backend {
+            config.store.backend = backend;
+        }
+        if let Some(servers) = self.jetstream_servers {
+            config.store.jetstream.servers = servers;
+        }
+        if self.instance.is_some() {
+            config.store.jetstream.instance = self.instance;
         }
         config.validate()?;
         Ok(config)

@@ -209,6 +209,70 @@ pub enum Backend {
     Embedded,
     /// In memory: nothing survives a restart. For tests and benchmarks only.
     Memory,
+    /// A NATS JetStream cluster shared by several relay instances (`[store.jetstream]`).
+    Jetstream,
+}
+
+/// Default partitions of the device space in JetStream mode.
+pub const DEFAULT_JETSTREAM_PARTITIONS: u16 = 64;
+/// Default replicas of every JetStream stream and bucket.
+pub const DEFAULT_JETSTREAM_REPLICAS: usize = 3;
+/// How long a partition lease lives without renewal.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
+/// How often an owner writes a partition snapshot (when it changed).
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long JetStream keeps events (replay after a takeover starts at the last snapshot).
+pub const DEFAULT_EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The JetStream backend: where the cluster is and how the relay uses it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// Server URLs, e.g. `["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]`.
+    pub servers: Vec<String>,
+    /// NATS credentials file (JWT + NKey), if the cluster requires one.
+    pub credentials: Option<PathBuf>,
+    /// User name, for clusters with user/password authentication.
+    pub user: Option<String>,
+    /// Password for `user`.
+    pub password: Option<String>,
+    /// Replicas of every stream and bucket (1, 3 or 5).
+    pub replicas: usize,
+    /// Partitions of the device space; each is owned by one instance at a time. Fixed for the
+    /// life of the streams.
+    pub partitions: u16,
+    /// This instance's name; unique among the instances sharing the cluster. Default: host
+    /// name and process id.
+    pub instance: Option<String>,
+    /// Prefix of every stream and bucket name, so several relays can share a cluster.
+    pub prefix: String,
+    /// A partition lease expires this long after its last renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often an owner snapshots a partition's state.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// How long events stay in the events stream.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            credentials: None,
+            user: None,
+            password: None,
+            replicas: DEFAULT_JETSTREAM_REPLICAS,
+            partitions: DEFAULT_JETSTREAM_PARTITIONS,
+            instance: None,
+            prefix: "OUTAGE_RELAY".to_owned(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            events_max_age: DEFAULT_EVENTS_MAX_AGE,
+        }
+    }
 }
 
 /// Durable store, expiry and retention.
@@ -231,6 +295,8 @@ pub struct StoreConfig {
     /// Unacknowledged alerts older than this (by emission) are removed.
     #[serde(with = "humantime_serde")]
     pub retention_max_age: Duration,
+    /// The JetStream cluster, for `backend = "jetstream"`.
+    pub jetstream: JetStreamConfig,
 }
 
 impl Default for StoreConfig {
@@ -243,6 +309,7 @@ impl Default for StoreConfig {
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
@@ -511,7 +578,57 @@ impl Config {
         }
         self.validate_routing()?;
         self.validate_limits()?;
+        self.validate_jetstream()?;
         self.validate_tls()
+    }
+
+    fn validate_jetstream(&self) -> Result<(), ConfigError> {
+        if self.store.backend != Backend::Jetstream {
+            return Ok(());
+        }
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let js = &self.store.jetstream;
+        if js.servers.is_empty() {
+            return invalid("store.jetstream.servers is empty".into());
+        }
+        if !matches!(js.replicas, 1 | 3 | 5) {
+            return invalid(format!(
+                "store.jetstream.replicas = {} must be 1, 3 or 5",
+                js.replicas
+            ));
+        }
+        if js.partitions == 0 || js.partitions > 4096 {
+            return invalid("store.jetstream.partitions must be 1-4096".into());
+        }
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&js.prefix) || js.instance.as_deref().is_some_and(|i| !name_ok(i)) {
+            return invalid(
+                "store.jetstream.prefix and instance must be 1-64 characters of [A-Za-z0-9_-]"
+                    .into(),
+            );
+        }
+        if js.lease_ttl < Duration::from_secs(1) || js.snapshot_interval.is_zero() {
+            return invalid(
+                "store.jetstream.lease_ttl must be at least 1s and snapshot_interval above zero"
+                    .into(),
+            );
+        }
+        if js.user.is_some() != js.password.is_some() {
+            return invalid("store.jetstream.user and password go together".into());
+        }
+        if self.routing.subscribers.iter().any(|s| s.push.is_some()) {
+            return invalid(
+                "push delivery is not yet available with store.backend = \"jetstream\"; DNOs subscribe"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {

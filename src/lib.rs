@@ -44,6 +44,7 @@
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod debounce;

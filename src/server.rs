@@ -28,7 +28,7 @@ use crate::debounce::{Debouncer, Settings, ShardHandle, shard_of};
 use crate::deliver::feed::FeedService;
 use crate::deliver::{Delivery, push};
 use crate::domain::Clock;
-use crate::ingest::IngestService;
+use crate::ingest::{IngestService, Sink};
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable};
 use crate::security::limits::{OversizeLayer, StreamLimiter};
@@ -62,7 +62,8 @@ impl Tasks {
         });
     }
 
-    async fn wait(&self, grace: Duration) -> bool {
+    /// Waits up to `grace` for every task to end; whether they all did.
+    pub(crate) async fn wait(&self, grace: Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -76,6 +77,9 @@ pub fn open_store(config: &Config, table: &RoutingTable) -> anyhow::Result<Arc<d
         Backend::Memory => {
             tracing::warn!("store.backend = \"memory\": nothing survives a restart");
             Arc::new(MemoryStore::new(table.len()))
+        }
+        Backend::Jetstream => {
+            anyhow::bail!("the JetStream backend runs through cluster::run, not a local store")
         }
         Backend::Embedded => {
             let names: Vec<&str> = table.iter().map(|(_, name)| name).collect();
@@ -94,6 +98,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    if config.store.backend == Backend::Jetstream {
+        return crate::cluster::run::run(config, listener, shutdown).await;
+    }
     let server_tls = crate::security::tls::server(&config.tls)?;
     let push_targets = push_targets(&config)?;
     let registry = match &config.registry {
@@ -182,7 +189,7 @@ pub async fn run(
     let streams = StreamLimiter::new(config.limits.max_streams_per_connection);
 
     let ingest = IngestService::new(
-        Arc::clone(&shards),
+        Sink::Shards(Arc::clone(&shards)),
         config.ingest.clone(),
         &config.limits,
         Arc::clone(&streams),
@@ -205,6 +212,10 @@ pub async fn run(
         router,
         config.registry.clone(),
         config.debounce,
+        match config.store.backend {
+            Backend::Memory => "memory",
+            _ => "embedded",
+        },
     );
     let edge = Edge {
         tls: server_tls,
@@ -235,7 +246,7 @@ fn push_targets(config: &Config) -> anyhow::Result<Vec<(String, push::Target)>> 
 }
 
 /// The identity check for the configured mode.
-fn guard(config: &Config) -> Guard {
+pub(crate) fn guard(config: &Config) -> Guard {
     if config.tls.mode != Some(crate::config::TlsMode::Mutual) {
         return Guard::Open;
     }
@@ -250,24 +261,30 @@ fn guard(config: &Config) -> Guard {
 
 /// What stands in front of the services: TLS (absent in plaintext mode) and the identity
 /// check.
-struct Edge {
-    tls: Option<ServerTls>,
-    guard: Guard,
+pub(crate) struct Edge {
+    pub(crate) tls: Option<ServerTls>,
+    pub(crate) guard: Guard,
 }
 
 /// HTTP/2 streams a connection may open beyond its long-lived `Publish`/`Subscribe` streams
 /// (unary calls in flight).
 const UNARY_STREAMS_PER_CONNECTION: usize = 256;
 
-async fn serve(
+/// Serves the gRPC services (with health and reflection) on `listener` until `shutdown`,
+/// bounded by `shutdown_grace` once it is cancelled.
+pub(crate) async fn serve<F, A>(
     config: &Config,
     listener: TcpListener,
     shutdown: CancellationToken,
     edge: Edge,
     ingest: IngestService,
-    feed: FeedService,
-    admin: AdminService,
-) -> anyhow::Result<()> {
+    feed: F,
+    admin: A,
+) -> anyhow::Result<()>
+where
+    F: proto::alert_feed_server::AlertFeed,
+    A: proto::admin_server::Admin,
+{
     let (health_reporter, health) = tonic_health::server::health_reporter();
     for service in [
         "",

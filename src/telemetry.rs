@@ -54,6 +54,18 @@ pub const CALLS_REFUSED: &str = "outage_relay_calls_refused_total";
 /// Seconds until the relay's own TLS certificate expires (absent in plaintext mode).
 pub const TLS_CERT_EXPIRY: &str = "outage_relay_tls_certificate_expiry_seconds";
 
+/// Partitions this instance owns (JetStream backend).
+pub const PARTITIONS_OWNED: &str = "outage_relay_partitions_owned";
+/// Events of an owned partition not yet applied, by `partition` (JetStream backend): a
+/// stalled or slow consumer shows here.
+pub const PARTITION_LAG: &str = "outage_relay_partition_lag_events";
+/// Lease changes, by `change` (claimed, released, lost) (JetStream backend).
+pub const LEASE_CHANGES: &str = "outage_relay_lease_changes_total";
+/// Alerts JetStream dropped as already stored (a new owner re-emitting), by `kind`.
+pub const ALERTS_DEDUPLICATED: &str = "outage_relay_alerts_deduplicated_total";
+/// Failed JetStream operations, by `operation` (publish, snapshot, consume).
+pub const JETSTREAM_ERRORS: &str = "outage_relay_jetstream_errors_total";
+
 /// Why a call was refused at the edge, the `reason` label of [`CALLS_REFUSED`].
 pub const REFUSE_REASONS: [&str; 5] = [
     "unauthenticated",
@@ -167,6 +179,23 @@ fn describe() {
         "Calls refused at the edge (identity, role, rate, streams, size), by reason"
     );
     describe_gauge!(
+        PARTITIONS_OWNED,
+        "Partitions this instance owns (JetStream)"
+    );
+    describe_gauge!(
+        PARTITION_LAG,
+        "Events of an owned partition not yet applied (JetStream)"
+    );
+    describe_counter!(LEASE_CHANGES, "Partition leases claimed, released or lost");
+    describe_counter!(
+        ALERTS_DEDUPLICATED,
+        "Alerts JetStream already had (re-emitted by a new owner)"
+    );
+    describe_counter!(
+        JETSTREAM_ERRORS,
+        "Failed JetStream operations, by operation"
+    );
+    describe_gauge!(
         TLS_CERT_EXPIRY,
         Unit::Seconds,
         "Seconds until the relay's TLS certificate expires"
@@ -254,6 +283,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// 1 while ingest is refused.
     pub ingest_refused: Gauge,
+    /// Partitions owned (JetStream backend).
+    pub partitions_owned: Gauge,
 }
 
 impl Default for Metrics {
@@ -283,6 +314,7 @@ impl Metrics {
             store_commit: histogram!(STORE_COMMIT_LATENCY),
             store_errors: counter!(STORE_ERRORS),
             ingest_refused: gauge!(INGEST_REFUSED),
+            partitions_owned: gauge!(PARTITIONS_OWNED),
         }
     }
 
@@ -312,6 +344,11 @@ impl Metrics {
             self.parked[index].increment(1);
         }
         self.parked_now.increment(1.0);
+    }
+
+    /// Counts a lease change: `claimed`, `released` or `lost`.
+    pub fn lease_change(&self, change: &'static str) {
+        counter!(LEASE_CHANGES, "change" => change).increment(1);
     }
 
     /// Alerts emitted only (re-routing of parked alerts is not a new emission).

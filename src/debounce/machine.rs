@@ -252,6 +252,18 @@ impl Debouncer {
         self.open.get(point)
     }
 
+    /// Every tombstone still remembered, oldest first.
+    pub fn tombstones(&self) -> impl Iterator<Item = Tombstone> + '_ {
+        self.tombstone_expiry
+            .iter()
+            .filter(|(_, point, restored_at)| self.tombstones.get(point) == Some(restored_at))
+            .map(|&(closed_at, point, restored_at)| Tombstone {
+                point,
+                restored_at,
+                closed_at,
+            })
+    }
+
     /// Every open outage, in no particular order.
     pub fn outages(&self) -> impl Iterator<Item = (&SupplyPoint, &OpenOutage)> {
         self.open.iter()

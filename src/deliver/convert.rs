@@ -37,5 +37,6 @@ pub fn alert_to_proto(entry: &LogEntry, subscriber: &str) -> proto::Alert {
             .outage_duration()
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         subscriber: subscriber.to_owned(),
+        emitted_by: String::new(),
     }
 }

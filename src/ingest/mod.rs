@@ -23,6 +23,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster::events::EventLog;
 use crate::commit::Admission;
 use crate::config::{IngestConfig, LimitsConfig};
 use crate::debounce::{ApplyReport, ShardHandle, shard_of};
@@ -37,10 +38,19 @@ use rate::PublisherRate;
 /// Batches of one `Publish` stream processed concurrently (acks still go out in order).
 const STREAM_PIPELINE: usize = 4;
 
+/// Where accepted events go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// This process's debounce shards (embedded and in-memory stores).
+    Shards(Arc<[ShardHandle]>),
+    /// The JetStream events stream, read by each partition's owner.
+    Log(Arc<EventLog>),
+}
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct IngestService {
-    shards: Arc<[ShardHandle]>,
+    sink: Sink,
     limits: IngestConfig,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -54,7 +64,7 @@ impl IngestService {
     /// An ingest feeding `shards`, refusing batches while `admission` says so, and callers
     /// over the `edge` limits; `streams` is shared with the other streaming services.
     pub fn new(
-        shards: Arc<[ShardHandle]>,
+        sink: Sink,
         limits: IngestConfig,
         edge: &LimitsConfig,
         streams: Arc<StreamLimiter>,
@@ -63,7 +73,7 @@ impl IngestService {
         admission: Arc<Admission>,
     ) -> Self {
         Self {
-            shards,
+            sink,
             limits,
             clock,
             metrics,
@@ -97,11 +107,11 @@ impl IngestService {
         self.rate.admit(publisher, batch.events.len())?;
         self.admission.check()?;
         let received_at = self.clock.now();
-        let mut per_shard = vec![Vec::new(); self.shards.len()];
+        let mut valid = Vec::with_capacity(batch.events.len());
         let mut rejected = Vec::new();
         for (index, event) in batch.events.iter().enumerate() {
             match validate::event(event, &self.limits, received_at) {
-                Ok(event) => per_shard[shard_of(event.point.device, self.shards.len())].push(event),
+                Ok(event) => valid.push(event),
                 Err(rejection) => {
                     self.metrics.rejected(rejection.field);
                     rejected.push(proto::EventError {
@@ -111,18 +121,29 @@ impl IngestService {
                 }
             }
         }
-        let applies = per_shard
-            .into_iter()
-            .zip(self.shards.iter())
-            .filter(|(events, _)| !events.is_empty())
-            .map(|(events, shard)| shard.apply(events, received_at, self.limits.queue_timeout));
-        let reports = futures::future::try_join_all(applies).await?;
-        let total = reports
-            .iter()
-            .fold(ApplyReport::default(), |sum, r| ApplyReport {
-                accepted: sum.accepted + r.accepted,
-                duplicates: sum.duplicates + r.duplicates,
-            });
+        let total = match &self.sink {
+            Sink::Shards(shards) => {
+                let mut per_shard = vec![Vec::new(); shards.len()];
+                for event in valid {
+                    per_shard[shard_of(event.point.device, shards.len())].push(event);
+                }
+                let applies = per_shard
+                    .into_iter()
+                    .zip(shards.iter())
+                    .filter(|(events, _)| !events.is_empty())
+                    .map(|(events, shard)| {
+                        shard.apply(events, received_at, self.limits.queue_timeout)
+                    });
+                let reports = futures::future::try_join_all(applies).await?;
+                reports
+                    .iter()
+                    .fold(ApplyReport::default(), |sum, r| ApplyReport {
+                        accepted: sum.accepted + r.accepted,
+                        duplicates: sum.duplicates + r.duplicates,
+                    })
+            }
+            Sink::Log(log) => log.append(&valid).await?,
+        };
         self.metrics
             .ingest_batch
             .record(started.elapsed().as_secs_f64());

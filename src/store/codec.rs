@@ -4,13 +4,18 @@
 //! |---|---|
 //! | log entry | `v=1` u8, kind u8, device u64, phase u8, lost_at i64, restored_at i64 (`i64::MIN` = none), due_at i64, deadline i64, emitted_at i64, received_at i64, learned_late u8, event_mpan u64 (`u64::MAX` = none), destination tag u8, then routed: subscriber u16, mpan u64, distributor u8, gsp letter u8 (0 = none); parked: reason u8, distributor u8 |
 //! | open outage | lost_at i64, received_at i64, state u8 (1 pending, 2 alerted), mpan u64 (`u64::MAX` = none) |
+//! | device event (JetStream) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
+//! | partition snapshot (JetStream) | `v=1` u8, applied sequence u64, outage count u32, then per outage device u64, phase u8, open outage; tombstone count u32, then per tombstone device u64, phase u8, restored_at i64, closed_at i64 |
 //!
 //! Decoding re-validates MPANs and enums; a record that fails is reported as corruption,
 //! never turned into a default.
 
+use crate::debounce::machine::Tombstone;
 use crate::debounce::{OpenOutage, OutageState};
+use crate::domain::event::EventKey;
 use crate::domain::{
-    Alert, AlertKind, DeviceId, DistributorId, GspGroup, MpanCore, Phase, SupplyPoint, UtcMillis,
+    Alert, AlertKind, DeviceEvent, DeviceId, DistributorId, EventKind, GspGroup, MpanCore, Phase,
+    SupplyPoint, UtcMillis,
 };
 use crate::route::{ParkReason, Route, SubscriberId};
 
@@ -215,6 +220,150 @@ pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
     })
 }
 
+const EVENT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 1;
+
+fn push_point(out: &mut Vec<u8>, point: SupplyPoint) {
+    out.extend_from_slice(&point.device.0.to_le_bytes());
+    out.push(u8::try_from(point.phase.to_proto()).unwrap_or(0));
+}
+
+/// Encodes a validated device event (for the JetStream events stream).
+pub fn encode_event(event: &DeviceEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(52);
+    out.push(EVENT_VERSION);
+    push_point(&mut out, event.point);
+    out.extend_from_slice(&event.key.0.to_le_bytes());
+    out.extend_from_slice(&event.mpan.map_or(NONE_MPAN, MpanCore::value).to_le_bytes());
+    let (kind, first, second) = match event.kind {
+        EventKind::Lost { lost_at } => (1u8, lost_at.0, NONE_TIME),
+        EventKind::Restored {
+            restored_at,
+            lost_at,
+        } => (2u8, restored_at.0, lost_at.map_or(NONE_TIME, |t| t.0)),
+    };
+    out.push(kind);
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&second.to_le_bytes());
+    out
+}
+
+impl Reader<'_> {
+    fn point(&mut self) -> Result<SupplyPoint, Corrupt> {
+        let device = DeviceId(self.u64()?);
+        let phase = Phase::from_proto(i32::from(self.u8()?)).ok_or(Corrupt(self.what))?;
+        Ok(SupplyPoint { device, phase })
+    }
+
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+}
+
+/// Decodes [`encode_event`]'s output.
+pub fn decode_event(bytes: &[u8]) -> Result<DeviceEvent, Corrupt> {
+    let what = "device event";
+    let mut r = Reader { bytes, what };
+    if r.u8()? != EVENT_VERSION {
+        return Err(Corrupt(what));
+    }
+    let point = r.point()?;
+    let key = EventKey(u128::from_le_bytes(r.take()?));
+    let mpan = r.mpan()?;
+    let kind = r.u8()?;
+    let first = r.time()?;
+    let second = Some(r.time()?).filter(|t| t.0 != NONE_TIME);
+    r.done()?;
+    let kind = match (kind, second) {
+        (1, None) => EventKind::Lost { lost_at: first },
+        (2, lost_at) => EventKind::Restored {
+            restored_at: first,
+            lost_at,
+        },
+        _ => return Err(Corrupt(what)),
+    };
+    Ok(DeviceEvent {
+        key,
+        point,
+        mpan,
+        kind,
+    })
+}
+
+/// One partition's state at a position of its event log: what a new owner starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Stream sequence of the last event applied (0: none).
+    pub applied: u64,
+    /// Open outages.
+    pub outages: Vec<(SupplyPoint, OpenOutage)>,
+    /// Tombstones, oldest first.
+    pub tombstones: Vec<Tombstone>,
+}
+
+/// Encodes a partition snapshot.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(21 + snapshot.outages.len() * 34 + snapshot.tombstones.len() * 25);
+    out.push(SNAPSHOT_VERSION);
+    out.extend_from_slice(&snapshot.applied.to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(snapshot.outages.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for (point, outage) in &snapshot.outages {
+        push_point(&mut out, *point);
+        out.extend_from_slice(&encode_outage(outage));
+    }
+    out.extend_from_slice(
+        &u32::try_from(snapshot.tombstones.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for tombstone in &snapshot.tombstones {
+        push_point(&mut out, tombstone.point);
+        out.extend_from_slice(&tombstone.restored_at.0.to_le_bytes());
+        out.extend_from_slice(&tombstone.closed_at.0.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_snapshot`]'s output.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Corrupt> {
+    let what = "partition snapshot";
+    let mut r = Reader { bytes, what };
+    if r.u8()? != SNAPSHOT_VERSION {
+        return Err(Corrupt(what));
+    }
+    let applied = r.u64()?;
+    let count = r.u32()? as usize;
+    let mut outages = Vec::with_capacity(count.min(bytes.len() / 34));
+    for _ in 0..count {
+        let point = r.point()?;
+        let outage = decode_outage(&r.take::<25>()?)?;
+        outages.push((point, outage));
+    }
+    let count = r.u32()? as usize;
+    let mut tombstones = Vec::with_capacity(count.min(bytes.len() / 25));
+    for _ in 0..count {
+        let point = r.point()?;
+        let restored_at = r.time()?;
+        let closed_at = r.time()?;
+        tombstones.push(Tombstone {
+            point,
+            restored_at,
+            closed_at,
+        });
+    }
+    r.done()?;
+    Ok(Snapshot {
+        applied,
+        outages,
+        tombstones,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -305,6 +454,81 @@ mod tests {
                 mpan: mpan.and_then(MpanCore::with_check_digit),
             };
             prop_assert_eq!(decode_outage(&encode_outage(&outage)), Ok(outage));
+        }
+    }
+
+    fn arb_event() -> impl Strategy<Value = DeviceEvent> {
+        (
+            any::<u64>(),
+            0i32..4,
+            any::<u128>(),
+            prop::option::of(0u64..10_000_000_000),
+            any::<bool>(),
+            any::<i64>().prop_filter("not the none marker", |t| *t != NONE_TIME),
+            prop::option::of(any::<i64>().prop_filter("not none", |t| *t != NONE_TIME)),
+        )
+            .prop_map(
+                |(device, phase, key, mpan, lost, first, second)| DeviceEvent {
+                    key: EventKey(key),
+                    point: SupplyPoint {
+                        device: DeviceId(device),
+                        phase: Phase::from_proto(phase).unwrap_or(Phase::Whole),
+                    },
+                    mpan: mpan.and_then(|n| MpanCore::with_check_digit(10_000_000_000 + n)),
+                    kind: if lost {
+                        EventKind::Lost {
+                            lost_at: UtcMillis(first),
+                        }
+                    } else {
+                        EventKind::Restored {
+                            restored_at: UtcMillis(first),
+                            lost_at: second.map(UtcMillis),
+                        }
+                    },
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn events_round_trip(event in arb_event()) {
+            prop_assert_eq!(decode_event(&encode_event(&event)), Ok(event));
+        }
+
+        #[test]
+        fn snapshots_round_trip(
+            applied in any::<u64>(),
+            events in prop::collection::vec(arb_event(), 0..20),
+            times in prop::collection::vec((any::<i64>(), any::<i64>()), 0..20),
+        ) {
+            let outages = events
+                .iter()
+                .map(|event| {
+                    (event.point, OpenOutage {
+                        lost_at: UtcMillis(1),
+                        received_at: UtcMillis(2),
+                        state: OutageState::Pending,
+                        mpan: event.mpan,
+                    })
+                })
+                .collect();
+            let tombstones = events
+                .iter()
+                .zip(&times)
+                .map(|(event, (restored, closed))| Tombstone {
+                    point: event.point,
+                    restored_at: UtcMillis(*restored),
+                    closed_at: UtcMillis(*closed),
+                })
+                .collect();
+            let snapshot = Snapshot { applied, outages, tombstones };
+            prop_assert_eq!(decode_snapshot(&encode_snapshot(&snapshot)), Ok(snapshot));
+        }
+
+        #[test]
+        fn truncated_snapshots_are_corrupt_not_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_snapshot(&bytes);
+            let _ = decode_event(&bytes);
         }
     }
 }

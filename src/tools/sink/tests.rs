@@ -27,6 +27,7 @@ fn alert(sequence: u64) -> Alert {
         learned_late: false,
         outage_duration_ms: 0,
         subscriber: "ukpn".to_owned(),
+        emitted_by: String::new(),
     }
 }
 

@@ -1,0 +1,75 @@
+//! The events log: ingest appends each validated event to its partition's subject and answers
+//! the publisher only once JetStream has stored every event of the batch (publish acks). The
+//! event key (device and `event_id`) is the message id, so JetStream itself drops a resent
+//! event within the de-duplication window and says so in the ack.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
+use bytes::Bytes;
+
+use super::Names;
+use crate::debounce::{ApplyReport, shard_of};
+use crate::domain::DeviceEvent;
+use crate::error::RelayError;
+use crate::store::codec::encode_event;
+
+/// The partition of a device.
+pub fn partition_of(event: &DeviceEvent, partitions: u16) -> u16 {
+    u16::try_from(shard_of(event.point.device, usize::from(partitions))).unwrap_or(0)
+}
+
+/// Appends events to the JetStream events stream.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    js: Context,
+    names: Names,
+    partitions: u16,
+}
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> RelayError {
+    RelayError::Unavailable(format!(
+        "JetStream did not store the batch ({what}: {err}); resend it, duplicates are dropped"
+    ))
+}
+
+impl EventLog {
+    /// A log over the cluster's events stream.
+    pub fn new(js: Context, names: Names, partitions: u16) -> Self {
+        Self {
+            js,
+            names,
+            partitions,
+        }
+    }
+
+    /// Stores `events`; `Ok` once every one is stored, counting those JetStream already had.
+    pub async fn append(&self, events: &[DeviceEvent]) -> Result<ApplyReport, RelayError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{:032x}", event.key.0).as_str(),
+            );
+            let subject = self
+                .names
+                .event_subject(partition_of(event, self.partitions));
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, Bytes::from(encode_event(event)))
+                .await
+                .map_err(|err| unavailable("publish", err))?;
+            acks.push(ack);
+        }
+        let mut report = ApplyReport::default();
+        for ack in acks {
+            let ack = ack.await.map_err(|err| unavailable("ack", err))?;
+            if ack.duplicate {
+                report.duplicates += 1;
+            } else {
+                report.accepted += 1;
+            }
+        }
+        Ok(report)
+    }
+}

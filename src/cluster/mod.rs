@@ -1,0 +1,308 @@
+//! The JetStream backend: several relay instances on several hosts share one NATS JetStream
+//! cluster (Raft-replicated streams and key-value buckets) instead of the embedded store.
+//!
+//! ```text
+//!  publisher ─▶ any instance: validate ─▶ {P}_EVENTS  subject {P}.events.<partition>
+//!                   (ack after JetStream stored every event; Nats-Msg-Id = event key)
+//!                                             │ ordered consumer, one per owned partition
+//!                                             ▼
+//!        owner of the partition (lease in {P}_LEASES): the debounce state machine + timers
+//!                                             │ alerts, Nats-Msg-Id = alert id
+//!                                             ▼
+//!      {P}_ALERTS_<subscriber> (stream sequence = the DNO's sequence), or {P}_PARKED
+//!                                             │
+//!        any instance: AlertFeed.Subscribe from any sequence; acks in {P}_CURSORS
+//! ```
+//!
+//! - **Partitions.** A device belongs to partition `hash(device) mod partitions`; every event
+//!   of a supply point is in one subject, in order.
+//! - **Ownership** ([`leases`]): an instance owns a partition while it holds its lease, a key
+//!   in a bucket whose entries expire `lease_ttl` after their last write, renewed by
+//!   compare-and-set. An owner stops acting on a partition well before its lease can expire
+//!   (it counts from before its last renewal was sent), so a new owner, which can only create
+//!   the key once it has expired, never overlaps with the old one. Instances balance the
+//!   partitions among the live ones (heartbeats in `{P}_INSTANCES`).
+//! - **State** ([`partition`]): the owner rebuilds a partition from its last snapshot (stream
+//!   `{P}_SNAPSHOTS`, one message per partition) and replays the events after it; debounce
+//!   timers come back at their original due times, with each event's arrival taken from the
+//!   JetStream timestamp, so a replay decides exactly what the first owner decided.
+//! - **Exactly one copy of each alert.** Alert ids are deterministic; the alert streams drop a
+//!   re-publish of the same id within their duplicate window, so a new owner re-emitting what
+//!   its predecessor already stored adds nothing.
+//! - **Delivery** ([`feed`]): any instance serves `Subscribe` from a sequence of the
+//!   subscriber's stream and records acks in a shared bucket by compare-and-set.
+//!
+//! Names start with `store.jetstream.prefix` (`{P}` above), so several relays can share a
+//! cluster. nats-server 2.9 is enough; see `provision` for a client workaround it needs.
+
+pub mod admin;
+pub mod events;
+pub mod feed;
+pub mod leases;
+pub mod partition;
+pub mod run;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, Context, kv, stream};
+
+use crate::config::{Config, JetStreamConfig};
+
+/// Stream, subject and bucket names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The stream of device events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.prefix)
+    }
+
+    /// The subject of partition `partition`'s events.
+    pub fn event_subject(&self, partition: u16) -> String {
+        format!("{}.events.{partition}", self.prefix)
+    }
+
+    /// The stream of one subscriber's alerts.
+    pub fn alerts_stream(&self, subscriber: &str) -> String {
+        format!("{}_ALERTS_{subscriber}", self.prefix)
+    }
+
+    /// The subject of one subscriber's alerts.
+    pub fn alert_subject(&self, subscriber: &str) -> String {
+        format!("{}.alerts.{subscriber}", self.prefix)
+    }
+
+    /// The stream of alerts that routed nowhere.
+    pub fn parked_stream(&self) -> String {
+        format!("{}_PARKED", self.prefix)
+    }
+
+    /// The subject of parked alerts.
+    pub fn parked_subject(&self) -> String {
+        format!("{}.parked", self.prefix)
+    }
+
+    /// The stream of partition snapshots.
+    pub fn snapshots_stream(&self) -> String {
+        format!("{}_SNAPSHOTS", self.prefix)
+    }
+
+    /// The subject of partition `partition`'s snapshot.
+    pub fn snapshot_subject(&self, partition: u16) -> String {
+        format!("{}.snapshots.{partition}", self.prefix)
+    }
+
+    /// Bucket of partition leases.
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_LEASES", self.prefix)
+    }
+
+    /// Bucket of live instances (heartbeats).
+    pub fn instances_bucket(&self) -> String {
+        format!("{}_INSTANCES", self.prefix)
+    }
+
+    /// Bucket of subscriber cursors.
+    pub fn cursors_bucket(&self) -> String {
+        format!("{}_CURSORS", self.prefix)
+    }
+}
+
+/// Header carrying the instance that emitted an alert.
+pub const EMITTED_BY: &str = "Outage-Relay-Instance";
+
+/// How long alert streams remember alert ids to drop re-emissions.
+const ALERT_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// A connection to the cluster with everything provisioned.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The JetStream context.
+    pub js: Context,
+    /// Names in use.
+    pub names: Names,
+    /// Settings.
+    pub settings: JetStreamConfig,
+    /// This instance's name.
+    pub instance: String,
+    /// Partition leases.
+    pub leases: kv::Store,
+    /// Instance heartbeats.
+    pub instances: kv::Store,
+    /// Subscriber cursors.
+    pub cursors: kv::Store,
+}
+
+/// This instance's default name: host name and process id.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "relay".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(48)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+impl Cluster {
+    /// Connects to the servers of `config.store.jetstream` and creates the streams and
+    /// buckets that are missing.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let settings = config.store.jetstream.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name("outage-relay");
+        if let Some(path) = &settings.credentials {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+        }
+        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        let servers = settings
+            .servers
+            .iter()
+            .map(|url| {
+                url.parse::<async_nats::ServerAddr>()
+                    .with_context(|| format!("store.jetstream.servers: {url:?} is not a NATS URL"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let client = tokio::time::timeout(Duration::from_secs(30), options.connect(servers))
+            .await
+            .context("no NATS server answered within 30 s")?
+            .with_context(|| format!("connecting to {}", settings.servers.join(",")))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .max_ack_inflight(20_000)
+            .build(client);
+        let names = Names::new(&settings.prefix);
+        let instance = settings.instance.clone().unwrap_or_else(default_instance);
+        let provisioned = provision(&js, &names, config).await?;
+        Ok(Self {
+            js,
+            names,
+            settings,
+            instance,
+            leases: provisioned.0,
+            instances: provisioned.1,
+            cursors: provisioned.2,
+        })
+    }
+}
+
+async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<()> {
+    let name = config.name.clone();
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|err| anyhow::anyhow!("creating stream {name}: {err}"))?;
+    Ok(())
+}
+
+/// A key-value bucket, created with the bucket conventions directly: async-nats 0.51's
+/// `create_key_value` first reads account limits in a shape nats-server 2.9 does not send.
+async fn ensure_bucket(
+    js: &Context,
+    bucket: String,
+    max_age: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.get_key_value(&bucket)
+        .await
+        .map_err(|err| anyhow::anyhow!("opening bucket {bucket}: {err}"))
+}
+
+async fn provision(
+    js: &Context,
+    names: &Names,
+    config: &Config,
+) -> anyhow::Result<(kv::Store, kv::Store, kv::Store)> {
+    let settings = &config.store.jetstream;
+    let replicas = settings.replicas;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.events_stream(),
+            subjects: vec![format!("{}.events.*", settings.prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: settings.events_max_age,
+            duplicate_window: config.ingest.dedup_window,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alert_stream = |name: String, subject: String| stream::Config {
+        name,
+        subjects: vec![subject],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: config.store.retention_max_age,
+        max_messages: i64::try_from(config.store.retention_max_alerts).unwrap_or(i64::MAX),
+        duplicate_window: ALERT_DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    for subscriber in &config.routing.subscribers {
+        ensure_stream(
+            js,
+            alert_stream(
+                names.alerts_stream(&subscriber.name),
+                names.alert_subject(&subscriber.name),
+            ),
+        )
+        .await?;
+    }
+    ensure_stream(
+        js,
+        alert_stream(names.parked_stream(), names.parked_subject()),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.snapshots_stream(),
+            subjects: vec![format!("{}.snapshots.*", settings.prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_messages_per_subject: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let leases = ensure_bucket(js, names.leases_bucket(), settings.lease_ttl, replicas).await?;
+    let instances =
+        ensure_bucket(js, names.instances_bucket(), settings.lease_ttl, replicas).await?;
+    let cursors = ensure_bucket(js, names.cursors_bucket(), Duration::ZERO, replicas).await?;
+    Ok((leases, instances, cursors))
+}

@@ -1,0 +1,356 @@
+//! One owned partition: its debounce state machine and timers, fed by an ordered consumer on
+//! the partition's event subject, emitting alerts into the subscribers' streams.
+//!
+//! Start: read the partition's last snapshot (open outages, tombstones, the sequence of the
+//! last event it covers), re-arm pending timers at their original due times, and replay the
+//! events after that sequence, then follow new ones. Each event's arrival is its JetStream
+//! timestamp, and before an event of a supply point is applied, that point's own timer fires
+//! if it was due by then: a replay reaches the decisions the live run reached. Re-emitted
+//! alerts carry the same ids and are dropped by the alert streams.
+//!
+//! Alerts are published in emission order, pipelined, and every one is acknowledged by
+//! JetStream before a snapshot that covers its cause is written. Nothing is published once
+//! the lease window has passed: the task ends and the lease driver lets the partition go.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use bytes::Bytes;
+use futures::StreamExt;
+use metrics::{Gauge, counter, gauge};
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::leases::{LeaseWindow, window_open};
+use super::{Cluster, EMITTED_BY};
+use crate::debounce::{Arrival, Debouncer, Effects, OutageState, Settings};
+use crate::domain::{Alert, Clock, DeviceEvent, SupplyPoint, UtcMillis};
+use crate::route::Router;
+use crate::store::Destination;
+use crate::store::codec::{Snapshot, decode_event, decode_snapshot, encode_entry, encode_snapshot};
+use crate::telemetry::{self, Metrics};
+
+/// Alert publishes in flight before the task waits for their acks.
+const PUBLISH_WINDOW: usize = 1024;
+
+/// Everything a partition task needs.
+#[derive(Clone)]
+pub struct PartitionContext {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Routing of alerts to subscribers.
+    pub router: Arc<Router>,
+    /// Debounce settings.
+    pub settings: Settings,
+    /// The relay clock.
+    pub clock: Clock,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running partition.
+struct Partition {
+    id: u16,
+    context: PartitionContext,
+    machine: Debouncer,
+    timers: DelayQueue<(SupplyPoint, UtcMillis)>,
+    effects: Effects,
+    applied: u64,
+    in_flight: VecDeque<(Alert, PublishAckFuture)>,
+    window: LeaseWindow,
+    lag: Gauge,
+}
+
+/// Runs partition `id` until `stop` or the lease window closes; errors are logged and end
+/// the task (the lease driver then releases the partition, and it is claimed again).
+pub async fn run(id: u16, context: PartitionContext, window: LeaseWindow, stop: CancellationToken) {
+    let lag = gauge!(telemetry::PARTITION_LAG, "partition" => id.to_string());
+    let mut partition = Partition {
+        id,
+        machine: Debouncer::new(context.settings),
+        context,
+        timers: DelayQueue::new(),
+        effects: Effects::default(),
+        applied: 0,
+        in_flight: VecDeque::new(),
+        window,
+        lag,
+    };
+    match partition.serve(&stop).await {
+        Ok(()) => {}
+        Err(err) => {
+            counter!(telemetry::JETSTREAM_ERRORS, "operation" => "partition").increment(1);
+            tracing::warn!(
+                partition = id,
+                err = format!("{err:#}"),
+                "partition task ended"
+            );
+        }
+    }
+    partition.lag.set(0.0);
+}
+
+impl Partition {
+    async fn serve(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        self.restore().await?;
+        let cluster = Arc::clone(&self.context.cluster);
+        let stream = cluster
+            .js
+            .get_stream(cluster.names.events_stream())
+            .await
+            .context("opening the events stream")?;
+        let deliver_policy = if self.applied == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: self.applied + 1,
+            }
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: cluster.names.event_subject(self.id),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .context("creating the partition's consumer")?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .context("reading the partition's events")?;
+        let mut snapshots = tokio::time::interval(cluster.settings.snapshot_interval);
+        snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written = self.applied;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                Some(expired) = futures::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
+                    let (point, due_at) = expired.into_inner();
+                    let now = self.context.clock.now();
+                    self.machine.on_timer(point, due_at, now, &mut self.effects);
+                    self.flush().await?;
+                }
+                message = messages.next() => {
+                    let message = message
+                        .context("the partition's consumer ended")?
+                        .map_err(|err| anyhow::anyhow!("reading an event: {err}"))?;
+                    let info = message
+                        .info()
+                        .map_err(|err| anyhow::anyhow!("event metadata: {err}"))?;
+                    let sequence = info.stream_sequence;
+                    let received = UtcMillis(
+                        i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                            .unwrap_or(i64::MAX),
+                    );
+                    self.lag.set(info.pending as f64);
+                    let event = decode_event(&message.payload)
+                        .map_err(|err| anyhow::anyhow!("event {sequence}: {err}"))?;
+                    self.apply(&event, received);
+                    self.applied = sequence;
+                    self.flush().await?;
+                }
+                _ = snapshots.tick() => {
+                    if self.applied != written {
+                        self.snapshot().await?;
+                        written = self.applied;
+                    }
+                }
+            }
+        }
+        if window_open(&self.window) {
+            self.drain().await?;
+            if self.applied != written {
+                self.snapshot().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the last snapshot back and re-arms its pending timers.
+    async fn restore(&mut self) -> anyhow::Result<()> {
+        let cluster = &self.context.cluster;
+        let stream = cluster
+            .js
+            .get_stream(cluster.names.snapshots_stream())
+            .await
+            .context("opening the snapshots stream")?;
+        let snapshot = match stream
+            .get_last_raw_message_by_subject(&cluster.names.snapshot_subject(self.id))
+            .await
+        {
+            Ok(message) => decode_snapshot(&message.payload)
+                .map_err(|err| anyhow::anyhow!("partition {} snapshot: {err}", self.id))?,
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                Snapshot::default()
+            }
+            Err(err) => anyhow::bail!("reading partition {} snapshot: {err}", self.id),
+        };
+        self.applied = snapshot.applied;
+        for (point, outage) in snapshot.outages {
+            if let Some(due_at) = self.machine.restore(point, outage) {
+                self.arm(point, due_at);
+            }
+        }
+        for tombstone in snapshot.tombstones {
+            self.machine.restore_tombstone(tombstone);
+        }
+        tracing::info!(
+            partition = self.id,
+            applied = self.applied,
+            open = self.machine.open_count(),
+            "partition restored; replaying events after the snapshot"
+        );
+        Ok(())
+    }
+
+    fn arm(&mut self, point: SupplyPoint, due_at: UtcMillis) {
+        self.timers
+            .insert_at((point, due_at), self.context.clock.instant_at(due_at));
+    }
+
+    /// Applies one event; the point's own timer fires first if it was due by the event's
+    /// arrival (so a replay, which reads events faster than time passed, decides the same).
+    fn apply(&mut self, event: &DeviceEvent, received: UtcMillis) {
+        let now = self.context.clock.now();
+        if let Some(outage) = self.machine.outage(&event.point)
+            && outage.state == OutageState::Pending
+        {
+            let due_at = outage.lost_at.plus(self.context.settings.debounce);
+            if due_at <= received {
+                self.machine
+                    .on_timer(event.point, due_at, now, &mut self.effects);
+            }
+        }
+        let outcome = self
+            .machine
+            .on_event(event, Arrival { received, now }, &mut self.effects);
+        self.context.metrics.event(
+            matches!(event.kind, crate::domain::EventKind::Restored { .. }),
+            outcome,
+        );
+    }
+
+    /// Arms new timers and publishes new alerts.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let timers: Vec<_> = self.effects.timers.drain(..).collect();
+        for (point, due_at) in timers {
+            self.arm(point, due_at);
+        }
+        let alerts: Vec<Alert> = self.effects.alerts.drain(..).collect();
+        self.effects.clear();
+        for alert in alerts {
+            self.publish(alert).await?;
+        }
+        self.context
+            .metrics
+            .pending_timers
+            .set(self.machine.pending_count() as f64);
+        Ok(())
+    }
+
+    async fn publish(&mut self, alert: Alert) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            window_open(&self.window),
+            "partition {}: the lease window has passed; stopping",
+            self.id
+        );
+        let cluster = &self.context.cluster;
+        let (subject, destination) = match self
+            .context
+            .router
+            .route(alert.point.device, alert.event_mpan)
+        {
+            Ok(route) => (
+                cluster
+                    .names
+                    .alert_subject(self.context.router.table().name(route.subscriber)),
+                Destination::Routed(route),
+            ),
+            Err(reason) => (cluster.names.parked_subject(), Destination::Parked(reason)),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            alert.id().to_string().as_str(),
+        );
+        headers.insert(EMITTED_BY, cluster.instance.as_str());
+        let ack = cluster
+            .js
+            .publish_with_headers(
+                subject,
+                headers,
+                Bytes::from(encode_entry(&alert, &destination)),
+            )
+            .await
+            .map_err(|err| anyhow::anyhow!("publishing alert {}: {err}", alert.id()))?;
+        self.in_flight.push_back((alert, ack));
+        if self.in_flight.len() >= PUBLISH_WINDOW {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every alert in flight to be stored.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some((alert, ack)) = self.in_flight.pop_front() {
+            let ack = ack
+                .await
+                .map_err(|err| anyhow::anyhow!("alert {} not stored: {err}", alert.id()))?;
+            if ack.duplicate {
+                counter!(telemetry::ALERTS_DEDUPLICATED, "kind" => alert.kind.as_str())
+                    .increment(1);
+            } else {
+                let now = self.context.clock.now();
+                let could_emit_at = alert.due_at.max(alert.received_at);
+                self.context
+                    .metrics
+                    .alert_emitted(alert.kind, now.seconds_since(could_emit_at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the partition's state as of `applied`, once every alert it caused is stored.
+    async fn snapshot(&mut self) -> anyhow::Result<()> {
+        self.drain().await?;
+        anyhow::ensure!(
+            window_open(&self.window),
+            "partition {}: the lease window has passed; not writing a snapshot",
+            self.id
+        );
+        self.machine.expire_tombstones(self.context.clock.now());
+        let snapshot = Snapshot {
+            applied: self.applied,
+            outages: self
+                .machine
+                .outages()
+                .map(|(point, outage)| (*point, *outage))
+                .collect(),
+            tombstones: self.machine.tombstones().collect(),
+        };
+        let cluster = &self.context.cluster;
+        let published = cluster
+            .js
+            .publish(
+                cluster.names.snapshot_subject(self.id),
+                Bytes::from(encode_snapshot(&snapshot)),
+            )
+            .await;
+        let stored = match published {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = stored {
+            // Not fatal: the next owner replays from the previous snapshot instead.
+            counter!(telemetry::JETSTREAM_ERRORS, "operation" => "snapshot").increment(1);
+            tracing::warn!(partition = self.id, %err, "snapshot not stored");
+        }
+        Ok(())
+    }
+}
