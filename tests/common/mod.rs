@@ -469,3 +469,26 @@ impl Subscription {
 pub fn sequences(alerts: &[Alert]) -> Vec<u64> {
     alerts.iter().map(|alert| alert.sequence).collect()
 }
+
+/// The JetStream cluster `.ci/test` starts (`NATS_URLS`, comma-separated).
+pub fn nats_urls() -> Vec<String> {
+    std::env::var("NATS_URLS")
+        .expect("NATS_URLS is not set: run .ci/test, which starts the three-node JetStream cluster")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A stream-name prefix no other test run uses, so runs sharing a cluster stay apart.
+pub fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "T{}_{}_{}_{test}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,169 @@
+//! The JetStream backend over loopback gRPC, with two relay instances in this process sharing
+//! the three-node cluster `.ci/test` starts: partitions split between live instances; an event
+//! published to one instance alerts a subscriber of the other; acks are shared; a stopped
+//! instance's partitions, with their open outages, move to the survivor.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{
+    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, nats_urls, now_ms, restored,
+    unique_prefix, valid_mpan,
+};
+use outage_relay::config::{Backend, Config};
+use outage_relay::proto::{AlertKind, GetClusterStatusRequest, GetClusterStatusResponse};
+use tonic::Code;
+
+const PARTITIONS: u16 = 8;
+
+async fn instance(prefix: &str, name: &str) -> TestRelay {
+    let prefix = prefix.to_owned();
+    let name = name.to_owned();
+    TestRelay::start_with(move |config: &mut Config, _| {
+        config.store.backend = Backend::Jetstream;
+        let js = &mut config.store.jetstream;
+        js.servers = nats_urls();
+        js.prefix = prefix;
+        js.instance = Some(name);
+        js.partitions = PARTITIONS;
+        js.lease_ttl = Duration::from_secs(2);
+        js.snapshot_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+async fn cluster_status(relay: &TestRelay) -> GetClusterStatusResponse {
+    bounded(
+        "GetClusterStatus",
+        relay
+            .admin_client()
+            .await
+            .get_cluster_status(GetClusterStatusRequest {}),
+    )
+    .await
+    .expect("GetClusterStatus succeeds")
+    .into_inner()
+}
+
+/// Waits until `relay` says every partition is owned, by exactly the instances `owners`.
+async fn wait_owned_by(relay: &TestRelay, owners: &[&str]) -> GetClusterStatusResponse {
+    let wanted: BTreeSet<String> = owners.iter().map(|s| (*s).to_owned()).collect();
+    eventually("partitions owned by the expected instances", || async {
+        let status = cluster_status(relay).await;
+        let seen: BTreeSet<String> = status.owners.iter().map(|o| o.owner.clone()).collect();
+        (seen == wanted && status.owners.len() == usize::from(PARTITIONS)).then_some(status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_the_partitions_and_share_feeds_and_acks() {
+    let prefix = unique_prefix("split");
+    let a = instance(&prefix, "a").await;
+    let b = instance(&prefix, "b").await;
+    let status = wait_owned_by(&a, &["a", "b"]).await;
+    assert_eq!(status.backend, "jetstream");
+    assert_eq!(status.partitions, u32::from(PARTITIONS));
+    let b_status = cluster_status(&b).await;
+    assert_eq!(b_status.instance, "b");
+    assert_eq!(
+        status.owned_here.len() + b_status.owned_here.len(),
+        usize::from(PARTITIONS),
+        "{status:?} {b_status:?}"
+    );
+
+    // Published to a, alerted through b, whoever owns the device's partition.
+    let devices: Vec<String> = (1..=6).map(device).collect();
+    let events = devices
+        .iter()
+        .enumerate()
+        .map(|(n, d)| lost(d, now_ms() - LONG_AGO_MS, Some(&valid_mpan(12, n as u64))))
+        .collect();
+    a.publish_ok(events).await;
+    let mut feed = b.subscribe("ukpn", 0).await;
+    let alerts = feed.take(devices.len()).await;
+    let seen: BTreeSet<&str> = alerts.iter().map(|a| a.device_id.as_str()).collect();
+    assert_eq!(seen, devices.iter().map(String::as_str).collect());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a.kind == AlertKind::PowerOutage as i32)
+    );
+    let sequences: Vec<u64> = alerts.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, (1..=6).collect::<Vec<u64>>());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a.emitted_by == "a" || a.emitted_by == "b")
+    );
+
+    // Acked through b, the cursor is the same seen from a.
+    let acked = b.ack("ukpn", 4).await;
+    assert_eq!((acked.acked_sequence, acked.backlog), (4, 2));
+    let from_a = a.delivery_status("ukpn").await;
+    assert_eq!((from_a.acked_sequence, from_a.head_sequence), (4, 6));
+    // A subscriber reconnecting to a resumes after its cursor.
+    let mut again = a.subscribe("ukpn", 0).await;
+    assert_eq!(again.next().await.sequence, 5);
+
+    // Resending an event is a duplicate (JetStream drops it by its event key).
+    let again_lost = lost(&devices[0], now_ms() - LONG_AGO_MS, None);
+    let ack = a.publish(vec![again_lost.clone()]).await;
+    assert_eq!((ack.accepted, ack.duplicates), (1, 0));
+    let ack = a.publish(vec![again_lost]).await;
+    assert_eq!((ack.accepted, ack.duplicates), (0, 1));
+
+    // A sequence beyond the head is refused, not silently skipped.
+    let beyond = b
+        .try_subscribe("ukpn", 100)
+        .await
+        .err()
+        .expect("beyond the head");
+    assert_eq!(beyond.code(), Code::OutOfRange);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
+    let prefix = unique_prefix("handover");
+    let a = instance(&prefix, "a").await;
+    let b = instance(&prefix, "b").await;
+    wait_owned_by(&a, &["a", "b"]).await;
+    let devices: Vec<String> = (1..=8).map(|n| device(100 + n)).collect();
+    let lost_at = now_ms() - LONG_AGO_MS;
+    a.publish_ok(
+        devices
+            .iter()
+            .enumerate()
+            .map(|(n, d)| lost(d, lost_at, Some(&valid_mpan(12, 100 + n as u64))))
+            .collect(),
+    )
+    .await;
+    let mut feed = b.subscribe("ukpn", 0).await;
+    let poas = feed.take(devices.len()).await;
+    b.ack("ukpn", poas.len() as u64).await;
+
+    a.stop().await;
+    wait_owned_by(&b, &["b"]).await;
+    // b now holds every partition, with the outages a had opened: restorations close them.
+    let restored_at = now_ms() - 1000;
+    b.publish_ok(
+        devices
+            .iter()
+            .map(|d| restored(d, restored_at, None, None))
+            .collect(),
+    )
+    .await;
+    let pras = feed.take(devices.len()).await;
+    for pra in &pras {
+        assert_eq!(pra.kind, AlertKind::PowerRestoration as i32, "{pra:?}");
+        assert_eq!(common::ms(pra.lost_at.as_ref()), lost_at, "{pra:?}");
+        assert_eq!(pra.emitted_by, "b");
+    }
+    let seen: BTreeSet<&str> = pras.iter().map(|a| a.device_id.as_str()).collect();
+    assert_eq!(seen, devices.iter().map(String::as_str).collect());
+    b.stop().await;
+}
