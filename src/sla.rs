@@ -49,6 +49,11 @@ pub struct SlaInbox {
 }
 
 impl SlaInbox {
+    /// Resolves when something was pushed since the last wake-up.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
     /// Adds alerts to watch.
     pub fn push(&self, items: impl IntoIterator<Item = Tracked>) {
         let mut buffer = self.items.lock();
@@ -59,7 +64,8 @@ impl SlaInbox {
         }
     }
 
-    fn drain(&self) -> Vec<Tracked> {
+    /// Takes everything pushed since the last call.
+    pub fn drain(&self) -> Vec<Tracked> {
         std::mem::take(&mut *self.items.lock())
     }
 }

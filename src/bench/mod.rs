@@ -121,6 +121,39 @@ pub struct BenchArgs {
     /// Exit 0 even when the relay breached the SLA (the report still says FAIL).
     #[arg(long)]
     pub allow_sla_breach: bool,
+    /// Storage of the relay the benchmark starts: `embedded`, or `jetstream` (with
+    /// `--jetstream-servers`; streams get a fresh prefix each run).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "jetstream"])]
+    pub backend: String,
+    /// JetStream servers for `--backend jetstream`, comma-separated.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub jetstream_servers: Vec<String>,
+}
+
+/// A configuration file for a relay on the JetStream backend, with a prefix of its own.
+fn jetstream_config(args: &BenchArgs) -> anyhow::Result<Option<PathBuf>> {
+    if args.backend != "jetstream" {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !args.jetstream_servers.is_empty(),
+        "--backend jetstream needs --jetstream-servers"
+    );
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let servers: Vec<String> = args
+        .jetstream_servers
+        .iter()
+        .map(|url| format!("{url:?}"))
+        .collect();
+    let text = format!(
+        "[store]\nbackend = \"jetstream\"\n\n[store.jetstream]\nservers = [{}]\nprefix = \"BENCH{stamp}\"\ninstance = \"bench\"\n",
+        servers.join(", ")
+    );
+    let path = args.out.join("relay.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path))
 }
 
 fn parse_seed(text: &str) -> Result<u64, String> {
@@ -178,7 +211,8 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             let data = args.out.join("relay-data");
             let _ = std::fs::remove_dir_all(&data);
             let log = args.out.join("relay.log");
-            Relay::spawn(&exe, &registry, &data, &log, &timing).await?
+            let config = jetstream_config(&args)?;
+            Relay::spawn(&exe, &registry, &data, &log, &timing, config.as_deref()).await?
         }
     };
     let _ = std::fs::remove_file(&registry);
@@ -232,11 +266,10 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         machine,
         relay: RelayInfo {
             mode: if args.target.is_some() {
-                "target"
+                "target".to_owned()
             } else {
-                "child"
-            }
-            .to_owned(),
+                format!("child ({})", args.backend)
+            },
             url: relay.url.clone(),
             command: relay.command.clone(),
             breaches_counted: outcome.samples.last().and_then(|s| s.relay_breaches),

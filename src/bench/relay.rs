@@ -64,9 +64,10 @@ impl Relay {
         data_dir: &Path,
         log: &Path,
         timing: &Timing,
+        config: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let (grpc, metrics) = free_ports()?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "serve".to_owned(),
             "--listen".to_owned(),
             format!("127.0.0.1:{grpc}"),
@@ -88,6 +89,9 @@ impl Relay {
             "0".to_owned(),
         ]
         .into();
+        if let Some(config) = config {
+            args.extend(["--config".to_owned(), config.display().to_string()]);
+        }
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("creating the relay log {}", log.display()))?;
         let child = Command::new(exe)

@@ -41,6 +41,7 @@ pub mod feed;
 pub mod leases;
 pub mod partition;
 pub mod run;
+pub mod sla;
 
 use std::time::Duration;
 

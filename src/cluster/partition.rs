@@ -31,8 +31,9 @@ use super::{Cluster, EMITTED_BY};
 use crate::debounce::{Arrival, Debouncer, Effects, OutageState, Settings};
 use crate::domain::{Alert, Clock, DeviceEvent, SupplyPoint, UtcMillis};
 use crate::route::Router;
-use crate::store::Destination;
+use crate::sla::{SlaInbox, Tracked};
 use crate::store::codec::{Snapshot, decode_event, decode_snapshot, encode_entry, encode_snapshot};
+use crate::store::{Destination, LogId};
 use crate::telemetry::{self, Metrics};
 
 /// Alert publishes in flight before the task waits for their acks.
@@ -51,6 +52,8 @@ pub struct PartitionContext {
     pub clock: Clock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Stored alerts to check at their deadlines.
+    pub sla: Arc<SlaInbox>,
 }
 
 /// A running partition.
@@ -61,7 +64,7 @@ struct Partition {
     timers: DelayQueue<(SupplyPoint, UtcMillis)>,
     effects: Effects,
     applied: u64,
-    in_flight: VecDeque<(Alert, PublishAckFuture)>,
+    in_flight: VecDeque<(Alert, Destination, PublishAckFuture)>,
     window: LeaseWindow,
     lag: Gauge,
 }
@@ -289,7 +292,7 @@ impl Partition {
             )
             .await
             .map_err(|err| anyhow::anyhow!("publishing alert {}: {err}", alert.id()))?;
-        self.in_flight.push_back((alert, ack));
+        self.in_flight.push_back((alert, destination, ack));
         if self.in_flight.len() >= PUBLISH_WINDOW {
             self.drain().await?;
         }
@@ -298,10 +301,20 @@ impl Partition {
 
     /// Waits for every alert in flight to be stored.
     async fn drain(&mut self) -> anyhow::Result<()> {
-        while let Some((alert, ack)) = self.in_flight.pop_front() {
+        while let Some((alert, destination, ack)) = self.in_flight.pop_front() {
             let ack = ack
                 .await
                 .map_err(|err| anyhow::anyhow!("alert {} not stored: {err}", alert.id()))?;
+            if let Destination::Routed(route) = destination {
+                self.context.sla.push([Tracked {
+                    log: LogId::Subscriber(route.subscriber),
+                    sequence: ack.sequence,
+                    kind: alert.kind,
+                    deadline: alert.deadline,
+                    cause: alert.breach_cause(),
+                    id: alert.id(),
+                }]);
+            }
             if ack.duplicate {
                 counter!(telemetry::ALERTS_DEDUPLICATED, "kind" => alert.kind.as_str())
                     .increment(1);

@@ -23,6 +23,7 @@ use crate::ingest::{IngestService, Sink};
 use crate::route::{Registry, Router, RoutingTable};
 use crate::security::limits::StreamLimiter;
 use crate::server::{Edge, Tasks, guard, serve};
+use crate::sla::SlaInbox;
 use crate::telemetry::{self, Metrics};
 
 /// How often subscriber backlogs are read for the metrics.
@@ -56,6 +57,17 @@ pub async fn run(
     ));
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
+    let sla_inbox = Arc::new(SlaInbox::default());
+    tasks.spawn(
+        "sla-watch",
+        super::sla::run(
+            Arc::clone(&cluster),
+            Arc::clone(&table),
+            Arc::clone(&sla_inbox),
+            clock,
+            stages.clone(),
+        ),
+    );
 
     let context = PartitionContext {
         cluster: Arc::clone(&cluster),
@@ -68,6 +80,7 @@ pub async fn run(
         },
         clock,
         metrics: Arc::clone(&metrics),
+        sla: Arc::clone(&sla_inbox),
     };
     let start: StartPartition = Arc::new(move |id, window, stop| {
         tokio::spawn(partition::run(id, context.clone(), window, stop))

@@ -1,0 +1,106 @@
+//! SLA watch for the JetStream backend: the instance that stored an alert checks it at its
+//! deadline against the subscriber's shared cursor, and reports it once if it is not
+//! acknowledged by then (a warning and `outage_relay_sla_breaches_total`, by kind,
+//! subscriber and cause).
+//!
+//! The owner of the partition hands every alert it stored (or found already stored, re-emitted
+//! after a takeover) to its instance's watch, so an alert is watched by the instance that owns
+//! its partition now. Alerts whose owner died before their deadline are watched by no one
+//! until the new owner re-emits them (which it does when it replays the events behind them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::Cluster;
+use super::feed::cursor;
+use crate::domain::Clock;
+use crate::route::RoutingTable;
+use crate::sla::{SlaInbox, Tracked};
+use crate::store::LogId;
+use crate::telemetry::SubscriberMetrics;
+
+/// Deadlines checked per wake-up at most.
+const SWEEP: usize = 4096;
+
+/// Runs the watch until `shutdown`.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    table: Arc<RoutingTable>,
+    inbox: Arc<SlaInbox>,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let metrics: HashMap<LogId, (String, SubscriberMetrics)> = table
+        .iter()
+        .map(|(id, name)| {
+            (
+                LogId::Subscriber(id),
+                (name.to_owned(), SubscriberMetrics::new(name)),
+            )
+        })
+        .collect();
+    let mut wheel: DelayQueue<Tracked> = DelayQueue::new();
+    loop {
+        for tracked in inbox.drain() {
+            wheel.insert_at(tracked, clock.instant_at(tracked.deadline));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = inbox.notified() => {}
+            Some(expired) = futures::future::poll_fn(|cx| wheel.poll_expired(cx)), if !wheel.is_empty() => {
+                let mut due = vec![expired.into_inner()];
+                while due.len() < SWEEP {
+                    let next = futures::future::poll_fn(|cx| wheel.poll_expired(cx)).now_or_never();
+                    let Some(Some(expired)) = next else { break };
+                    due.push(expired.into_inner());
+                }
+                check(&cluster, &metrics, due).await;
+            }
+        }
+    }
+}
+
+async fn check(
+    cluster: &Cluster,
+    metrics: &HashMap<LogId, (String, SubscriberMetrics)>,
+    due: Vec<Tracked>,
+) {
+    let mut acked: HashMap<LogId, u64> = HashMap::new();
+    let mut breaches: HashMap<LogId, (Tracked, u64)> = HashMap::new();
+    for tracked in due {
+        let Some((name, handles)) = metrics.get(&tracked.log) else {
+            continue;
+        };
+        let cursor_now = match acked.get(&tracked.log) {
+            Some(&value) => value,
+            None => {
+                let Ok((value, _)) = cursor(&cluster.cursors, name).await else {
+                    continue;
+                };
+                acked.insert(tracked.log, value);
+                value
+            }
+        };
+        if cursor_now >= tracked.sequence {
+            continue;
+        }
+        handles.breach(tracked.kind, tracked.cause);
+        breaches.entry(tracked.log).or_insert((tracked, 0)).1 += 1;
+    }
+    for (log, (first, count)) in breaches {
+        let name = metrics.get(&log).map_or("?", |(name, _)| name.as_str());
+        tracing::warn!(
+            subscriber = name,
+            breaches = count,
+            first_alert_id = %first.id,
+            first_sequence = first.sequence,
+            first_deadline = %first.deadline,
+            first_cause = first.cause.as_str(),
+            "SLA breach: alerts not acknowledged by their deadline"
+        );
+    }
+}
