@@ -540,6 +540,12 @@ proptest! {
         prop_assert_eq!(event.mpan.map(|m| m.value() / 10), case.mpan);
         prop_assert_eq!(event.key, EventKey::new(device, &case.event.event_id));
     }
+}
+
+proptest! {
+    // Registry loads allocate a 64 KiB read buffer and configs parse whole TOML documents:
+    // fewer cases keep these fast.
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_bytes_never_panic_the_registry(
@@ -559,10 +565,6 @@ proptest! {
     ) {
         check_registry(&apply(A_VALID_REGISTRY.as_bytes().to_vec(), &edits))?;
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_text_never_panics_the_config(text in "\\PC{0,200}") {
