@@ -4,7 +4,10 @@
 //! event within the de-duplication window and says so in the ack.
 
 use async_nats::HeaderMap;
+use std::collections::VecDeque;
+
 use async_nats::jetstream::Context;
+use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 
 use super::Names;
@@ -43,9 +46,16 @@ impl EventLog {
     }
 
     /// Stores `events`; `Ok` once every one is stored, counting those JetStream already had.
+    /// At most [`ACK_WINDOW`] of the batch's acks are awaited at a time.
     pub async fn append(&self, events: &[DeviceEvent]) -> Result<ApplyReport, RelayError> {
-        let mut acks = Vec::with_capacity(events.len());
+        let mut acks = VecDeque::with_capacity(events.len().min(ACK_WINDOW));
+        let mut report = ApplyReport::default();
         for event in events {
+            if acks.len() >= ACK_WINDOW
+                && let Some(ack) = acks.pop_front()
+            {
+                count(&mut report, ack).await?;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
@@ -59,17 +69,24 @@ impl EventLog {
                 .publish_with_headers(subject, headers, Bytes::from(encode_event(event)))
                 .await
                 .map_err(|err| unavailable("publish", err))?;
-            acks.push(ack);
+            acks.push_back(ack);
         }
-        let mut report = ApplyReport::default();
         for ack in acks {
-            let ack = ack.await.map_err(|err| unavailable("ack", err))?;
-            if ack.duplicate {
-                report.duplicates += 1;
-            } else {
-                report.accepted += 1;
-            }
+            count(&mut report, ack).await?;
         }
         Ok(report)
     }
+}
+
+/// Acks of one batch awaited at a time.
+pub const ACK_WINDOW: usize = 1024;
+
+async fn count(report: &mut ApplyReport, ack: PublishAckFuture) -> Result<(), RelayError> {
+    let ack = ack.await.map_err(|err| unavailable("ack", err))?;
+    if ack.duplicate {
+        report.duplicates += 1;
+    } else {
+        report.accepted += 1;
+    }
+    Ok(())
 }

@@ -148,33 +148,40 @@ pub async fn run(
         if let Err(err) = cluster.instances.put(&cluster.instance, me.clone()).await {
             tracing::warn!(%err, "cannot write the instance heartbeat");
         }
-        // Renew; a failed renewal (or a finished task) ends the ownership at once.
-        let mut lost = Vec::new();
-        for (&partition, lease) in &mut held {
-            if lease.task.is_finished() {
-                lost.push(partition);
-                continue;
+        // Renew every lease at once; a failed renewal (or a finished task) ends the
+        // ownership at once.
+        let sent = Instant::now();
+        let renewals = held.iter().map(|(&partition, lease)| {
+            let leases = cluster.leases.clone();
+            let me = me.clone();
+            let finished = lease.task.is_finished();
+            let revision = lease.revision;
+            async move {
+                if finished {
+                    return (partition, None);
+                }
+                match leases.update(key(partition), me, revision).await {
+                    Ok(revision) => (partition, Some(revision)),
+                    Err(err) => {
+                        tracing::warn!(partition, %err, "lease renewal failed; partition stopped");
+                        (partition, None)
+                    }
+                }
             }
-            let sent = Instant::now();
-            match cluster
-                .leases
-                .update(key(partition), me.clone(), lease.revision)
-                .await
-            {
-                Ok(revision) => {
+        });
+        let mut lost = Vec::new();
+        for (partition, renewed) in futures::future::join_all(renewals).await {
+            match (renewed, held.get_mut(&partition)) {
+                (Some(revision), Some(lease)) => {
                     lease.revision = revision;
                     let _ = lease.window.send(sent + ttl - margin);
                 }
-                Err(err) => {
-                    tracing::warn!(partition, %err, "lease renewal failed; partition stopped");
-                    lost.push(partition);
-                }
+                _ => lost.push(partition),
             }
         }
         for partition in lost {
             if let Some(lease) = held.remove(&partition) {
-                lease.stop.cancel();
-                let _ = lease.task.await;
+                stop_task(lease.stop, lease.task, margin).await;
                 let _ = cluster
                     .leases
                     .delete_expect_revision(key(partition), Some(lease.revision))
@@ -230,9 +237,18 @@ pub async fn run(
     metrics.partitions_owned.set(0.0);
 }
 
+/// Stops a partition task, aborting it if it has not ended within `bound` (a task waiting on
+/// JetStream must not hold up the renewal of every other lease).
+async fn stop_task(stop: CancellationToken, mut task: JoinHandle<()>, bound: std::time::Duration) {
+    stop.cancel();
+    if tokio::time::timeout(bound, &mut task).await.is_err() {
+        task.abort();
+        tracing::warn!("a partition task did not stop in time and was aborted");
+    }
+}
+
 async fn release(cluster: &Cluster, partition: u16, lease: Held) {
-    lease.stop.cancel();
-    let _ = lease.task.await;
+    stop_task(lease.stop, lease.task, cluster.settings.lease_ttl / 3).await;
     if let Err(err) = cluster
         .leases
         .delete_expect_revision(key(partition), Some(lease.revision))
@@ -251,17 +267,19 @@ async fn read_state(cluster: &Cluster) -> Option<(Vec<String>, BTreeMap<u16, (St
         live.push(key.ok()?);
     }
     live.sort();
-    let mut owners = BTreeMap::new();
     let mut keys = cluster.leases.keys().await.ok()?;
     let mut names = Vec::new();
     while let Some(key) = keys.next().await {
         names.push(key.ok()?);
     }
-    for name in names {
-        let Some(partition) = name.strip_prefix('p').and_then(|p| p.parse::<u16>().ok()) else {
-            continue;
-        };
-        if let Ok(Some(entry)) = cluster.leases.entry(name).await
+    let entries = names.into_iter().filter_map(|name| {
+        let partition = name.strip_prefix('p').and_then(|p| p.parse::<u16>().ok())?;
+        let leases = cluster.leases.clone();
+        Some(async move { (partition, leases.entry(name).await) })
+    });
+    let mut owners = BTreeMap::new();
+    for (partition, entry) in futures::future::join_all(entries).await {
+        if let Ok(Some(entry)) = entry
             && entry.operation == async_nats::jetstream::kv::Operation::Put
         {
             owners.insert(

@@ -158,42 +158,56 @@ fn default_instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// One NATS connection as a JetStream context. The relay opens two: one for events and
+/// alerts, one for leases and cursors, so a renewal never waits behind a storm's publishes.
+async fn context(settings: &JetStreamConfig, role: &str) -> anyhow::Result<Context> {
+    let mut options = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .name(format!("outage-relay {role}"));
+    if let Some(path) = &settings.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let servers = settings
+        .servers
+        .iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("store.jetstream.servers: {url:?} is not a NATS URL"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = tokio::time::timeout(Duration::from_secs(30), options.connect(servers))
+        .await
+        .context("no NATS server answered within 30 s")?
+        .with_context(|| format!("connecting to {}", settings.servers.join(",")))?;
+    // Publishers bound their own acks in flight (a window per batch and per partition); the
+    // context's shared limit is set out of their way, because batches that each hold part of
+    // a shared limit while waiting for more of it would deadlock.
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .max_ack_inflight(ACKS_IN_FLIGHT)
+        .build(client))
+}
+
+/// The context-wide ceiling on acks in flight, far above the sum of the relay's own windows.
+const ACKS_IN_FLIGHT: usize = 1 << 24;
+
 impl Cluster {
     /// Connects to the servers of `config.store.jetstream` and creates the streams and
     /// buckets that are missing.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let settings = config.store.jetstream.clone();
-        let mut options = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .name("outage-relay");
-        if let Some(path) = &settings.credentials {
-            options = options
-                .credentials_file(path)
-                .await
-                .with_context(|| format!("reading NATS credentials {}", path.display()))?;
-        }
-        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        let servers = settings
-            .servers
-            .iter()
-            .map(|url| {
-                url.parse::<async_nats::ServerAddr>()
-                    .with_context(|| format!("store.jetstream.servers: {url:?} is not a NATS URL"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let client = tokio::time::timeout(Duration::from_secs(30), options.connect(servers))
-            .await
-            .context("no NATS server answered within 30 s")?
-            .with_context(|| format!("connecting to {}", settings.servers.join(",")))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .max_ack_inflight(20_000)
-            .build(client);
+        let js = context(&settings, "data").await?;
+        let control = context(&settings, "control").await?;
         let names = Names::new(&settings.prefix);
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
-        let provisioned = provision(&js, &names, config).await?;
+        provision(&js, &names, config).await?;
+        let provisioned = buckets(&control, &names, &settings).await?;
         Ok(Self {
             js,
             names,
@@ -244,11 +258,7 @@ async fn ensure_bucket(
         .map_err(|err| anyhow::anyhow!("opening bucket {bucket}: {err}"))
 }
 
-async fn provision(
-    js: &Context,
-    names: &Names,
-    config: &Config,
-) -> anyhow::Result<(kv::Store, kv::Store, kv::Store)> {
+async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Result<()> {
     let settings = &config.store.jetstream;
     let replicas = settings.replicas;
     ensure_stream(
@@ -301,6 +311,15 @@ async fn provision(
         },
     )
     .await?;
+    Ok(())
+}
+
+async fn buckets(
+    js: &Context,
+    names: &Names,
+    settings: &JetStreamConfig,
+) -> anyhow::Result<(kv::Store, kv::Store, kv::Store)> {
+    let replicas = settings.replicas;
     let leases = ensure_bucket(js, names.leases_bucket(), settings.lease_ttl, replicas).await?;
     let instances =
         ensure_bucket(js, names.instances_bucket(), settings.lease_ttl, replicas).await?;
