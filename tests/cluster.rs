@@ -167,3 +167,49 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     assert_eq!(seen, devices.iter().map(String::as_str).collect());
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_of_large_batches_are_all_stored() {
+    use outage_relay::proto::EventBatch;
+    // Four Publish streams pipelining their batches at once: each event stored and counted
+    // once, every stream answered.
+    let prefix = unique_prefix("storm");
+    let a = instance(&prefix, "a").await;
+    let lost_at = now_ms() - 1000;
+    let streams = (0..4u64).map(|stream| {
+        let url = a.url.clone();
+        async move {
+            let channel = common::connect(&url).await;
+            let batches: Vec<EventBatch> = (0..2u64)
+                .map(|batch| EventBatch {
+                    events: (0..1_000u64)
+                        .map(|n| {
+                            lost(
+                                &device(stream * 100_000 + batch * 10_000 + n),
+                                lost_at,
+                                None,
+                            )
+                        })
+                        .collect(),
+                    batch_id: batch + 1,
+                })
+                .collect();
+            let mut acks = outage_relay::proto::ingest_client::IngestClient::new(channel)
+                .publish(futures::stream::iter(batches))
+                .await
+                .expect("Publish opens")
+                .into_inner();
+            let mut accepted = 0;
+            while let Some(ack) = acks.message().await.expect("acks") {
+                accepted += ack.accepted;
+            }
+            accepted
+        }
+    });
+    let accepted: u64 = bounded("8,000 events stored", futures::future::join_all(streams))
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(accepted, 8_000);
+    a.stop().await;
+}
