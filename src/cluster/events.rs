@@ -3,9 +3,9 @@
 //! event key (device and `event_id`) is the message id, so JetStream itself drops a resent
 //! event within the de-duplication window and says so in the ack.
 
-use async_nats::HeaderMap;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
@@ -50,7 +50,19 @@ impl EventLog {
     pub async fn append(&self, events: &[DeviceEvent]) -> Result<ApplyReport, RelayError> {
         let mut acks = VecDeque::with_capacity(events.len().min(ACK_WINDOW));
         let mut report = ApplyReport::default();
+        let mut unacked = HashSet::new();
         for event in events {
+            // A supply point's events are stored in batch order: a second event of a point is
+            // published only once the earlier ones are stored. Otherwise a publish that fails
+            // (the stream leader just died) followed by one that succeeds (a new leader) stores
+            // them out of order, and the resent batch appends the failed one after its successor.
+            if !unacked.insert(event.point) {
+                while let Some(ack) = acks.pop_front() {
+                    count(&mut report, ack).await?;
+                }
+                unacked.clear();
+                unacked.insert(event.point);
+            }
             if acks.len() >= ACK_WINDOW
                 && let Some(ack) = acks.pop_front()
             {

@@ -258,6 +258,17 @@ impl Partition {
     }
 
     async fn publish(&mut self, alert: Alert) -> anyhow::Result<()> {
+        // A supply point's alerts are stored in emission order: one is published only once the
+        // point's earlier alerts are stored. Otherwise a publish that fails (the stream leader
+        // just died) followed by one that succeeds (a new leader) stores a PRA before its POA,
+        // and the next owner's replay appends the POA after it.
+        if self
+            .in_flight
+            .iter()
+            .any(|(earlier, ..)| earlier.point == alert.point)
+        {
+            self.drain().await?;
+        }
         anyhow::ensure!(
             window_open(&self.window),
             "partition {}: the lease window has passed; stopping",

@@ -170,6 +170,13 @@ impl Ingest for IngestService {
             .limit_key(request.remote_addr())
             .into();
         let permit = self.streams.acquire(request.remote_addr())?;
+        // The JetStream log stores a batch's events while the next batch's are stored too; a
+        // failure in the first would then put a point's earlier event after its later one. So
+        // there a stream's batches go one at a time (each still pipelines its own events).
+        let pipeline = match self.sink {
+            Sink::Shards(_) => STREAM_PIPELINE,
+            Sink::Log(_) => 1,
+        };
         let service = self.clone();
         let acks = request
             .into_inner()
@@ -186,7 +193,7 @@ impl Ingest for IngestService {
                     }
                 }
             })
-            .buffered(STREAM_PIPELINE)
+            .buffered(pipeline)
             // A failed batch ends the stream: the publisher resends from its first unacked.
             .scan(false, |failed, ack| {
                 let item = (!*failed).then_some(ack);
