@@ -110,6 +110,25 @@ fn outage_to_proto(
     }
 }
 
+/// Loads the registry a `ReloadRegistry` names (`requested`), or the configured one when it
+/// names none, off the async runtime.
+pub async fn load_registry(
+    requested: &str,
+    configured: Option<&std::path::Path>,
+) -> Result<Registry, RelayError> {
+    let path = if requested.is_empty() {
+        configured.map(PathBuf::from).ok_or_else(|| {
+            RelayError::InvalidArgument("no registry file is configured; name one in `path`".into())
+        })?
+    } else {
+        PathBuf::from(requested)
+    };
+    let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
+        .await
+        .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
+    loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn get_device_state(
@@ -197,20 +216,8 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ReloadRegistryRequest>,
     ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
-        let requested = request.into_inner().path;
-        let path = if requested.is_empty() {
-            self.registry_path.clone().ok_or_else(|| {
-                RelayError::InvalidArgument(
-                    "no registry file is configured; name one in `path`".into(),
-                )
-            })?
-        } else {
-            PathBuf::from(requested)
-        };
-        let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
-            .await
-            .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
-        let registry = loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
+        let registry =
+            load_registry(&request.into_inner().path, self.registry_path.as_deref()).await?;
         let devices = registry.len() as u64;
         let unparked = self
             .commit

@@ -10,9 +10,10 @@ use tonic::{Request, Response, Status};
 use super::Cluster;
 use super::feed::{bounds, cursor};
 use super::leases::OwnershipView;
+use crate::admin::load_registry;
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
-use crate::route::{Registry, Router};
+use crate::route::Router;
 
 /// The service.
 #[derive(Clone)]
@@ -73,20 +74,8 @@ impl Admin for ClusterAdmin {
         &self,
         request: Request<proto::ReloadRegistryRequest>,
     ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
-        let requested = request.into_inner().path;
-        let path = if requested.is_empty() {
-            self.registry_path.clone().ok_or_else(|| {
-                RelayError::InvalidArgument(
-                    "no registry file is configured; name one in `path`".into(),
-                )
-            })?
-        } else {
-            PathBuf::from(requested)
-        };
-        let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
-            .await
-            .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
-        let registry = loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
+        let registry =
+            load_registry(&request.into_inner().path, self.registry_path.as_deref()).await?;
         let devices = self.router.replace_registry(registry) as u64;
         tracing::info!(devices, "registry reloaded on this instance");
         Ok(Response::new(proto::ReloadRegistryResponse {

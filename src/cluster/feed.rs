@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Cluster, EMITTED_BY};
 use crate::deliver::convert::alert_to_proto;
+use crate::deliver::feed::start_sequence;
 use crate::domain::{AlertKind, Clock, UtcMillis};
 use crate::error::RelayError;
 use crate::proto::{self, alert_feed_server::AlertFeed};
@@ -29,8 +30,8 @@ use crate::route::RoutingTable;
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, StreamPermit};
 use crate::server::Tasks;
+use crate::store::LogEntry;
 use crate::store::codec::decode_entry;
-use crate::store::{LogEntry, StoreError};
 use crate::telemetry::SubscriberMetrics;
 
 /// Alerts sent and not yet acknowledged that are remembered per subscriber, for the
@@ -207,24 +208,8 @@ impl AlertFeed for ClusterFeed {
         self.known(&subscriber)?;
         let bounds = bounds(&self.cluster, &subscriber).await?;
         let (acked, _) = cursor(&self.cluster.cursors, &subscriber).await?;
-        let from = match request.from_sequence {
-            0 => (acked + 1).max(bounds.first),
-            n if n < bounds.first => {
-                return Err(RelayError::from(StoreError::Gone {
-                    requested: n,
-                    first_retained: bounds.first,
-                })
-                .into());
-            }
-            n if n > bounds.last + 1 => {
-                return Err(RelayError::from(StoreError::BeyondHead {
-                    requested: n,
-                    head: bounds.last,
-                })
-                .into());
-            }
-            n => n,
-        };
+        let from = start_sequence(request.from_sequence, acked, bounds.first, bounds.last)
+            .map_err(RelayError::from)?;
         let (tx, rx) = mpsc::channel(self.buffer);
         tracing::info!(%subscriber, from, "subscriber connected");
         let task = stream_alerts(self.clone(), subscriber, from, tx, permit);

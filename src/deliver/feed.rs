@@ -90,24 +90,13 @@ impl AlertFeed for FeedService {
             )));
         }
         let status = self.delivery.status(log);
-        let from = match request.from_sequence {
-            0 => status.acked + 1,
-            n if n < status.first_retained => {
-                return Err(RelayError::from(StoreError::Gone {
-                    requested: n,
-                    first_retained: status.first_retained,
-                })
-                .into());
-            }
-            n if n > status.head + 1 => {
-                return Err(RelayError::from(StoreError::BeyondHead {
-                    requested: n,
-                    head: status.head,
-                })
-                .into());
-            }
-            n => n,
-        };
+        let from = start_sequence(
+            request.from_sequence,
+            status.acked,
+            status.first_retained,
+            status.head,
+        )
+        .map_err(RelayError::from)?;
         let (tx, rx) = mpsc::channel(self.buffer);
         tracing::info!(subscriber = %request.subscriber, from, "subscriber connected");
         let task = stream_log(
@@ -143,6 +132,26 @@ impl AlertFeed for FeedService {
             acked_sequence: summary.acked,
             backlog: summary.backlog,
         }))
+    }
+}
+
+/// The first sequence a `Subscribe` for `requested` reads: 0 means the one after the cursor
+/// (`acked`); anything no longer retained, or beyond the next to be written, is refused (the
+/// caller answers `OUT_OF_RANGE`, never a silent skip).
+pub fn start_sequence(
+    requested: u64,
+    acked: u64,
+    first_retained: u64,
+    head: u64,
+) -> Result<u64, StoreError> {
+    match requested {
+        0 => Ok((acked + 1).max(first_retained)),
+        n if n < first_retained => Err(StoreError::Gone {
+            requested: n,
+            first_retained,
+        }),
+        n if n > head + 1 => Err(StoreError::BeyondHead { requested: n, head }),
+        n => Ok(n),
     }
 }
 
