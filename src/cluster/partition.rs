@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -38,6 +39,9 @@ use crate::telemetry::{self, Metrics};
 
 /// Alert publishes in flight before the task waits for their acks.
 const PUBLISH_WINDOW: usize = 1024;
+/// First and longest wait before an alert that failed to store is sent again.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything a partition task needs.
 #[derive(Clone)]
@@ -274,19 +278,40 @@ impl Partition {
             "partition {}: the lease window has passed; stopping",
             self.id
         );
-        let cluster = &self.context.cluster;
-        let (subject, destination) = match self
+        let destination = match self
             .context
             .router
             .route(alert.point.device, alert.event_mpan)
         {
-            Ok(route) => (
-                cluster
-                    .names
-                    .alert_subject(self.context.router.table().name(route.subscriber)),
-                Destination::Routed(route),
-            ),
-            Err(reason) => (cluster.names.parked_subject(), Destination::Parked(reason)),
+            Ok(route) => Destination::Routed(route),
+            Err(reason) => Destination::Parked(reason),
+        };
+        match self.send(&alert, &destination).await {
+            Ok(ack) => self.in_flight.push_back((alert, destination, ack)),
+            Err(err) => {
+                tracing::debug!(partition = self.id, %err, "alert publish failed; retrying");
+                let ack = self.store_again(&alert, &destination).await?;
+                self.record(&alert, &destination, &ack);
+            }
+        }
+        if self.in_flight.len() >= PUBLISH_WINDOW {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one alert; its id is the message id, so sending it again is harmless.
+    async fn send(
+        &self,
+        alert: &Alert,
+        destination: &Destination,
+    ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+        let cluster = &self.context.cluster;
+        let subject = match destination {
+            Destination::Routed(route) => cluster
+                .names
+                .alert_subject(self.context.router.table().name(route.subscriber)),
+            Destination::Parked(_) => cluster.names.parked_subject(),
         };
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -294,50 +319,80 @@ impl Partition {
             alert.id().to_string().as_str(),
         );
         headers.insert(EMITTED_BY, cluster.instance.as_str());
-        let ack = cluster
+        cluster
             .js
             .publish_with_headers(
                 subject,
                 headers,
-                Bytes::from(encode_entry(&alert, &destination)),
+                Bytes::from(encode_entry(alert, destination)),
             )
             .await
-            .map_err(|err| anyhow::anyhow!("publishing alert {}: {err}", alert.id()))?;
-        self.in_flight.push_back((alert, destination, ack));
-        if self.in_flight.len() >= PUBLISH_WINDOW {
-            self.drain().await?;
+    }
+
+    /// Stores an alert whose publish or ack failed (a stream electing a new leader answers
+    /// "no stream" or times out for a few seconds): sends it again, with backoff, until it is
+    /// stored or the lease window closes. Order holds: no later alert of the same point is in
+    /// flight (see `publish`), and alerts already stored come back as duplicates.
+    async fn store_again(
+        &self,
+        alert: &Alert,
+        destination: &Destination,
+    ) -> anyhow::Result<PublishAck> {
+        let mut delay = RETRY_FIRST;
+        loop {
+            counter!(telemetry::JETSTREAM_ERRORS, "operation" => "publish").increment(1);
+            anyhow::ensure!(
+                window_open(&self.window),
+                "partition {}: alert {} not stored before the lease window passed",
+                self.id,
+                alert.id()
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+            if let Ok(ack) = self.send(alert, destination).await
+                && let Ok(ack) = ack.await
+            {
+                return Ok(ack);
+            }
+        }
+    }
+
+    /// Waits for every alert in flight to be stored, sending again any that failed.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some((alert, destination, ack)) = self.in_flight.pop_front() {
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                Err(err) => {
+                    tracing::debug!(partition = self.id, %err, "alert not acknowledged; retrying");
+                    self.store_again(&alert, &destination).await?
+                }
+            };
+            self.record(&alert, &destination, &ack);
         }
         Ok(())
     }
 
-    /// Waits for every alert in flight to be stored.
-    async fn drain(&mut self) -> anyhow::Result<()> {
-        while let Some((alert, destination, ack)) = self.in_flight.pop_front() {
-            let ack = ack
-                .await
-                .map_err(|err| anyhow::anyhow!("alert {} not stored: {err}", alert.id()))?;
-            if let Destination::Routed(route) = destination {
-                self.context.sla.push([Tracked {
-                    log: LogId::Subscriber(route.subscriber),
-                    sequence: ack.sequence,
-                    kind: alert.kind,
-                    deadline: alert.deadline,
-                    cause: alert.breach_cause(),
-                    id: alert.id(),
-                }]);
-            }
-            if ack.duplicate {
-                counter!(telemetry::ALERTS_DEDUPLICATED, "kind" => alert.kind.as_str())
-                    .increment(1);
-            } else {
-                let now = self.context.clock.now();
-                let could_emit_at = alert.due_at.max(alert.received_at);
-                self.context
-                    .metrics
-                    .alert_emitted(alert.kind, now.seconds_since(could_emit_at));
-            }
+    /// Hands a stored alert to the SLA watch and counts it.
+    fn record(&self, alert: &Alert, destination: &Destination, ack: &PublishAck) {
+        if let Destination::Routed(route) = destination {
+            self.context.sla.push([Tracked {
+                log: LogId::Subscriber(route.subscriber),
+                sequence: ack.sequence,
+                kind: alert.kind,
+                deadline: alert.deadline,
+                cause: alert.breach_cause(),
+                id: alert.id(),
+            }]);
         }
-        Ok(())
+        if ack.duplicate {
+            counter!(telemetry::ALERTS_DEDUPLICATED, "kind" => alert.kind.as_str()).increment(1);
+        } else {
+            let now = self.context.clock.now();
+            let could_emit_at = alert.due_at.max(alert.received_at);
+            self.context
+                .metrics
+                .alert_emitted(alert.kind, now.seconds_since(could_emit_at));
+        }
     }
 
     /// Writes the partition's state as of `applied`, once every alert it caused is stored.
