@@ -35,11 +35,13 @@
 //!   delivery to DNO-hosted receivers.
 //! - [`sla`]: the deadline watchdog.
 //! - [`admin`]: the operator gRPC service.
+//! - [`cluster`]: the JetStream backend: several instances sharing a NATS JetStream cluster,
+//!   partitions owned through leases, alerts in replicated per-subscriber streams.
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles.
 //! - [`server`]: wires the stages together and runs them until shutdown.
-//! - [`bench`]: `outage-relay bench`, the end-to-end SLA benchmark against the real binary.
+//! - [`bench`](mod@bench): `outage-relay bench`, the end-to-end SLA benchmark against the real binary.
 
 pub mod admin;
 pub mod bench;
