@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, nats_urls, now_ms, restored,
-    unique_prefix, valid_mpan,
+    LONG_AGO_MS, TestRelay, bounded, device, lost, nats_urls, now_ms, restored, unique_prefix,
+    valid_mpan,
 };
 use outage_relay::config::{Backend, Config};
 use outage_relay::proto::{AlertKind, GetClusterStatusRequest, GetClusterStatusResponse};
@@ -47,15 +47,35 @@ async fn cluster_status(relay: &TestRelay) -> GetClusterStatusResponse {
     .into_inner()
 }
 
-/// Waits until `relay` says every partition is owned, by exactly the instances `owners`.
+/// Bound on instances starting and settling ownership: each provisions its streams (Raft
+/// groups on three nodes) while the other tests of this file do the same on two cores.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Waits until `relay` says every partition is owned, by exactly the instances `owners`;
+/// calls failing while the instance is still connecting to JetStream count as "not yet".
 async fn wait_owned_by(relay: &TestRelay, owners: &[&str]) -> GetClusterStatusResponse {
     let wanted: BTreeSet<String> = owners.iter().map(|s| (*s).to_owned()).collect();
-    eventually("partitions owned by the expected instances", || async {
-        let status = cluster_status(relay).await;
-        let seen: BTreeSet<String> = status.owners.iter().map(|o| o.owner.clone()).collect();
-        (seen == wanted && status.owners.len() == usize::from(PARTITIONS)).then_some(status)
-    })
-    .await
+    let settled = async {
+        loop {
+            let status = relay
+                .admin_client()
+                .await
+                .get_cluster_status(GetClusterStatusRequest {})
+                .await
+                .map(tonic::Response::into_inner);
+            if let Ok(status) = status {
+                let seen: BTreeSet<String> =
+                    status.owners.iter().map(|o| o.owner.clone()).collect();
+                if seen == wanted && status.owners.len() == usize::from(PARTITIONS) {
+                    return status;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(SETTLE, settled)
+        .await
+        .unwrap_or_else(|_| panic!("partitions never owned by exactly {owners:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

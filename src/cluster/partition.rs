@@ -12,7 +12,7 @@
 //! JetStream before a snapshot that covers its cause is written. Nothing is published once
 //! the lease window has passed: the task ends and the lease driver lets the partition go.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -69,6 +69,8 @@ struct Partition {
     effects: Effects,
     applied: u64,
     in_flight: VecDeque<(Alert, Destination, PublishAckFuture)>,
+    /// Supply points with an alert in `in_flight` (emptied with it by `drain`).
+    points_in_flight: HashSet<SupplyPoint>,
     window: LeaseWindow,
     lag: Gauge,
 }
@@ -85,6 +87,7 @@ pub async fn run(id: u16, context: PartitionContext, window: LeaseWindow, stop: 
         effects: Effects::default(),
         applied: 0,
         in_flight: VecDeque::new(),
+        points_in_flight: HashSet::new(),
         window,
         lag,
     };
@@ -266,11 +269,7 @@ impl Partition {
         // point's earlier alerts are stored. Otherwise a publish that fails (the stream leader
         // just died) followed by one that succeeds (a new leader) stores a PRA before its POA,
         // and the next owner's replay appends the POA after it.
-        if self
-            .in_flight
-            .iter()
-            .any(|(earlier, ..)| earlier.point == alert.point)
-        {
+        if self.points_in_flight.contains(&alert.point) {
             self.drain().await?;
         }
         anyhow::ensure!(
@@ -287,7 +286,10 @@ impl Partition {
             Err(reason) => Destination::Parked(reason),
         };
         match self.send(&alert, &destination).await {
-            Ok(ack) => self.in_flight.push_back((alert, destination, ack)),
+            Ok(ack) => {
+                self.points_in_flight.insert(alert.point);
+                self.in_flight.push_back((alert, destination, ack));
+            }
             Err(err) => {
                 tracing::debug!(partition = self.id, %err, "alert publish failed; retrying");
                 let ack = self.store_again(&alert, &destination).await?;
@@ -369,6 +371,7 @@ impl Partition {
             };
             self.record(&alert, &destination, &ack);
         }
+        self.points_in_flight.clear();
         Ok(())
     }
 
