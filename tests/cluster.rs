@@ -55,6 +55,7 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// calls failing while the instance is still connecting to JetStream count as "not yet".
 async fn wait_owned_by(relay: &TestRelay, owners: &[&str]) -> GetClusterStatusResponse {
     let wanted: BTreeSet<String> = owners.iter().map(|s| (*s).to_owned()).collect();
+    let last_seen = std::sync::Mutex::new(None);
     let settled = async {
         loop {
             let status = relay
@@ -63,6 +64,7 @@ async fn wait_owned_by(relay: &TestRelay, owners: &[&str]) -> GetClusterStatusRe
                 .get_cluster_status(GetClusterStatusRequest {})
                 .await
                 .map(tonic::Response::into_inner);
+            *last_seen.lock().expect("not poisoned") = Some(status.clone());
             if let Ok(status) = status {
                 let seen: BTreeSet<String> =
                     status.owners.iter().map(|o| o.owner.clone()).collect();
@@ -75,7 +77,12 @@ async fn wait_owned_by(relay: &TestRelay, owners: &[&str]) -> GetClusterStatusRe
     };
     tokio::time::timeout(SETTLE, settled)
         .await
-        .unwrap_or_else(|_| panic!("partitions never owned by exactly {owners:?}"))
+        .unwrap_or_else(|_| {
+            panic!(
+                "partitions never owned by exactly {owners:?}; last seen: {:?}",
+                last_seen.lock().expect("not poisoned")
+            )
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context;
+use async_nats::jetstream::kv;
+use metrics::counter;
+use tokio::time::timeout;
+use tracing::Instrument;
+
 use super::Cluster;
+use crate::telemetry;
 
 /// What to change this round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,7 +132,25 @@ fn start_offset(instance: &str, partitions: u16) -> u16 {
 
 /// Runs the lease driver until `stop`; then stops every partition task and deletes its
 /// leases, so survivors take over at once rather than after `lease_ttl`.
+///
+/// Every step of a round is bounded (renewals and the heartbeat by the margin, the read of
+/// the buckets by half the ttl, releases by the margin and run side by side): a slow
+/// JetStream delays a round, never stalls the driver, so its heartbeat stays a true sign
+/// that it is alive.
 pub async fn run(
+    cluster: Arc<Cluster>,
+    start: StartPartition,
+    view: Arc<OwnershipView>,
+    metrics: Arc<crate::telemetry::Metrics>,
+    stop: CancellationToken,
+) {
+    let span = tracing::info_span!("leases", instance = %cluster.instance);
+    drive(cluster, start, view, metrics, stop)
+        .instrument(span)
+        .await;
+}
+
+async fn drive(
     cluster: Arc<Cluster>,
     start: StartPartition,
     view: Arc<OwnershipView>,
@@ -145,67 +170,60 @@ pub async fn run(
             () = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(err) = cluster.instances.put(&cluster.instance, me.clone()).await {
-            tracing::warn!(%err, "cannot write the instance heartbeat");
+        match timeout(margin, cluster.instances.put(&cluster.instance, me.clone())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "cannot write the instance heartbeat"),
+            Err(_) => tracing::warn!("the instance heartbeat took longer than the lease margin"),
         }
-        // Renew every lease at once; a failed renewal (or a finished task) ends the
-        // ownership at once.
-        let sent = Instant::now();
-        let renewals = held.iter().map(|(&partition, lease)| {
-            let leases = cluster.leases.clone();
-            let me = me.clone();
-            let finished = lease.task.is_finished();
-            let revision = lease.revision;
-            async move {
-                if finished {
-                    return (partition, None);
-                }
-                match leases.update(key(partition), me, revision).await {
-                    Ok(revision) => (partition, Some(revision)),
-                    Err(err) => {
-                        tracing::warn!(partition, %err, "lease renewal failed; partition stopped");
-                        (partition, None)
-                    }
-                }
+        renew(&cluster, &me, &mut held, &metrics).await;
+        let (mut live, mut owners) = match timeout(ttl / 2, read_state(&cluster)).await {
+            Ok(Ok(state)) => state,
+            Ok(Err(err)) => {
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_read").increment(1);
+                tracing::warn!(err = %format!("{err:#}"), "cannot read the leases; no change this round");
+                continue;
             }
-        });
-        let mut lost = Vec::new();
-        for (partition, renewed) in futures::future::join_all(renewals).await {
-            match (renewed, held.get_mut(&partition)) {
-                (Some(revision), Some(lease)) => {
-                    lease.revision = revision;
-                    let _ = lease.window.send(sent + ttl - margin);
-                }
-                _ => lost.push(partition),
+            Err(_) => {
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_read").increment(1);
+                tracing::warn!(
+                    "reading the leases took longer than half the lease ttl; no change this round"
+                );
+                continue;
             }
-        }
-        for partition in lost {
-            if let Some(lease) = held.remove(&partition) {
-                stop_task(lease.stop, lease.task, margin).await;
-                let _ = cluster
-                    .leases
-                    .delete_expect_revision(key(partition), Some(lease.revision))
-                    .await;
-                metrics.lease_change("lost");
-            }
-        }
-        let Some((live, owners)) = read_state(&cluster).await else {
-            continue;
         };
+        // This instance is alive whether or not its heartbeat was stored yet.
+        if !live.contains(&cluster.instance) {
+            live.push(cluster.instance.clone());
+            live.sort();
+        }
         let owned: BTreeSet<u16> = held.keys().copied().collect();
         let free: BTreeSet<u16> = (0..partitions)
             .filter(|p| !owners.contains_key(p))
             .collect();
         let plan = plan(partitions, live.len(), &owned, &free, offset);
-        for partition in plan.release {
-            if let Some(lease) = held.remove(&partition) {
-                release(&cluster, partition, lease).await;
-                metrics.lease_change("released");
-            }
+        let releasing: Vec<(u16, Held)> = plan
+            .release
+            .iter()
+            .filter_map(|p| held.remove(p).map(|lease| (*p, lease)))
+            .collect();
+        for (partition, _) in &releasing {
+            owners.remove(partition);
+        }
+        let released = releasing.len();
+        futures::future::join_all(
+            releasing
+                .into_iter()
+                .map(|(partition, lease)| release(&cluster, partition, lease)),
+        )
+        .await;
+        for _ in 0..released {
+            metrics.lease_change("released");
         }
         for partition in plan.claim {
             let sent = Instant::now();
-            let Ok(revision) = cluster.leases.create(key(partition), me.clone()).await else {
+            let Ok(Ok(revision)) =
+                timeout(margin, cluster.leases.create(key(partition), me.clone())).await
+            else {
                 continue;
             };
             let (window, watch) = watch::channel(sent + ttl - margin);
@@ -213,6 +231,7 @@ pub async fn run(
             let task = start(partition, watch, task_stop.clone());
             tracing::info!(partition, "partition claimed");
             metrics.lease_change("claimed");
+            owners.insert(partition, (cluster.instance.clone(), revision));
             held.insert(
                 partition,
                 Held {
@@ -229,69 +248,166 @@ pub async fn run(
         state.live = live;
         metrics.partitions_owned.set(held.len() as f64);
     }
-    for (partition, lease) in std::mem::take(&mut held) {
-        release(&cluster, partition, lease).await;
-    }
-    let _ = cluster.instances.delete(&cluster.instance).await;
+    futures::future::join_all(
+        std::mem::take(&mut held)
+            .into_iter()
+            .map(|(partition, lease)| release(&cluster, partition, lease)),
+    )
+    .await;
+    let _ = timeout(margin, cluster.instances.delete(&cluster.instance)).await;
     view.inner.lock().owned.clear();
     metrics.partitions_owned.set(0.0);
+}
+
+/// Renews every held lease at once, each bounded by the margin; a failed renewal (or a
+/// finished task) ends that ownership at once. A renewal moves the lease's window forward.
+async fn renew(
+    cluster: &Cluster,
+    me: &Bytes,
+    held: &mut BTreeMap<u16, Held>,
+    metrics: &crate::telemetry::Metrics,
+) {
+    let ttl = cluster.settings.lease_ttl;
+    let margin = ttl / 3;
+    let sent = Instant::now();
+    let renewals = held.iter().map(|(&partition, lease)| {
+        let leases = cluster.leases.clone();
+        let me = me.clone();
+        let finished = lease.task.is_finished();
+        let revision = lease.revision;
+        async move {
+            if finished {
+                return (partition, None);
+            }
+            match timeout(margin, leases.update(key(partition), me, revision)).await {
+                Ok(Ok(revision)) => (partition, Some(revision)),
+                Ok(Err(err)) => {
+                    tracing::warn!(partition, %err, "lease renewal failed; partition stopped");
+                    (partition, None)
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        partition,
+                        "lease renewal took longer than the margin; partition stopped"
+                    );
+                    (partition, None)
+                }
+            }
+        }
+    });
+    let mut lost = Vec::new();
+    for (partition, renewed) in futures::future::join_all(renewals).await {
+        match (renewed, held.get_mut(&partition)) {
+            (Some(revision), Some(lease)) => {
+                lease.revision = revision;
+                let _ = lease.window.send(sent + ttl - margin);
+            }
+            _ => lost.push(partition),
+        }
+    }
+    let ending = lost
+        .into_iter()
+        .filter_map(|partition| held.remove(&partition).map(|lease| (partition, lease)));
+    let ended = futures::future::join_all(ending.map(|(partition, lease)| async move {
+        stop_task(lease.stop, lease.task, margin).await;
+        let _ = timeout(
+            margin,
+            cluster
+                .leases
+                .delete_expect_revision(key(partition), Some(lease.revision)),
+        )
+        .await;
+    }))
+    .await;
+    for _ in ended {
+        metrics.lease_change("lost");
+    }
 }
 
 /// Stops a partition task, aborting it if it has not ended within `bound` (a task waiting on
 /// JetStream must not hold up the renewal of every other lease).
 async fn stop_task(stop: CancellationToken, mut task: JoinHandle<()>, bound: std::time::Duration) {
     stop.cancel();
-    if tokio::time::timeout(bound, &mut task).await.is_err() {
+    if timeout(bound, &mut task).await.is_err() {
         task.abort();
         tracing::warn!("a partition task did not stop in time and was aborted");
     }
 }
 
 async fn release(cluster: &Cluster, partition: u16, lease: Held) {
-    stop_task(lease.stop, lease.task, cluster.settings.lease_ttl / 3).await;
-    if let Err(err) = cluster
-        .leases
-        .delete_expect_revision(key(partition), Some(lease.revision))
-        .await
+    let margin = cluster.settings.lease_ttl / 3;
+    stop_task(lease.stop, lease.task, margin).await;
+    match timeout(
+        margin,
+        cluster
+            .leases
+            .delete_expect_revision(key(partition), Some(lease.revision)),
+    )
+    .await
     {
-        tracing::warn!(partition, %err, "cannot delete the lease; it expires by itself");
+        Ok(Ok(())) => tracing::info!(partition, "partition released"),
+        Ok(Err(err)) => {
+            tracing::warn!(partition, %err, "cannot delete the lease; it expires by itself");
+        }
+        Err(_) => tracing::warn!(
+            partition,
+            "deleting the lease timed out; it expires by itself"
+        ),
     }
-    tracing::info!(partition, "partition released");
 }
 
 /// Live instances and current lease owners (partition → (instance, revision)).
-async fn read_state(cluster: &Cluster) -> Option<(Vec<String>, BTreeMap<u16, (String, u64)>)> {
-    let mut live = Vec::new();
-    let mut keys = cluster.instances.keys().await.ok()?;
-    while let Some(key) = keys.next().await {
-        live.push(key.ok()?);
-    }
+async fn read_state(
+    cluster: &Cluster,
+) -> anyhow::Result<(Vec<String>, BTreeMap<u16, (String, u64)>)> {
+    let (instances, leases) = futures::future::try_join(
+        current_entries(&cluster.instances),
+        current_entries(&cluster.leases),
+    )
+    .await?;
+    let mut live: Vec<String> = instances.into_iter().map(|entry| entry.key).collect();
     live.sort();
-    let mut keys = cluster.leases.keys().await.ok()?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        names.push(key.ok()?);
-    }
-    let entries = names.into_iter().filter_map(|name| {
-        let partition = name.strip_prefix('p').and_then(|p| p.parse::<u16>().ok())?;
-        let leases = cluster.leases.clone();
-        Some(async move { (partition, leases.entry(name).await) })
-    });
-    let mut owners = BTreeMap::new();
-    for (partition, entry) in futures::future::join_all(entries).await {
-        if let Ok(Some(entry)) = entry
-            && entry.operation == async_nats::jetstream::kv::Operation::Put
-        {
-            owners.insert(
-                partition,
-                (
-                    String::from_utf8_lossy(&entry.value).into_owned(),
-                    entry.revision,
-                ),
-            );
+    let owners = leases
+        .into_iter()
+        .filter_map(|entry| {
+            let partition = entry.key.strip_prefix('p')?.parse::<u16>().ok()?;
+            let owner = String::from_utf8_lossy(&entry.value).into_owned();
+            Some((partition, (owner, entry.revision)))
+        })
+        .collect();
+    Ok((live, owners))
+}
+
+/// The keys of a bucket whose latest entry is a value (not a delete marker).
+///
+/// The subjects come from one stream-info request rather than from `Store::keys`: that
+/// lists through a consumer which, in a bucket with a max age, can wait for an idle
+/// heartbeat (seconds) when an entry expires between the consumer's creation and its
+/// delivery — longer than a lease lasts.
+async fn current_entries(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
+    let prefix = format!("$KV.{}.", store.name);
+    let mut subjects = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .with_context(|| format!("listing the keys of bucket {}", store.name))?;
+    let mut keys = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.with_context(|| format!("listing bucket {}", store.name))?;
+        if let Some(key) = subject.strip_prefix(&prefix) {
+            keys.push(key.to_owned());
         }
     }
-    Some((live, owners))
+    let entries = futures::future::join_all(keys.into_iter().map(|key| store.entry(key))).await;
+    let mut current = Vec::new();
+    for entry in entries {
+        if let Some(entry) = entry.with_context(|| format!("reading bucket {}", store.name))?
+            && entry.operation == kv::Operation::Put
+        {
+            current.push(entry);
+        }
+    }
+    Ok(current)
 }
 
 /// Whether an owner may still act: its window has not passed.

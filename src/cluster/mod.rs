@@ -220,11 +220,64 @@ impl Cluster {
     }
 }
 
+/// How long an instance keeps provisioning its streams and buckets at start while JetStream
+/// answers slowly (Raft groups forming on busy hosts) or elects leaders.
+const PROVISION_BOUND: Duration = Duration::from_secs(120);
+
+/// Runs `attempt` until it succeeds, fails with an error `transient` calls permanent, or
+/// [`PROVISION_BOUND`] has passed, waiting between attempts with exponential backoff.
+/// Creating a stream that exists with the same config succeeds, so repeating is safe even
+/// when a timed-out attempt was carried out by the server.
+async fn with_retries<T, E, F, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + PROVISION_BOUND;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if transient(&err) && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%err, "{what}: JetStream is not ready; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => anyhow::bail!("{what}: {err}"),
+        }
+    }
+}
+
+/// Errors creating a stream that waiting can cure: timeouts and a cluster without a leader
+/// or enough live peers yet.
+fn stream_error_is_transient(err: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::ErrorCode;
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    match err.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(err) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_INCOMPLETE,
+            ErrorCode::CLUSTER_NO_PEERS,
+        ]
+        .contains(&err.error_code()),
+        _ => false,
+    }
+}
+
 async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<()> {
-    let name = config.name.clone();
-    js.get_or_create_stream(config)
-        .await
-        .map_err(|err| anyhow::anyhow!("creating stream {name}: {err}"))?;
+    let what = format!("creating stream {}", config.name);
+    with_retries(&what, stream_error_is_transient, || {
+        js.get_or_create_stream(config.clone())
+    })
+    .await?;
     Ok(())
 }
 
@@ -253,9 +306,14 @@ async fn ensure_bucket(
         },
     )
     .await?;
-    js.get_key_value(&bucket)
-        .await
-        .map_err(|err| anyhow::anyhow!("opening bucket {bucket}: {err}"))
+    with_retries(
+        &format!("opening bucket {bucket}"),
+        |err: &jetstream::context::KeyValueError| {
+            err.kind() != jetstream::context::KeyValueErrorKind::InvalidStoreName
+        },
+        || js.get_key_value(&bucket),
+    )
+    .await
 }
 
 async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Result<()> {

@@ -209,6 +209,7 @@ impl TestRelay {
     /// Like [`Self::start`], after `configure` has adjusted the config; it gets the
     /// temporary directory, e.g. to write a registry file there first.
     pub async fn start_with(configure: impl FnOnce(&mut Config, &Path)) -> Self {
+        init_test_log();
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let mut config = Config {
             debounce: DEBOUNCE,
@@ -224,11 +225,7 @@ impl TestRelay {
         let addr = listener.local_addr().expect("listener address");
         config.listen = addr;
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(outage_relay::server::run(
-            config.clone(),
-            listener,
-            shutdown.clone(),
-        ));
+        let server = spawn_relay(config.clone(), listener, shutdown.clone());
         Self {
             addr,
             url: format!("http://{addr}"),
@@ -265,11 +262,7 @@ impl TestRelay {
         let mut config = self.config.clone();
         config.listen = addr;
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(outage_relay::server::run(
-            config.clone(),
-            listener,
-            shutdown.clone(),
-        ));
+        let server = spawn_relay(config.clone(), listener, shutdown.clone());
         self.addr = addr;
         self.url = format!("http://{addr}");
         self.shutdown = shutdown;
@@ -468,6 +461,37 @@ impl Subscription {
 /// Sequence numbers of `alerts`.
 pub fn sequences(alerts: &[Alert]) -> Vec<u64> {
     alerts.iter().map(|alert| alert.sequence).collect()
+}
+
+/// Runs `server::run` as a task; an error it ends with is printed at once (a test waiting
+/// for something the relay will never do then shows why).
+fn spawn_relay(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let addr = config.listen;
+    tokio::spawn(async move {
+        let ended = outage_relay::server::run(config, listener, shutdown).await;
+        if let Err(err) = &ended {
+            eprintln!("the relay on {addr} ended with an error: {err:#}");
+        }
+        ended
+    })
+}
+
+/// Writes the relay's log to stderr when `OUTAGE_RELAY_TEST_LOG` holds a filter (for example
+/// `outage_relay=debug`); silent otherwise. Once per test binary.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("OUTAGE_RELAY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
 }
 
 /// The JetStream cluster `.ci/test` starts (`NATS_URLS`, comma-separated).
