@@ -622,12 +622,6 @@ impl Config {
         if js.user.is_some() != js.password.is_some() {
             return invalid("store.jetstream.user and password go together".into());
         }
-        if self.routing.subscribers.iter().any(|s| s.push.is_some()) {
-            return invalid(
-                "push delivery is not yet available with store.backend = \"jetstream\"; DNOs subscribe"
-                    .into(),
-            );
-        }
         Ok(())
     }
 

@@ -238,7 +238,7 @@ pub async fn run(
 }
 
 /// Push receivers by subscriber name, with their TLS settings loaded.
-fn push_targets(config: &Config) -> anyhow::Result<Vec<(String, push::Target)>> {
+pub(crate) fn push_targets(config: &Config) -> anyhow::Result<Vec<(String, push::Target)>> {
     Ok(crate::security::tls::push_clients(config)?
         .into_iter()
         .map(|(name, endpoint, tls)| (name, push::Target { endpoint, tls }))

@@ -9,16 +9,24 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    LONG_AGO_MS, TestRelay, bounded, device, lost, nats_urls, now_ms, restored, unique_prefix,
-    valid_mpan,
+    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, nats_urls, now_ms, restored,
+    sequences, unique_prefix, valid_mpan,
 };
-use outage_relay::config::{Backend, Config};
+use outage_relay::config::{Backend, Config, PushConfig};
 use outage_relay::proto::{AlertKind, GetClusterStatusRequest, GetClusterStatusResponse};
+use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 const PARTITIONS: u16 = 8;
 
 async fn instance(prefix: &str, name: &str) -> TestRelay {
+    instance_with(prefix, name, |_| {}).await
+}
+
+/// Like [`instance`], with `extra` adjusting the config afterwards.
+async fn instance_with(prefix: &str, name: &str, extra: impl FnOnce(&mut Config)) -> TestRelay {
     let prefix = prefix.to_owned();
     let name = name.to_owned();
     TestRelay::start_with(move |config: &mut Config, _| {
@@ -30,6 +38,7 @@ async fn instance(prefix: &str, name: &str) -> TestRelay {
         js.partitions = PARTITIONS;
         js.lease_ttl = Duration::from_secs(2);
         js.snapshot_interval = Duration::from_millis(200);
+        extra(config);
     })
     .await
 }
@@ -239,4 +248,129 @@ async fn concurrent_streams_of_large_batches_are_all_stored() {
         .sum();
     assert_eq!(accepted, 2_000);
     a.stop().await;
+}
+
+/// Sets subscriber `ukpn` to push mode towards `127.0.0.1:port`, retrying quickly.
+fn push_ukpn_to(port: u16) -> impl FnOnce(&mut Config) {
+    move |config: &mut Config| {
+        let ukpn = config
+            .routing
+            .subscribers
+            .iter_mut()
+            .find(|sub| sub.name == "ukpn")
+            .expect("ukpn is a default subscriber");
+        ukpn.push = Some(PushConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            ca: None,
+            domain: None,
+        });
+        config.delivery.push_backoff_initial = Duration::from_millis(50);
+        config.delivery.push_backoff_max = Duration::from_millis(200);
+    }
+}
+
+/// Which of `relays` has an open push session to ukpn's receiver (exactly one must).
+async fn pusher<'a>(relays: &[&'a TestRelay]) -> &'a TestRelay {
+    eventually("exactly one instance to push to ukpn", || async {
+        let mut pushing = Vec::new();
+        for relay in relays {
+            if relay.delivery_status("ukpn").await.connected > 0 {
+                pushing.push(*relay);
+            }
+        }
+        (pushing.len() == 1).then(|| pushing[0])
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_pushes_a_push_subscriber_and_another_takes_over_when_it_stops() {
+    let prefix = unique_prefix("push");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver port");
+    let port = listener.local_addr().expect("receiver address").port();
+    let received = ReceivedAlerts::new();
+    let recorder = Recorder::open(RecordOptions {
+        keep: Some(received.clone()),
+        ..RecordOptions::default()
+    })
+    .expect("an in-memory recorder");
+    let sink_stop = CancellationToken::new();
+    let sink = tokio::spawn(serve_receiver(listener, recorder, sink_stop.clone(), None));
+    let a = instance_with(&prefix, "a", push_ukpn_to(port)).await;
+    let b = instance_with(&prefix, "b", push_ukpn_to(port)).await;
+    wait_owned_by(&a, &["a", "b"]).await;
+
+    let lost_at = now_ms() - LONG_AGO_MS;
+    let first: Vec<String> = (1..=3).map(|n| device(200 + n)).collect();
+    a.publish_ok(
+        first
+            .iter()
+            .enumerate()
+            .map(|(n, d)| lost(d, lost_at, Some(&valid_mpan(12, 200 + n as u64))))
+            .collect(),
+    )
+    .await;
+    let alerts = bounded("3 pushed alerts", received.wait_for(3)).await;
+    assert_eq!(sequences(&alerts), [1, 2, 3], "{alerts:?}");
+    assert!(alerts.iter().all(|alert| alert.subscriber == "ukpn"));
+    let status = eventually("the receiver's acks to reach the shared cursor", || async {
+        let status = b.delivery_status("ukpn").await;
+        (status.acked_sequence == 3).then_some(status)
+    })
+    .await;
+    assert_eq!((status.mode.as_str(), status.backlog), ("push", 0));
+    let refused = a
+        .try_subscribe("ukpn", 0)
+        .await
+        .err()
+        .expect("a push subscriber cannot Subscribe");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+
+    // The pushing instance stops; the other claims the push lease and goes on from the
+    // shared cursor.
+    let pushing = pusher(&[&a, &b])
+        .await
+        .config
+        .store
+        .jetstream
+        .instance
+        .clone();
+    let (stopping, survivor) = if pushing.as_deref() == Some("a") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    stopping.stop().await;
+    let more: Vec<String> = (4..=5).map(|n| device(200 + n)).collect();
+    survivor
+        .publish_ok(
+            more.iter()
+                .enumerate()
+                .map(|(n, d)| lost(d, lost_at, Some(&valid_mpan(12, 204 + n as u64))))
+                .collect(),
+        )
+        .await;
+    let alerts = bounded("5 pushed alerts", received.wait_for(5)).await;
+    assert_eq!(
+        sequences(&alerts),
+        [1, 2, 3, 4, 5],
+        "acked alerts are not pushed again"
+    );
+    let pushed: BTreeSet<&str> = alerts.iter().map(|a| a.device_id.as_str()).collect();
+    let published: BTreeSet<&str> = first.iter().chain(&more).map(String::as_str).collect();
+    assert_eq!(pushed, published);
+    let status = eventually("the survivor's session to be acked to the head", || async {
+        let status = survivor.delivery_status("ukpn").await;
+        (status.acked_sequence == 5).then_some(status)
+    })
+    .await;
+    assert_eq!((status.connected, status.last_error.as_str()), (1, ""));
+    survivor.stop().await;
+    sink_stop.cancel();
+    bounded("the receiver to stop", sink)
+        .await
+        .expect("the receiver task did not panic")
+        .expect("the receiver stopped cleanly");
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::Cluster;
 use super::feed::{bounds, cursor};
 use super::leases::OwnershipView;
+use super::push::PushSessions;
 use crate::admin::load_registry;
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
@@ -21,6 +22,7 @@ pub struct ClusterAdmin {
     cluster: Arc<Cluster>,
     router: Arc<Router>,
     view: Arc<OwnershipView>,
+    push: Arc<PushSessions>,
     registry_path: Option<PathBuf>,
 }
 
@@ -30,12 +32,14 @@ impl ClusterAdmin {
         cluster: Arc<Cluster>,
         router: Arc<Router>,
         view: Arc<OwnershipView>,
+        push: Arc<PushSessions>,
         registry_path: Option<PathBuf>,
     ) -> Self {
         Self {
             cluster,
             router,
             view,
+            push,
             registry_path,
         }
     }
@@ -100,6 +104,8 @@ impl Admin for ClusterAdmin {
             }
             let bounds = bounds(&self.cluster, name).await?;
             let (acked, _) = cursor(&self.cluster.cursors, name).await?;
+            let push = table.push_endpoint(id).is_some();
+            let session = self.push.state(name);
             subscribers.push(proto::SubscriberStatus {
                 subscriber: name.to_owned(),
                 distributor_ids: table
@@ -107,10 +113,12 @@ impl Admin for ClusterAdmin {
                     .iter()
                     .map(|d| u32::from(d.0))
                     .collect(),
-                mode: "subscribe".into(),
+                mode: if push { "push" } else { "subscribe" }.into(),
                 head_sequence: bounds.last,
                 acked_sequence: acked,
                 backlog: bounds.last.saturating_sub(acked),
+                connected: u32::from(session.connected),
+                last_error: session.last_error,
                 ..Default::default()
             });
         }

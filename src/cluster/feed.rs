@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Cluster, EMITTED_BY};
 use crate::deliver::convert::alert_to_proto;
-use crate::deliver::feed::start_sequence;
+use crate::deliver::feed::{refuse_push_subscriber, start_sequence};
 use crate::domain::{AlertKind, Clock, UtcMillis};
 use crate::error::RelayError;
 use crate::proto::{self, alert_feed_server::AlertFeed};
@@ -88,6 +88,45 @@ pub async fn cursor(
     })
 }
 
+/// Moves `subscriber`'s cursor to `sequence` unless it is already there or beyond (by
+/// compare-and-set, so concurrent acks through several instances never move it back);
+/// returns the cursor after the call.
+pub async fn advance(
+    cursors: &kv::Store,
+    subscriber: &str,
+    sequence: u64,
+) -> Result<u64, RelayError> {
+    loop {
+        let (acked, revision) = cursor(cursors, subscriber).await?;
+        if sequence <= acked {
+            return Ok(acked);
+        }
+        let value = Bytes::from(sequence.to_string());
+        let written = match revision {
+            Some(revision) => cursors
+                .update(subscriber, value, revision)
+                .await
+                .map(|_| ())
+                .map_err(|err| err.kind() == kv::UpdateErrorKind::WrongLastRevision),
+            None => cursors
+                .create(subscriber, value)
+                .await
+                .map(|_| ())
+                .map_err(|err| err.kind() == kv::CreateErrorKind::AlreadyExists),
+        };
+        match written {
+            Ok(()) => return Ok(sequence),
+            // Another instance moved it meanwhile: read again.
+            Err(true) => continue,
+            Err(false) => {
+                return Err(RelayError::Unavailable(format!(
+                    "cannot store the cursor of {subscriber}"
+                )));
+            }
+        }
+    }
+}
+
 /// The service.
 #[derive(Clone)]
 pub struct ClusterFeed {
@@ -137,44 +176,6 @@ impl ClusterFeed {
             .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {subscriber:?}")))
     }
 
-    /// Moves `subscriber`'s cursor to `sequence` unless it is already there or beyond;
-    /// returns the cursor after the call.
-    async fn advance(&self, subscriber: &str, sequence: u64) -> Result<u64, RelayError> {
-        loop {
-            let (acked, revision) = cursor(&self.cluster.cursors, subscriber).await?;
-            if sequence <= acked {
-                return Ok(acked);
-            }
-            let value = Bytes::from(sequence.to_string());
-            let written = match revision {
-                Some(revision) => self
-                    .cluster
-                    .cursors
-                    .update(subscriber, value, revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|err| err.kind() == kv::UpdateErrorKind::WrongLastRevision),
-                None => self
-                    .cluster
-                    .cursors
-                    .create(subscriber, value)
-                    .await
-                    .map(|_| ())
-                    .map_err(|err| err.kind() == kv::CreateErrorKind::AlreadyExists),
-            };
-            match written {
-                Ok(()) => return Ok(sequence),
-                // Another instance moved it meanwhile: read again.
-                Err(true) => continue,
-                Err(false) => {
-                    return Err(RelayError::Unavailable(format!(
-                        "cannot store the cursor of {subscriber}"
-                    )));
-                }
-            }
-        }
-    }
-
     fn record_delivered(&self, subscriber: &str, acked: u64) {
         let now = self.clock.now();
         let delivered = {
@@ -206,6 +207,7 @@ impl AlertFeed for ClusterFeed {
         let request = request.into_inner();
         let subscriber = request.subscriber;
         self.known(&subscriber)?;
+        refuse_push_subscriber(&self.table, &subscriber)?;
         let bounds = bounds(&self.cluster, &subscriber).await?;
         let (acked, _) = cursor(&self.cluster.cursors, &subscriber).await?;
         let from = start_sequence(request.from_sequence, acked, bounds.first, bounds.last)
@@ -232,7 +234,7 @@ impl AlertFeed for ClusterFeed {
             ))
             .into());
         }
-        let acked = self.advance(&request.subscriber, request.sequence).await?;
+        let acked = advance(&self.cluster.cursors, &request.subscriber, request.sequence).await?;
         self.record_delivered(&request.subscriber, acked);
         Ok(Response::new(proto::AckResponse {
             acked_sequence: acked,
@@ -316,7 +318,7 @@ async fn stream_alerts(
     tracing::info!(%subscriber, "subscriber disconnected");
 }
 
-fn to_proto(
+pub(super) fn to_proto(
     message: &async_nats::jetstream::Message,
     subscriber: &str,
 ) -> Result<proto::Alert, Status> {

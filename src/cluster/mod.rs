@@ -40,6 +40,7 @@ pub mod events;
 pub mod feed;
 pub mod leases;
 pub mod partition;
+pub mod push;
 pub mod run;
 pub mod sla;
 
@@ -272,13 +273,34 @@ fn stream_error_is_transient(err: &jetstream::context::CreateStreamError) -> boo
     }
 }
 
+/// Creates the stream unless it exists, then waits until it has a leader: a stream just
+/// created answers nothing (requests time out) until its Raft group elects one.
 async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<()> {
     let what = format!("creating stream {}", config.name);
-    with_retries(&what, stream_error_is_transient, || {
+    let mut stream = with_retries(&what, stream_error_is_transient, || {
         js.get_or_create_stream(config.clone())
     })
     .await?;
-    Ok(())
+    let deadline = tokio::time::Instant::now() + PROVISION_BOUND;
+    loop {
+        let led = match stream.info().await {
+            Ok(info) => info.cluster.as_ref().is_none_or(|c| c.leader.is_some()),
+            Err(err) => {
+                tracing::debug!(%err, stream = %config.name, "stream info while waiting for a leader");
+                false
+            }
+        };
+        if led {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "stream {} has no leader after {PROVISION_BOUND:?}",
+                config.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A key-value bucket, created with the bucket conventions directly: async-nats 0.51's
@@ -300,7 +322,9 @@ async fn ensure_bucket(
             num_replicas: replicas,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Reads go to the stream leader: a follower serving a direct get may be behind,
+            // and a cursor or lease read must see the last write.
+            allow_direct: false,
             discard: stream::DiscardPolicy::New,
             ..Default::default()
         },

@@ -15,6 +15,7 @@ use super::events::EventLog;
 use super::feed::{ClusterFeed, bounds, cursor};
 use super::leases::{self, OwnershipView, StartPartition};
 use super::partition::{self, PartitionContext};
+use super::push::PushSessions;
 use crate::commit::Admission;
 use crate::config::Config;
 use crate::debounce::Settings;
@@ -94,6 +95,21 @@ pub async fn run(
         Arc::clone(&metrics),
         leases_stop.clone(),
     ));
+    let push_sessions = Arc::new(PushSessions::default());
+    for (name, target) in crate::server::push_targets(&config)? {
+        tasks.spawn(
+            &format!("push-{name}"),
+            super::push::run(
+                Arc::clone(&cluster),
+                name,
+                target,
+                config.delivery.clone(),
+                clock,
+                Arc::clone(&push_sessions),
+                stages.clone(),
+            ),
+        );
+    }
     tasks.spawn(
         "backlog-watch",
         watch_backlog(Arc::clone(&cluster), Arc::clone(&table), stages.clone()),
@@ -126,6 +142,7 @@ pub async fn run(
         Arc::clone(&cluster),
         Arc::clone(&router),
         view,
+        push_sessions,
         config.registry.clone(),
     );
     let edge = Edge {

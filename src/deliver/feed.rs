@@ -21,6 +21,7 @@ use super::convert::alert_to_proto;
 use crate::commit::CommitHandle;
 use crate::error::RelayError;
 use crate::proto::{self, alert_feed_server::AlertFeed};
+use crate::route::RoutingTable;
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, StreamPermit};
 use crate::server::Tasks;
@@ -81,13 +82,8 @@ impl AlertFeed for FeedService {
         let permit = self.streams.acquire(request.remote_addr())?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
-        if let LogId::Subscriber(id) = log
-            && self.delivery.table().push_endpoint(id).is_some()
-        {
-            return Err(Status::failed_precondition(format!(
-                "subscriber {:?} is configured for push delivery; its alerts go to its AlertReceiver",
-                request.subscriber
-            )));
+        if let LogId::Subscriber(_) = log {
+            refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
         }
         let status = self.delivery.status(log);
         let from = start_sequence(
@@ -200,4 +196,15 @@ async fn stream_log(
         }
     }
     tracing::info!(subscriber = %name, "subscriber disconnected");
+}
+
+/// `FAILED_PRECONDITION` for a subscriber configured for push: its alerts go to its
+/// `AlertReceiver`, never to a `Subscribe` stream.
+pub fn refuse_push_subscriber(table: &RoutingTable, subscriber: &str) -> Result<(), Status> {
+    match table.id_of(subscriber) {
+        Some(id) if table.push_endpoint(id).is_some() => Err(Status::failed_precondition(format!(
+            "subscriber {subscriber:?} is configured for push delivery; its alerts go to its AlertReceiver"
+        ))),
+        _ => Ok(()),
+    }
 }

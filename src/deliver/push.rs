@@ -10,6 +10,7 @@
 //! An `https://` receiver must present a certificate that chains to its configured CA and
 //! names its host; the relay presents its own certificate as the client.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,17 +33,30 @@ const READ_BATCH: usize = 256;
 
 /// Why a push session ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub enum SessionError {
+    /// The receiver could not be reached.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The receiver answered the call with an error status.
     #[error("receiver refused the stream: {0}")]
     Rpc(#[from] tonic::Status),
+    /// The receiver ended the stream.
     #[error("receiver closed the stream")]
     Closed,
+    /// The receiver acknowledged an alert it was never sent.
     #[error("receiver acknowledged sequence {acked}, beyond the last sent {sent}")]
-    AckBeyondSent { acked: u64, sent: u64 },
+    AckBeyondSent {
+        /// What it acknowledged.
+        acked: u64,
+        /// The last sequence sent.
+        sent: u64,
+    },
+    /// The embedded store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The shared alert log (JetStream) failed.
+    #[error(transparent)]
+    Log(#[from] crate::error::RelayError),
 }
 
 impl From<tonic::transport::Error> for SessionError {
@@ -69,8 +83,47 @@ pub async fn run(
     config: DeliveryConfig,
     shutdown: CancellationToken,
 ) {
-    let endpoint = target.endpoint.clone();
     let name = delivery.log_name(log).to_owned();
+    let (delivery, commit, target, config_ref, stop) =
+        (&delivery, &commit, &target, &config, &shutdown);
+    keep_pushing(
+        &name,
+        &target.endpoint,
+        &config,
+        &shutdown,
+        |err| delivery.set_last_error(log, err),
+        move || async move {
+            let mut connected = false;
+            let ended = session(
+                delivery,
+                commit,
+                log,
+                target,
+                config_ref,
+                stop,
+                &mut connected,
+            )
+            .await;
+            (connected, ended)
+        },
+    )
+    .await;
+}
+
+/// Runs `session` until it returns `Ok` (its stop) or `shutdown`: after each failure it
+/// logs and `report`s the error and waits with exponential backoff (with jitter, capped),
+/// starting over after a session that had connected. `session` says whether it connected.
+pub async fn keep_pushing<F, Fut>(
+    name: &str,
+    endpoint: &str,
+    config: &DeliveryConfig,
+    shutdown: &CancellationToken,
+    mut report: impl FnMut(String),
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (bool, Result<(), SessionError>)>,
+{
     let backoff_builder = ExponentialBuilder::new()
         .with_min_delay(config.push_backoff_initial)
         .with_max_delay(config.push_backoff_max)
@@ -79,17 +132,7 @@ pub async fn run(
     let mut backoff = backoff_builder.build();
     tracing::info!(subscriber = %name, %endpoint, "push delivery started");
     while !shutdown.is_cancelled() {
-        let mut connected = false;
-        let result = session(
-            &delivery,
-            &commit,
-            log,
-            &target,
-            &config,
-            &shutdown,
-            &mut connected,
-        )
-        .await;
+        let (connected, result) = session().await;
         if connected {
             backoff = backoff_builder.build();
         }
@@ -97,7 +140,7 @@ pub async fn run(
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(subscriber = %name, %endpoint, %err, "push session ended; retrying");
-                delivery.set_last_error(log, err.to_string());
+                report(err.to_string());
             }
         }
         let delay = backoff.next().unwrap_or(config.push_backoff_max);
@@ -109,15 +152,20 @@ pub async fn run(
     tracing::info!(subscriber = %name, "push delivery stopped");
 }
 
-async fn session(
-    delivery: &Arc<Delivery>,
-    commit: &CommitHandle,
-    log: LogId,
+/// An open `AlertReceiver.Deliver` call: alerts sent into `alerts` (room for the push
+/// window, so a send never waits on the receiver), cumulative acks read from `acks`.
+pub struct ReceiverSession {
+    /// Alerts to send.
+    pub alerts: mpsc::Sender<crate::proto::Alert>,
+    /// The receiver's acknowledgements.
+    pub acks: tonic::Streaming<crate::proto::DeliveryAck>,
+}
+
+/// Connects to `target` and opens its `Deliver` stream.
+pub async fn open_session(
     target: &Target,
     config: &DeliveryConfig,
-    shutdown: &CancellationToken,
-    connected: &mut bool,
-) -> Result<(), SessionError> {
+) -> Result<ReceiverSession, SessionError> {
     let mut endpoint = Endpoint::from_shared(target.endpoint.clone())?;
     if let Some(tls) = &target.tls {
         endpoint = endpoint.tls_config(tls.clone())?;
@@ -128,11 +176,27 @@ async fn session(
         .keep_alive_while_idle(true)
         .connect()
         .await?;
-    let (tx, rx) = mpsc::channel(config.push_window);
-    let mut acks = AlertReceiverClient::new(channel)
+    let (alerts, rx) = mpsc::channel(config.push_window);
+    let acks = AlertReceiverClient::new(channel)
         .deliver(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    Ok(ReceiverSession { alerts, acks })
+}
+
+async fn session(
+    delivery: &Arc<Delivery>,
+    commit: &CommitHandle,
+    log: LogId,
+    target: &Target,
+    config: &DeliveryConfig,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<(), SessionError> {
+    let ReceiverSession {
+        alerts: tx,
+        mut acks,
+    } = open_session(target, config).await?;
     *connected = true;
     let _guard = delivery.connect(log);
     delivery.set_last_error(log, String::new());
