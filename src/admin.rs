@@ -14,7 +14,7 @@ use crate::domain::{DeviceId, SupplyPoint};
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
 use crate::route::{Registry, Router};
-use crate::store::{Destination, LogId};
+use crate::store::{Destination, LogEntry, LogId};
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
 
@@ -85,7 +85,8 @@ impl AdminService {
     }
 }
 
-fn limit_or_default(limit: u32) -> usize {
+/// A list request's `limit`, with 0 meaning the default.
+pub(crate) fn limit_or_default(limit: u32) -> usize {
     if limit == 0 {
         DEFAULT_LIST_LIMIT
     } else {
@@ -93,7 +94,46 @@ fn limit_or_default(limit: u32) -> usize {
     }
 }
 
-fn outage_to_proto(
+/// What `GetDeviceState` answers for `device`, given its open outages: the outages, the
+/// registry's MPAN and GSP group, and the subscriber its alerts route to.
+pub(crate) fn device_state(
+    device: DeviceId,
+    outages: &[(SupplyPoint, OpenOutage)],
+    router: &Router,
+    debounce: std::time::Duration,
+) -> proto::GetDeviceStateResponse {
+    let mut response = proto::GetDeviceStateResponse {
+        device_id: device.to_string(),
+        outages: outages
+            .iter()
+            .map(|(p, o)| outage_to_proto(p, o, debounce))
+            .collect(),
+        ..Default::default()
+    };
+    if let Some(entry) = router.registry().get(device) {
+        response.mpan_core = entry.mpan.to_string();
+        response.gsp_group = entry.gsp.to_string();
+    }
+    let event_mpan = outages.iter().find_map(|(_, outage)| outage.mpan);
+    if let Ok(route) = router.route(device, event_mpan) {
+        response.subscriber = router.table().name(route.subscriber).to_owned();
+    }
+    response
+}
+
+/// A parked log entry as `ListParkedAlerts` shows it, with why it was parked.
+pub(crate) fn parked_to_proto(entry: &LogEntry) -> proto::ParkedAlert {
+    proto::ParkedAlert {
+        alert: Some(alert_to_proto(entry, "")),
+        reason: match entry.destination {
+            Destination::Parked(reason) => reason.to_string(),
+            Destination::Routed(_) => String::new(),
+        },
+    }
+}
+
+/// An open outage as the Admin calls show it.
+pub(crate) fn outage_to_proto(
     point: &SupplyPoint,
     outage: &OpenOutage,
     debounce: std::time::Duration,
@@ -139,26 +179,12 @@ impl Admin for AdminService {
             .map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
         let shard = &self.shards[shard_of(device, self.shards.len())];
         let listing = shard.outages(Some(device), usize::MAX).await?;
-        let debounce = self.debounce;
-        let mut response = proto::GetDeviceStateResponse {
-            device_id: device.to_string(),
-            outages: listing
-                .outages
-                .iter()
-                .map(|(p, o)| outage_to_proto(p, o, debounce))
-                .collect(),
-            ..Default::default()
-        };
-        let router = &self.router;
-        if let Some(entry) = router.registry().get(device) {
-            response.mpan_core = entry.mpan.to_string();
-            response.gsp_group = entry.gsp.to_string();
-        }
-        let event_mpan = listing.outages.iter().find_map(|(_, outage)| outage.mpan);
-        if let Ok(route) = router.route(device, event_mpan) {
-            response.subscriber = router.table().name(route.subscriber).to_owned();
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(device_state(
+            device,
+            &listing.outages,
+            &self.router,
+            self.debounce,
+        )))
     }
 
     async fn list_open_outages(
@@ -196,16 +222,7 @@ impl Admin for AdminService {
             .delivery
             .read_unacked(LogId::Parked, limit)
             .map_err(RelayError::from)?;
-        let alerts = entries
-            .iter()
-            .map(|entry| proto::ParkedAlert {
-                alert: Some(alert_to_proto(entry, "")),
-                reason: match entry.destination {
-                    Destination::Parked(reason) => reason.to_string(),
-                    Destination::Routed(_) => String::new(),
-                },
-            })
-            .collect();
+        let alerts = entries.iter().map(parked_to_proto).collect();
         Ok(Response::new(proto::ListParkedAlertsResponse {
             alerts,
             total: status.backlog(),

@@ -13,7 +13,10 @@ use common::{
     sequences, unique_prefix, valid_mpan,
 };
 use outage_relay::config::{Backend, Config, PushConfig};
-use outage_relay::proto::{AlertKind, GetClusterStatusRequest, GetClusterStatusResponse};
+use outage_relay::proto::{
+    AlertKind, GetClusterStatusRequest, GetClusterStatusResponse, GetDeviceStateRequest,
+    ListOpenOutagesRequest, ListParkedAlertsRequest, OutageState,
+};
 use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -184,6 +187,60 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
 
     a.stop().await;
     wait_owned_by(&b, &["b"]).await;
+    // The owner answers for the outages it took over (asked once its replay caught up).
+    let mut admin = b.admin_client().await;
+    let state = eventually("GetDeviceState from the new owner", || {
+        let mut admin = admin.clone();
+        let device_id = devices[0].clone();
+        async move {
+            admin
+                .get_device_state(GetDeviceStateRequest { device_id })
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await;
+    assert_eq!(
+        (state.subscriber.as_str(), state.outages.len()),
+        ("ukpn", 1)
+    );
+    assert_eq!(state.outages[0].state, OutageState::Alerted as i32);
+    assert_eq!(common::ms(state.outages[0].lost_at.as_ref()), lost_at);
+    let open = admin
+        .list_open_outages(ListOpenOutagesRequest { limit: 3 })
+        .await
+        .expect("ListOpenOutages")
+        .into_inner();
+    assert_eq!((open.total, open.outages.len()), (devices.len() as u64, 3));
+    let malformed = admin
+        .get_device_state(GetDeviceStateRequest {
+            device_id: "not-a-device".into(),
+        })
+        .await
+        .expect_err("a malformed device id");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+
+    // An alert no subscriber owns (no MPAN, no registry entry) is parked, listed by any
+    // instance.
+    let nowhere = device(190);
+    b.publish_ok(vec![lost(&nowhere, lost_at, None)]).await;
+    let parked = eventually("the unroutable POA to be parked", || {
+        let mut admin = admin.clone();
+        async move {
+            let parked = admin
+                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            (parked.total == 1).then_some(parked)
+        }
+    })
+    .await;
+    let alert = parked.alerts[0].alert.as_ref().expect("the parked alert");
+    assert_eq!(alert.device_id, nowhere);
+    assert!(!parked.alerts[0].reason.is_empty());
+
     // b now holds every partition, with the outages a had opened: restorations close them.
     let restored_at = now_ms() - 1000;
     b.publish_ok(

@@ -1,20 +1,31 @@
 //! `Admin` with the JetStream backend: delivery status from the shared streams and cursors,
-//! partition ownership, and registry reloads (per instance). Device state and parked alerts
-//! live in the owners' partitions and are not served yet.
+//! parked alerts from the parked stream, device state and open outages asked of the
+//! partition owners ([`super::query`]), partition ownership, and registry reloads (per
+//! instance).
 
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures::StreamExt;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::Cluster;
+use super::events::device_partition;
 use super::feed::{bounds, cursor};
 use super::leases::OwnershipView;
 use super::push::PushSessions;
-use crate::admin::load_registry;
+use super::query;
+use crate::admin::{limit_or_default, load_registry, parked_to_proto};
+use crate::domain::DeviceId;
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
 use crate::route::Router;
+use crate::store::LogEntry;
+use crate::store::codec::decode_entry;
 
 /// The service.
 #[derive(Clone)]
@@ -45,33 +56,134 @@ impl ClusterAdmin {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available with store.backend = \"jetstream\" yet"
-    ))
+/// The oldest `limit` parked alerts (alerts that routed to no subscriber) and how many the
+/// parked stream holds.
+async fn parked(
+    cluster: &Cluster,
+    limit: usize,
+) -> Result<(Vec<proto::ParkedAlert>, u64), RelayError> {
+    let unavailable = |err: String| RelayError::Unavailable(format!("parked alerts: {err}"));
+    let mut stream = cluster
+        .js
+        .get_stream(cluster.names.parked_stream())
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    let (first, last, total) = (
+        info.state.first_sequence,
+        info.state.last_sequence,
+        info.state.messages,
+    );
+    let mut alerts = Vec::new();
+    if total == 0 || limit == 0 {
+        return Ok((alerts, total));
+    }
+    let mut messages = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| unavailable(err.to_string()))?
+        .messages()
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    while alerts.len() < limit {
+        let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| unavailable("the stream stopped answering".into()))?
+            .ok_or_else(|| unavailable("the consumer ended".into()))?
+            .map_err(|err| unavailable(err.to_string()))?;
+        let sequence = message
+            .info()
+            .map_err(|err| unavailable(err.to_string()))?
+            .stream_sequence;
+        let (alert, destination) =
+            decode_entry(&message.payload).map_err(|err| unavailable(err.to_string()))?;
+        alerts.push(parked_to_proto(&LogEntry {
+            sequence,
+            alert,
+            destination,
+        }));
+        if sequence >= last {
+            break;
+        }
+    }
+    Ok((alerts, total))
 }
+
+/// Bound on waiting for the next parked alert while listing.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tonic::async_trait]
 impl Admin for ClusterAdmin {
     async fn get_device_state(
         &self,
-        _request: Request<proto::GetDeviceStateRequest>,
+        request: Request<proto::GetDeviceStateRequest>,
     ) -> Result<Response<proto::GetDeviceStateResponse>, Status> {
-        Err(not_yet("GetDeviceState"))
+        let request = request.into_inner();
+        let device = DeviceId::from_str(&request.device_id)
+            .map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
+        let partition = device_partition(device, self.cluster.settings.partitions);
+        let state = query::ask(&self.cluster, partition, query::DEVICE, &request).await?;
+        Ok(Response::new(state))
     }
 
     async fn list_open_outages(
         &self,
-        _request: Request<proto::ListOpenOutagesRequest>,
+        request: Request<proto::ListOpenOutagesRequest>,
     ) -> Result<Response<proto::ListOpenOutagesResponse>, Status> {
-        Err(not_yet("ListOpenOutages"))
+        let request = request.into_inner();
+        let limit = limit_or_default(request.limit);
+        let answers =
+            futures::future::join_all((0..self.cluster.settings.partitions).map(|partition| {
+                query::ask::<proto::ListOpenOutagesResponse>(
+                    &self.cluster,
+                    partition,
+                    query::OUTAGES,
+                    &request,
+                )
+            }))
+            .await;
+        let mut total = 0;
+        let mut outages = Vec::new();
+        for answer in answers {
+            let answer = answer?;
+            total += answer.total;
+            outages.extend(answer.outages);
+        }
+        outages.sort_by(|a, b| {
+            let key = |o: &proto::OpenOutage| {
+                let lost = o.lost_at.unwrap_or_default();
+                (lost.seconds, lost.nanos)
+            };
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.device_id.cmp(&b.device_id))
+                .then_with(|| a.phase.cmp(&b.phase))
+        });
+        outages.truncate(limit);
+        Ok(Response::new(proto::ListOpenOutagesResponse {
+            outages,
+            total,
+        }))
     }
 
     async fn list_parked_alerts(
         &self,
-        _request: Request<proto::ListParkedAlertsRequest>,
+        request: Request<proto::ListParkedAlertsRequest>,
     ) -> Result<Response<proto::ListParkedAlertsResponse>, Status> {
-        Err(not_yet("ListParkedAlerts"))
+        let limit = limit_or_default(request.into_inner().limit);
+        let (alerts, total) = parked(&self.cluster, limit).await?;
+        Ok(Response::new(proto::ListParkedAlertsResponse {
+            alerts,
+            total,
+        }))
     }
 
     async fn reload_registry(

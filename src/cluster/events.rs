@@ -12,13 +12,18 @@ use bytes::Bytes;
 
 use super::Names;
 use crate::debounce::{ApplyReport, shard_of};
-use crate::domain::DeviceEvent;
+use crate::domain::{DeviceEvent, DeviceId};
 use crate::error::RelayError;
 use crate::store::codec::encode_event;
 
-/// The partition of a device.
+/// The partition of an event: its device's.
 pub fn partition_of(event: &DeviceEvent, partitions: u16) -> u16 {
-    u16::try_from(shard_of(event.point.device, usize::from(partitions))).unwrap_or(0)
+    device_partition(event.point.device, partitions)
+}
+
+/// The partition of a device.
+pub fn device_partition(device: DeviceId, partitions: u16) -> u16 {
+    u16::try_from(shard_of(device, usize::from(partitions))).unwrap_or(0)
 }
 
 /// Appends events to the JetStream events stream.

@@ -41,6 +41,7 @@ pub mod feed;
 pub mod leases;
 pub mod partition;
 pub mod push;
+pub mod query;
 pub mod run;
 pub mod sla;
 
@@ -103,6 +104,16 @@ impl Names {
     /// The subject of partition `partition`'s snapshot.
     pub fn snapshot_subject(&self, partition: u16) -> String {
         format!("{}.snapshots.{partition}", self.prefix)
+    }
+
+    /// The subject on which partition `partition`'s owner answers queries of `kind`.
+    pub fn query_subject(&self, partition: u16, kind: &str) -> String {
+        format!("{}.query.{partition}.{kind}", self.prefix)
+    }
+
+    /// Every query subject of partition `partition`.
+    pub fn query_subjects(&self, partition: u16) -> String {
+        format!("{}.query.{partition}.*", self.prefix)
     }
 
     /// Bucket of partition leases.

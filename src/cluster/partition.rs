@@ -129,14 +129,27 @@ impl Partition {
             })
             .await
             .context("creating the partition's consumer")?;
+        // Queries are answered once the replay has caught up, so no answer shows a state
+        // the partition has not reached; until then callers find no responder.
+        let mut replaying = consumer.cached_info().num_pending > 0;
         let mut messages = consumer
             .messages()
             .await
             .context("reading the partition's events")?;
+        let client = cluster.js.client();
+        let mut queries = None;
         let mut snapshots = tokio::time::interval(cluster.settings.snapshot_interval);
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut written = self.applied;
         loop {
+            if !replaying && queries.is_none() {
+                queries = Some(
+                    client
+                        .subscribe(cluster.names.query_subjects(self.id))
+                        .await
+                        .context("subscribing to the partition's queries")?,
+                );
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -159,12 +172,14 @@ impl Partition {
                             .unwrap_or(i64::MAX),
                     );
                     self.lag.set(info.pending as f64);
+                    replaying &= info.pending > 0;
                     let event = decode_event(&message.payload)
                         .map_err(|err| anyhow::anyhow!("event {sequence}: {err}"))?;
                     self.apply(&event, received);
                     self.applied = sequence;
                     self.flush().await?;
                 }
+                Some(query) = next_query(&mut queries) => self.answer(&client, query).await,
                 _ = snapshots.tick() => {
                     if self.applied != written {
                         self.snapshot().await?;
@@ -180,6 +195,31 @@ impl Partition {
             }
         }
         Ok(())
+    }
+
+    /// Answers an Admin query from this partition's open outages (see [`super::query`]),
+    /// while this instance may still act as the owner.
+    async fn answer(&self, client: &async_nats::Client, query: async_nats::Message) {
+        let Some(reply) = query.reply else {
+            return;
+        };
+        if !window_open(&self.window) {
+            return;
+        }
+        let kind = query.subject.rsplit('.').next().unwrap_or_default();
+        let Some(answer) = super::query::answer(
+            kind,
+            &query.payload,
+            self.machine.outages(),
+            &self.context.router,
+            self.context.settings.debounce,
+        ) else {
+            tracing::debug!(partition = self.id, kind, "unreadable query ignored");
+            return;
+        };
+        if let Err(err) = client.publish(reply, answer.into()).await {
+            tracing::debug!(partition = self.id, %err, "cannot answer a query");
+        }
     }
 
     /// Reads the last snapshot back and re-arms its pending timers.
@@ -434,5 +474,13 @@ impl Partition {
             tracing::warn!(partition = self.id, %err, "snapshot not stored");
         }
         Ok(())
+    }
+}
+
+/// The next query, or never while the partition does not answer yet.
+async fn next_query(queries: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match queries {
+        Some(queries) => queries.next().await,
+        None => std::future::pending().await,
     }
 }
