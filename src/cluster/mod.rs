@@ -30,7 +30,10 @@
 //!   re-publish of the same id within their duplicate window, so a new owner re-emitting what
 //!   its predecessor already stored adds nothing.
 //! - **Delivery** ([`feed`]): any instance serves `Subscribe` from a sequence of the
-//!   subscriber's stream and records acks in a shared bucket by compare-and-set.
+//!   subscriber's stream and records acks in a shared bucket by compare-and-set. A push
+//!   subscriber is pushed by the one instance holding its push lease ([`push`]).
+//! - **Admin** ([`admin`], [`query`]): device state and open outages are asked of the
+//!   partition owners over NATS request/reply; the rest reads the shared streams.
 //!
 //! Names start with `store.jetstream.prefix` (`{P}` above), so several relays can share a
 //! cluster. nats-server 2.9 is enough; see `provision` for a client workaround it needs.
