@@ -9,17 +9,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, nats_urls, now_ms, restored,
-    sequences, unique_prefix, valid_mpan,
+    LONG_AGO_MS, TestReceiver, TestRelay, bounded, device, eventually, loopback_push, lost,
+    nats_urls, now_ms, push_ukpn, restored, sequences, unique_prefix, valid_mpan,
 };
-use outage_relay::config::{Backend, Config, PushConfig};
+use outage_relay::config::{Backend, Config};
 use outage_relay::proto::{
     AlertKind, GetClusterStatusRequest, GetClusterStatusResponse, GetDeviceStateRequest,
     ListOpenOutagesRequest, ListParkedAlertsRequest, OutageState,
 };
-use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 const PARTITIONS: u16 = 8;
@@ -307,25 +305,6 @@ async fn concurrent_streams_of_large_batches_are_all_stored() {
     a.stop().await;
 }
 
-/// Sets subscriber `ukpn` to push mode towards `127.0.0.1:port`, retrying quickly.
-fn push_ukpn_to(port: u16) -> impl FnOnce(&mut Config) {
-    move |config: &mut Config| {
-        let ukpn = config
-            .routing
-            .subscribers
-            .iter_mut()
-            .find(|sub| sub.name == "ukpn")
-            .expect("ukpn is a default subscriber");
-        ukpn.push = Some(PushConfig {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            ca: None,
-            domain: None,
-        });
-        config.delivery.push_backoff_initial = Duration::from_millis(50);
-        config.delivery.push_backoff_max = Duration::from_millis(200);
-    }
-}
-
 /// Which of `relays` has an open push session to ukpn's receiver (exactly one must).
 async fn pusher<'a>(relays: &[&'a TestRelay]) -> &'a TestRelay {
     eventually("exactly one instance to push to ukpn", || async {
@@ -347,16 +326,16 @@ async fn one_instance_pushes_a_push_subscriber_and_another_takes_over_when_it_st
         .await
         .expect("bind the receiver port");
     let port = listener.local_addr().expect("receiver address").port();
-    let received = ReceivedAlerts::new();
-    let recorder = Recorder::open(RecordOptions {
-        keep: Some(received.clone()),
-        ..RecordOptions::default()
+    let receiver = TestReceiver::start(listener, None);
+    let received = &receiver.received;
+    let a = instance_with(&prefix, "a", |config| {
+        push_ukpn(config, loopback_push(port))
     })
-    .expect("an in-memory recorder");
-    let sink_stop = CancellationToken::new();
-    let sink = tokio::spawn(serve_receiver(listener, recorder, sink_stop.clone(), None));
-    let a = instance_with(&prefix, "a", push_ukpn_to(port)).await;
-    let b = instance_with(&prefix, "b", push_ukpn_to(port)).await;
+    .await;
+    let b = instance_with(&prefix, "b", |config| {
+        push_ukpn(config, loopback_push(port))
+    })
+    .await;
     wait_owned_by(&a, &["a", "b"]).await;
 
     let lost_at = now_ms() - LONG_AGO_MS;
@@ -425,9 +404,5 @@ async fn one_instance_pushes_a_push_subscriber_and_another_takes_over_when_it_st
     .await;
     assert_eq!((status.connected, status.last_error.as_str()), (1, ""));
     survivor.stop().await;
-    sink_stop.cancel();
-    bounded("the receiver to stop", sink)
-        .await
-        .expect("the receiver task did not panic")
-        .expect("the receiver stopped cleanly");
+    receiver.stop().await;
 }

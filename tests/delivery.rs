@@ -3,17 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
-    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, now_ms, restored, sequences,
-    valid_mpan,
+    LONG_AGO_MS, TestReceiver, TestRelay, bounded, device, eventually, loopback_push, lost, now_ms,
+    push_ukpn, restored, sequences, valid_mpan,
 };
-use outage_relay::config::PushConfig;
 use outage_relay::proto::AlertKind;
-use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 /// A loopback port on which nothing listens (bound, then released).
@@ -28,19 +23,7 @@ async fn free_port() -> u16 {
 async fn push_mode_delivers_in_order_once_the_receiver_comes_up() {
     let port = free_port().await;
     let relay = TestRelay::start_with(|config, _| {
-        let ukpn = config
-            .routing
-            .subscribers
-            .iter_mut()
-            .find(|sub| sub.name == "ukpn")
-            .expect("ukpn is a default subscriber");
-        ukpn.push = Some(PushConfig {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            ca: None,
-            domain: None,
-        });
-        config.delivery.push_backoff_initial = Duration::from_millis(50);
-        config.delivery.push_backoff_max = Duration::from_millis(200);
+        push_ukpn(config, loopback_push(port));
     })
     .await;
 
@@ -85,14 +68,8 @@ async fn push_mode_delivers_in_order_once_the_receiver_comes_up() {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the receiver port");
-    let received = ReceivedAlerts::new();
-    let recorder = Recorder::open(RecordOptions {
-        keep: Some(received.clone()),
-        ..RecordOptions::default()
-    })
-    .expect("an in-memory recorder");
-    let sink_stop = CancellationToken::new();
-    let sink = tokio::spawn(serve_receiver(listener, recorder, sink_stop.clone(), None));
+    let receiver = TestReceiver::start(listener, None);
+    let received = &receiver.received;
 
     let alerts = bounded("3 pushed alerts", received.wait_for(3)).await;
     assert_eq!(sequences(&alerts), [1, 2, 3], "{alerts:?}");
@@ -143,11 +120,7 @@ async fn push_mode_delivers_in_order_once_the_receiver_comes_up() {
     assert_eq!(status.last_error, "", "a working session clears the error");
 
     relay.stop().await;
-    sink_stop.cancel();
-    bounded("the receiver to stop", sink)
-        .await
-        .expect("the receiver task did not panic")
-        .expect("the receiver stopped cleanly");
+    receiver.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -407,17 +407,14 @@ async fn receiver(
 }
 
 fn push_to(config: &mut Config, endpoint: &str, ca: &Path) {
-    let ukpn = config
-        .routing
-        .subscribers
-        .iter_mut()
-        .find(|sub| sub.name == "ukpn")
-        .expect("ukpn");
-    ukpn.push = Some(PushConfig {
-        endpoint: endpoint.to_owned(),
-        ca: Some(ca.to_owned()),
-        domain: Some(SERVER_NAME.to_owned()),
-    });
+    common::push_ukpn(
+        config,
+        PushConfig {
+            endpoint: endpoint.to_owned(),
+            ca: Some(ca.to_owned()),
+            domain: Some(SERVER_NAME.to_owned()),
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

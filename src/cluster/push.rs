@@ -59,213 +59,207 @@ impl PushSessions {
     }
 }
 
-fn lease_key(subscriber: &str) -> String {
-    format!("push.{subscriber}")
-}
-
-/// Runs until `shutdown`: claims `subscriber`'s push lease when it is free and pushes while
-/// holding it; gives the lease back on shutdown so another instance takes over at once.
-pub async fn run(
+/// One push subscriber's pusher on this instance.
+pub struct Pusher {
     cluster: Arc<Cluster>,
     subscriber: String,
     target: Target,
     config: DeliveryConfig,
     clock: Clock,
     sessions: Arc<PushSessions>,
-    shutdown: CancellationToken,
-) {
-    let ttl = cluster.settings.lease_ttl;
-    let margin = ttl / 3;
-    let key = lease_key(&subscriber);
-    let me = Bytes::from(cluster.instance.clone());
-    let mut tick = tokio::time::interval(ttl / 4);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(Ok(mut revision)) = timeout(margin, cluster.leases.create(&key, me.clone())).await
-        else {
-            continue;
-        };
-        tracing::info!(%subscriber, "push lease claimed; this instance pushes");
-        sessions.update(&subscriber, |state| state.pushing_here = true);
-        let stop = shutdown.child_token();
-        let pushing = tokio::spawn(push(
-            Arc::clone(&cluster),
-            subscriber.clone(),
-            target.clone(),
-            config.clone(),
+    metrics: SubscriberMetrics,
+}
+
+impl Pusher {
+    /// A pusher of `subscriber`'s alerts to `target`, reporting in `sessions`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        subscriber: String,
+        target: Target,
+        config: DeliveryConfig,
+        clock: Clock,
+        sessions: Arc<PushSessions>,
+    ) -> Self {
+        Self {
+            metrics: SubscriberMetrics::new(&subscriber),
+            cluster,
+            subscriber,
+            target,
+            config,
             clock,
-            Arc::clone(&sessions),
-            stop.clone(),
-        ));
-        // Renew while the session runs; a failed renewal ends it.
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match timeout(margin, cluster.leases.update(&key, me.clone(), revision)).await {
-                Ok(Ok(renewed)) => revision = renewed,
-                _ => {
-                    tracing::warn!(%subscriber, "push lease lost; stopping the push session");
-                    break;
-                }
-            }
-        }
-        stop.cancel();
-        let _ = pushing.await;
-        sessions.update(&subscriber, |state| {
-            state.pushing_here = false;
-            state.connected = false;
-        });
-        if shutdown.is_cancelled() {
-            let _ = timeout(
-                margin,
-                cluster.leases.delete_expect_revision(&key, Some(revision)),
-            )
-            .await;
-            return;
+            sessions,
         }
     }
-}
 
-/// Pushes with retries and backoff until `stop`.
-async fn push(
-    cluster: Arc<Cluster>,
-    subscriber: String,
-    target: Target,
-    config: DeliveryConfig,
-    clock: Clock,
-    sessions: Arc<PushSessions>,
-    stop: CancellationToken,
-) {
-    let metrics = SubscriberMetrics::new(&subscriber);
-    let (cluster, name, target_ref, config_ref, stop_ref, sessions_ref, metrics) = (
-        &cluster,
-        &subscriber,
-        &target,
-        &config,
-        &stop,
-        &sessions,
-        &metrics,
-    );
-    keep_pushing(
-        &subscriber,
-        &target.endpoint,
-        &config,
-        &stop,
-        |err| sessions.update(name, |state| state.last_error = err),
-        move || async move {
-            let mut connected = false;
-            let ended = session(
-                cluster,
-                name,
-                target_ref,
-                config_ref,
-                clock,
-                sessions_ref,
-                metrics,
-                stop_ref,
-                &mut connected,
-            )
-            .await;
-            sessions_ref.update(name, |state| state.connected = false);
-            metrics.connected.set(0.0);
-            (connected, ended)
-        },
-    )
-    .await;
-}
-
-/// One session: sends from the shared cursor, at most `push_window` ahead of the acks.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    cluster: &Cluster,
-    subscriber: &str,
-    target: &Target,
-    config: &DeliveryConfig,
-    clock: Clock,
-    sessions: &PushSessions,
-    metrics: &SubscriberMetrics,
-    stop: &CancellationToken,
-    connected: &mut bool,
-) -> Result<(), SessionError> {
-    let ReceiverSession {
-        alerts: tx,
-        mut acks,
-    } = open_session(target, config).await?;
-    *connected = true;
-    metrics.connected.set(1.0);
-    sessions.update(subscriber, |state| {
-        state.connected = true;
-        state.last_error.clear();
-    });
-    let (mut acked, _) = cursor(&cluster.cursors, subscriber).await?;
-    let stored = bounds(cluster, subscriber).await?;
-    // Alerts retention already removed cannot be sent; the first retained one comes next.
-    let mut sent = acked.max(stored.first - 1);
-    let unavailable = |what: &str, err: String| {
-        SessionError::Log(RelayError::Unavailable(format!(
-            "alert stream of {subscriber}: {what}: {err}"
-        )))
-    };
-    let stream = cluster
-        .js
-        .get_stream(cluster.names.alerts_stream(subscriber))
-        .await
-        .map_err(|err| unavailable("opening", err.to_string()))?;
-    let mut messages = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: sent + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| unavailable("reading", err.to_string()))?
-        .messages()
-        .await
-        .map_err(|err| unavailable("reading", err.to_string()))?;
-    let mut in_flight: BTreeMap<u64, (AlertKind, UtcMillis)> = BTreeMap::new();
-    let window = config.push_window as u64;
-    loop {
-        let room = window.saturating_sub(sent.saturating_sub(acked));
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            ack = acks.message() => {
-                let ack = ack?.ok_or(SessionError::Closed)?;
-                if ack.sequence > sent {
-                    return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
+    /// Runs until `shutdown`: claims the subscriber's push lease when it is free and pushes
+    /// while holding it; gives the lease back on shutdown so another instance takes over at
+    /// once.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let cluster = &self.cluster;
+        let subscriber = &self.subscriber;
+        let ttl = cluster.settings.lease_ttl;
+        let margin = ttl / 3;
+        let key = format!("push.{subscriber}");
+        let me = Bytes::from(cluster.instance.clone());
+        let mut tick = tokio::time::interval(ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(Ok(mut revision)) =
+                timeout(margin, cluster.leases.create(&key, me.clone())).await
+            else {
+                continue;
+            };
+            tracing::info!(%subscriber, "push lease claimed; this instance pushes");
+            self.sessions
+                .update(subscriber, |state| state.pushing_here = true);
+            let stop = shutdown.child_token();
+            let pushing = tokio::spawn({
+                let pusher = Arc::clone(&self);
+                let stop = stop.clone();
+                async move { pusher.push(&stop).await }
+            });
+            // Renew while the session runs; a failed renewal ends it.
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
                 }
-                if ack.sequence > acked {
-                    acked = advance(&cluster.cursors, subscriber, ack.sequence).await?;
-                    let rest = in_flight.split_off(&(acked + 1));
-                    let now = clock.now();
-                    for (kind, due_at) in std::mem::replace(&mut in_flight, rest).into_values() {
-                        metrics.delivered(kind, now.seconds_since(due_at));
+                match timeout(margin, cluster.leases.update(&key, me.clone(), revision)).await {
+                    Ok(Ok(renewed)) => revision = renewed,
+                    _ => {
+                        tracing::warn!(%subscriber, "push lease lost; stopping the push session");
+                        break;
                     }
                 }
             }
-            message = messages.next(), if room > 0 => {
-                let message = message
-                    .ok_or_else(|| unavailable("reading", "the consumer ended".into()))?
-                    .map_err(|err| unavailable("reading", err.to_string()))?;
-                let alert = to_proto(&message, subscriber)
-                    .map_err(|status| unavailable("decoding", status.message().to_owned()))?;
-                sent = alert.sequence;
-                if let Some(kind) = AlertKind::from_proto(alert.kind) {
-                    let due_at = alert
-                        .due_at
-                        .as_ref()
-                        .and_then(UtcMillis::from_proto)
-                        .unwrap_or(UtcMillis(0));
-                    in_flight.insert(alert.sequence, (kind, due_at));
+            stop.cancel();
+            let _ = pushing.await;
+            self.sessions.update(subscriber, |state| {
+                state.pushing_here = false;
+                state.connected = false;
+            });
+            if shutdown.is_cancelled() {
+                let _ = timeout(
+                    margin,
+                    cluster.leases.delete_expect_revision(&key, Some(revision)),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+
+    /// Pushes with retries and backoff until `stop`.
+    async fn push(&self, stop: &CancellationToken) {
+        keep_pushing(
+            &self.subscriber,
+            &self.target.endpoint,
+            &self.config,
+            stop,
+            |err| {
+                self.sessions
+                    .update(&self.subscriber, |state| state.last_error = err);
+            },
+            move || async move {
+                let mut connected = false;
+                let ended = self.session(stop, &mut connected).await;
+                self.sessions
+                    .update(&self.subscriber, |state| state.connected = false);
+                self.metrics.connected.set(0.0);
+                (connected, ended)
+            },
+        )
+        .await;
+    }
+
+    /// One session: sends from the shared cursor, at most `push_window` ahead of the acks.
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        connected: &mut bool,
+    ) -> Result<(), SessionError> {
+        let (cluster, subscriber, config) =
+            (&*self.cluster, self.subscriber.as_str(), &self.config);
+        let (clock, sessions, metrics) = (self.clock, &self.sessions, &self.metrics);
+        let target = &self.target;
+        let ReceiverSession {
+            alerts: tx,
+            mut acks,
+        } = open_session(target, config).await?;
+        *connected = true;
+        metrics.connected.set(1.0);
+        sessions.update(subscriber, |state| {
+            state.connected = true;
+            state.last_error.clear();
+        });
+        let (mut acked, _) = cursor(&cluster.cursors, subscriber).await?;
+        let stored = bounds(cluster, subscriber).await?;
+        // Alerts retention already removed cannot be sent; the first retained one comes next.
+        let mut sent = acked.max(stored.first - 1);
+        let unavailable = |what: &str, err: String| {
+            SessionError::Log(RelayError::Unavailable(format!(
+                "alert stream of {subscriber}: {what}: {err}"
+            )))
+        };
+        let stream = cluster
+            .js
+            .get_stream(cluster.names.alerts_stream(subscriber))
+            .await
+            .map_err(|err| unavailable("opening", err.to_string()))?;
+        let mut messages = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: sent + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| unavailable("reading", err.to_string()))?
+            .messages()
+            .await
+            .map_err(|err| unavailable("reading", err.to_string()))?;
+        let mut in_flight: BTreeMap<u64, (AlertKind, UtcMillis)> = BTreeMap::new();
+        let window = config.push_window as u64;
+        loop {
+            let room = window.saturating_sub(sent.saturating_sub(acked));
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                ack = acks.message() => {
+                    let ack = ack?.ok_or(SessionError::Closed)?;
+                    if ack.sequence > sent {
+                        return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
+                    }
+                    if ack.sequence > acked {
+                        acked = advance(&cluster.cursors, subscriber, ack.sequence).await?;
+                        let rest = in_flight.split_off(&(acked + 1));
+                        let now = clock.now();
+                        for (kind, due_at) in std::mem::replace(&mut in_flight, rest).into_values() {
+                            metrics.delivered(kind, now.seconds_since(due_at));
+                        }
+                    }
                 }
-                // Capacity equals the window, so this send never waits on the receiver.
-                tx.send(alert).await.map_err(|_| SessionError::Closed)?;
+                message = messages.next(), if room > 0 => {
+                    let message = message
+                        .ok_or_else(|| unavailable("reading", "the consumer ended".into()))?
+                        .map_err(|err| unavailable("reading", err.to_string()))?;
+                    let alert = to_proto(&message, subscriber)
+                        .map_err(|status| unavailable("decoding", status.message().to_owned()))?;
+                    sent = alert.sequence;
+                    if let Some(kind) = AlertKind::from_proto(alert.kind) {
+                        let due_at = alert
+                            .due_at
+                            .as_ref()
+                            .and_then(UtcMillis::from_proto)
+                            .unwrap_or(UtcMillis(0));
+                        in_flight.insert(alert.sequence, (kind, due_at));
+                    }
+                    // Capacity equals the window, so this send never waits on the receiver.
+                    tx.send(alert).await.map_err(|_| SessionError::Closed)?;
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use super::events::EventLog;
 use super::feed::{ClusterFeed, bounds, cursor};
 use super::leases::{self, OwnershipView, StartPartition};
 use super::partition::{self, PartitionContext};
-use super::push::PushSessions;
+use super::push::{PushSessions, Pusher};
 use crate::commit::Admission;
 use crate::config::Config;
 use crate::debounce::Settings;
@@ -99,15 +99,15 @@ pub async fn run(
     for (name, target) in crate::server::push_targets(&config)? {
         tasks.spawn(
             &format!("push-{name}"),
-            super::push::run(
+            Arc::new(Pusher::new(
                 Arc::clone(&cluster),
                 name,
                 target,
                 config.delivery.clone(),
                 clock,
                 Arc::clone(&push_sessions),
-                stages.clone(),
-            ),
+            ))
+            .run(stages.clone()),
         );
     }
     tasks.spawn(

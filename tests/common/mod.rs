@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use outage_relay::config::Config;
+use outage_relay::config::{Config, PushConfig};
 use outage_relay::domain::{DeviceId, MpanCore, UtcMillis};
 use outage_relay::proto::admin_client::AdminClient;
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
@@ -26,12 +26,13 @@ use outage_relay::proto::{
     GetDeviceStateRequest, GetDeviceStateResponse, SubscribeRequest, SubscriberStatus, SupplyLost,
     SupplyRestored, device_event,
 };
+use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, ServerTlsConfig};
 
 /// Debounce of the in-process relays: short, so a test waits a couple of seconds at most.
 pub const DEBOUNCE: Duration = Duration::from_secs(2);
@@ -478,6 +479,64 @@ fn spawn_relay(
         }
         ended
     })
+}
+
+/// Sets subscriber `ukpn` to push mode with `push`, retrying quickly (50 ms to 200 ms).
+pub fn push_ukpn(config: &mut Config, push: PushConfig) {
+    let ukpn = config
+        .routing
+        .subscribers
+        .iter_mut()
+        .find(|sub| sub.name == "ukpn")
+        .expect("ukpn is a default subscriber");
+    ukpn.push = Some(push);
+    config.delivery.push_backoff_initial = Duration::from_millis(50);
+    config.delivery.push_backoff_max = Duration::from_millis(200);
+}
+
+/// A plaintext push target on loopback `port`.
+pub fn loopback_push(port: u16) -> PushConfig {
+    PushConfig {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        ca: None,
+        domain: None,
+    }
+}
+
+/// A DNO's `AlertReceiver` (the one `dno-sink` serves) on `listener`, keeping every alert.
+pub struct TestReceiver {
+    /// What it has received.
+    pub received: ReceivedAlerts,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestReceiver {
+    /// Serves on `listener`, over TLS when `tls` is given.
+    pub fn start(listener: TcpListener, tls: Option<ServerTlsConfig>) -> Self {
+        let received = ReceivedAlerts::new();
+        let recorder = Recorder::open(RecordOptions {
+            keep: Some(received.clone()),
+            ..RecordOptions::default()
+        })
+        .expect("an in-memory recorder");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_receiver(listener, recorder, stop.clone(), tls));
+        Self {
+            received,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops it and checks that it stopped cleanly.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        bounded("the receiver to stop", self.task)
+            .await
+            .expect("the receiver task did not panic")
+            .expect("the receiver stopped cleanly");
+    }
 }
 
 /// Writes the relay's log to stderr when `OUTAGE_RELAY_TEST_LOG` holds a filter (for example
