@@ -141,6 +141,19 @@ async fn two_instances_split_the_partitions_and_share_feeds_and_acks() {
     assert_eq!((acked.acked_sequence, acked.backlog), (4, 2));
     let from_a = a.delivery_status("ukpn").await;
     assert_eq!((from_a.acked_sequence, from_a.head_sequence), (4, 6));
+    assert_eq!(
+        common::ms(from_a.oldest_unacked_due_at.as_ref()),
+        common::ms(alerts[4].due_at.as_ref()),
+        "the oldest unacknowledged alert is sequence 5"
+    );
+    // Every alert was overdue when stored (losses ten minutes old), and 5 and 6 stay
+    // unacknowledged: whichever instances watched them, the shared count has them.
+    let breaches = eventually("the breaches of 5 and 6 to be counted", || async {
+        let breaches = b.delivery_status("ukpn").await.sla_breaches;
+        (breaches >= 2).then_some(breaches)
+    })
+    .await;
+    assert!(breaches <= 6, "{breaches} breaches for 6 alerts");
     // A subscriber reconnecting to a resumes after its cursor.
     let mut again = a.subscribe("ukpn", 0).await;
     assert_eq!(again.next().await.sequence, 5);

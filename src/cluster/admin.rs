@@ -15,10 +15,11 @@ use tonic::{Request, Response, Status};
 
 use super::Cluster;
 use super::events::device_partition;
-use super::feed::{bounds, cursor};
+use super::feed::{StreamBounds, bounds, cursor};
 use super::leases::OwnershipView;
 use super::push::PushSessions;
 use super::query;
+use super::sla;
 use crate::admin::{limit_or_default, load_registry, parked_to_proto};
 use crate::domain::DeviceId;
 use crate::error::RelayError;
@@ -54,6 +55,32 @@ impl ClusterAdmin {
             registry_path,
         }
     }
+}
+
+/// `due_at` of a subscriber's oldest unacknowledged alert still retained, if any.
+async fn oldest_unacked_due_at(
+    cluster: &Cluster,
+    subscriber: &str,
+    acked: u64,
+    bounds: StreamBounds,
+) -> Result<Option<prost_types::Timestamp>, RelayError> {
+    let oldest = (acked + 1).max(bounds.first);
+    if oldest > bounds.last {
+        return Ok(None);
+    }
+    let unavailable =
+        |err: String| RelayError::Unavailable(format!("alert stream of {subscriber}: {err}"));
+    let stream = cluster
+        .js
+        .get_stream(cluster.names.alerts_stream(subscriber))
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    let message = stream
+        .get_raw_message(oldest)
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    let (alert, _) = decode_entry(&message.payload).map_err(|err| unavailable(err.to_string()))?;
+    Ok(Some(alert.due_at.to_proto()))
 }
 
 /// The oldest `limit` parked alerts (alerts that routed to no subscriber) and how many the
@@ -231,6 +258,9 @@ impl Admin for ClusterAdmin {
                 backlog: bounds.last.saturating_sub(acked),
                 connected: u32::from(session.connected),
                 last_error: session.last_error,
+                oldest_unacked_due_at: oldest_unacked_due_at(&self.cluster, name, acked, bounds)
+                    .await?,
+                sla_breaches: sla::breaches(&self.cluster.cursors, name).await?,
                 ..Default::default()
             });
         }

@@ -1,7 +1,8 @@
 //! SLA watch for the JetStream backend: the instance that stored an alert checks it at its
 //! deadline against the subscriber's shared cursor, and reports it once if it is not
 //! acknowledged by then (a warning and `outage_relay_sla_breaches_total`, by kind,
-//! subscriber and cause).
+//! subscriber and cause), adding it to a count shared by the instances (`breaches.<name>` in
+//! the cursors bucket) that `GetDeliveryStatus` shows.
 //!
 //! The owner of the partition hands every alert it stored (or found already stored, re-emitted
 //! after a takeover) to its instance's watch, so an alert is watched by the instance that owns
@@ -11,6 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_nats::jetstream::kv;
+use bytes::Bytes;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
@@ -18,6 +21,7 @@ use tokio_util::time::DelayQueue;
 use super::Cluster;
 use super::feed::cursor;
 use crate::domain::Clock;
+use crate::error::RelayError;
 use crate::route::RoutingTable;
 use crate::sla::{SlaInbox, Tracked};
 use crate::store::LogId;
@@ -93,6 +97,9 @@ async fn check(
     }
     for (log, (first, count)) in breaches {
         let name = metrics.get(&log).map_or("?", |(name, _)| name.as_str());
+        if let Err(err) = add_breaches(&cluster.cursors, name, count).await {
+            tracing::warn!(subscriber = name, %err, "cannot add to the shared SLA breach count");
+        }
         tracing::warn!(
             subscriber = name,
             breaches = count,
@@ -103,4 +110,54 @@ async fn check(
             "SLA breach: alerts not acknowledged by their deadline"
         );
     }
+}
+
+fn breaches_key(subscriber: &str) -> String {
+    format!("breaches.{subscriber}")
+}
+
+/// SLA breaches counted against `subscriber` by every instance, since its streams were
+/// created (a key beside the cursors).
+pub async fn breaches(cursors: &kv::Store, subscriber: &str) -> Result<u64, RelayError> {
+    Ok(read_breaches(cursors, subscriber).await?.0)
+}
+
+async fn read_breaches(
+    cursors: &kv::Store,
+    subscriber: &str,
+) -> Result<(u64, Option<u64>), RelayError> {
+    let entry = cursors
+        .entry(breaches_key(subscriber))
+        .await
+        .map_err(|err| RelayError::Unavailable(format!("SLA breaches of {subscriber}: {err}")))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => (
+            std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0),
+            Some(entry.revision),
+        ),
+        _ => (0, None),
+    })
+}
+
+/// Adds `count` to the shared breach count by compare-and-set (instances add concurrently).
+async fn add_breaches(cursors: &kv::Store, subscriber: &str, count: u64) -> Result<(), RelayError> {
+    const ATTEMPTS: usize = 16;
+    let key = breaches_key(subscriber);
+    for _ in 0..ATTEMPTS {
+        let (now, revision) = read_breaches(cursors, subscriber).await?;
+        let value = Bytes::from((now + count).to_string());
+        let written = match revision {
+            Some(revision) => cursors.update(&key, value, revision).await.is_ok(),
+            None => cursors.create(&key, value).await.is_ok(),
+        };
+        if written {
+            return Ok(());
+        }
+    }
+    Err(RelayError::Unavailable(format!(
+        "the SLA breach count of {subscriber} kept changing under {ATTEMPTS} attempts"
+    )))
 }
