@@ -261,7 +261,6 @@ impl Admin for ClusterAdmin {
                 oldest_unacked_due_at: oldest_unacked_due_at(&self.cluster, name, acked, bounds)
                     .await?,
                 sla_breaches: sla::breaches(&self.cluster.cursors, name).await?,
-                ..Default::default()
             });
         }
         Ok(Response::new(proto::GetDeliveryStatusResponse {
