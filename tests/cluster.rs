@@ -15,7 +15,7 @@ use common::{
 use outage_relay::config::{Backend, Config};
 use outage_relay::proto::{
     AlertKind, GetClusterStatusRequest, GetClusterStatusResponse, GetDeviceStateRequest,
-    ListOpenOutagesRequest, ListParkedAlertsRequest, OutageState,
+    ListOpenOutagesRequest, ListParkedAlertsRequest, OutageState, ReloadRegistryRequest,
 };
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -196,6 +196,69 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     let poas = feed.take(devices.len()).await;
     b.ack("ukpn", poas.len() as u64).await;
 
+    // An alert no subscriber owns (no MPAN, no registry entry) is parked, listed by any
+    // instance.
+    let mut admin = a.admin_client().await;
+    let nowhere = device(190);
+    b.publish_ok(vec![lost(&nowhere, lost_at, None)]).await;
+    let parked = eventually("the unroutable POA to be parked", || {
+        let mut admin = admin.clone();
+        async move {
+            let parked = admin
+                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            (parked.total == 1).then_some(parked)
+        }
+    })
+    .await;
+    let alert = parked.alerts[0].alert.clone().expect("the parked alert");
+    assert_eq!(alert.device_id, nowhere);
+    assert!(!parked.alerts[0].reason.is_empty());
+    // A registry naming its supply, reloaded through a: every live instance reloads, and the
+    // owner of its partition routes the parked alert to its DNO.
+    let mpan = valid_mpan(12, 190);
+    let registry = a.write_registry("registry.csv", &[(&nowhere, &mpan, "_C")]);
+    let reloaded = admin
+        .reload_registry(ReloadRegistryRequest {
+            path: registry.display().to_string(),
+        })
+        .await
+        .expect("ReloadRegistry on every instance")
+        .into_inner();
+    assert_eq!(reloaded.devices, 1);
+    let unparked = feed.next().await;
+    assert_eq!(
+        (unparked.device_id.as_str(), unparked.alert_id.as_str()),
+        (nowhere.as_str(), alert.alert_id.as_str()),
+        "the same alert, unparked"
+    );
+    assert_eq!(
+        (unparked.sequence, unparked.mpan_core.as_str()),
+        (9, mpan.as_str())
+    );
+    b.ack("ukpn", unparked.sequence).await;
+    eventually("the parked stream to be empty", || {
+        let mut admin = admin.clone();
+        async move {
+            let parked = admin
+                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            (parked.total == 0).then_some(())
+        }
+    })
+    .await;
+    let missing = admin
+        .reload_registry(ReloadRegistryRequest {
+            path: "/nonexistent/registry.csv".into(),
+        })
+        .await
+        .expect_err("a registry no instance can read");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing}");
+
     a.stop().await;
     wait_owned_by(&b, &["b"]).await;
     // The owner answers for the outages it took over (asked once its replay caught up).
@@ -218,12 +281,23 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     );
     assert_eq!(state.outages[0].state, OutageState::Alerted as i32);
     assert_eq!(common::ms(state.outages[0].lost_at.as_ref()), lost_at);
-    let open = admin
-        .list_open_outages(ListOpenOutagesRequest { limit: 3 })
-        .await
-        .expect("ListOpenOutages")
-        .into_inner();
-    assert_eq!((open.total, open.outages.len()), (devices.len() as u64, 3));
+    // Every partition's owner answers once its replay has caught up.
+    let open = eventually("ListOpenOutages from every owner", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_open_outages(ListOpenOutagesRequest { limit: 3 })
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await;
+    assert_eq!(
+        (open.total, open.outages.len()),
+        (devices.len() as u64 + 1, 3),
+        "the handed-over outages and the unparked one"
+    );
     let malformed = admin
         .get_device_state(GetDeviceStateRequest {
             device_id: "not-a-device".into(),
@@ -231,26 +305,6 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
         .await
         .expect_err("a malformed device id");
     assert_eq!(malformed.code(), Code::InvalidArgument);
-
-    // An alert no subscriber owns (no MPAN, no registry entry) is parked, listed by any
-    // instance.
-    let nowhere = device(190);
-    b.publish_ok(vec![lost(&nowhere, lost_at, None)]).await;
-    let parked = eventually("the unroutable POA to be parked", || {
-        let mut admin = admin.clone();
-        async move {
-            let parked = admin
-                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
-                .await
-                .ok()?
-                .into_inner();
-            (parked.total == 1).then_some(parked)
-        }
-    })
-    .await;
-    let alert = parked.alerts[0].alert.as_ref().expect("the parked alert");
-    assert_eq!(alert.device_id, nowhere);
-    assert!(!parked.alerts[0].reason.is_empty());
 
     // b now holds every partition, with the outages a had opened: restorations close them.
     let restored_at = now_ms() - 1000;

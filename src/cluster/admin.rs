@@ -1,9 +1,8 @@
 //! `Admin` with the JetStream backend: delivery status from the shared streams and cursors,
 //! parked alerts from the parked stream, device state and open outages asked of the
-//! partition owners ([`super::query`]), partition ownership, and registry reloads (per
-//! instance).
+//! partition owners ([`super::query`]), partition ownership, and registry reloads on every
+//! live instance ([`super::registry`]).
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,8 +18,9 @@ use super::feed::{StreamBounds, bounds, cursor};
 use super::leases::OwnershipView;
 use super::push::PushSessions;
 use super::query;
+use super::registry;
 use super::sla;
-use crate::admin::{limit_or_default, load_registry, parked_to_proto};
+use crate::admin::{limit_or_default, parked_to_proto};
 use crate::domain::DeviceId;
 use crate::error::RelayError;
 use crate::proto::{self, admin_server::Admin};
@@ -35,7 +35,6 @@ pub struct ClusterAdmin {
     router: Arc<Router>,
     view: Arc<OwnershipView>,
     push: Arc<PushSessions>,
-    registry_path: Option<PathBuf>,
 }
 
 impl ClusterAdmin {
@@ -45,14 +44,12 @@ impl ClusterAdmin {
         router: Arc<Router>,
         view: Arc<OwnershipView>,
         push: Arc<PushSessions>,
-        registry_path: Option<PathBuf>,
     ) -> Self {
         Self {
             cluster,
             router,
             view,
             push,
-            registry_path,
         }
     }
 }
@@ -217,14 +214,12 @@ impl Admin for ClusterAdmin {
         &self,
         request: Request<proto::ReloadRegistryRequest>,
     ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
-        let registry =
-            load_registry(&request.into_inner().path, self.registry_path.as_deref()).await?;
-        let devices = self.router.replace_registry(registry) as u64;
-        tracing::info!(devices, "registry reloaded on this instance");
-        Ok(Response::new(proto::ReloadRegistryResponse {
-            devices,
-            unparked: 0,
-        }))
+        let mut live = self.view.live();
+        if !live.contains(&self.cluster.instance) {
+            live.push(self.cluster.instance.clone());
+        }
+        let response = registry::reload_everywhere(&self.cluster, request.get_ref(), &live).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_delivery_status(

@@ -45,6 +45,7 @@ pub mod leases;
 pub mod partition;
 pub mod push;
 pub mod query;
+pub mod registry;
 pub mod run;
 pub mod sla;
 
@@ -94,9 +95,14 @@ impl Names {
         format!("{}_PARKED", self.prefix)
     }
 
-    /// The subject of parked alerts.
-    pub fn parked_subject(&self) -> String {
-        format!("{}.parked", self.prefix)
+    /// The subject of partition `partition`'s parked alerts.
+    pub fn parked_subject(&self, partition: u16) -> String {
+        format!("{}.parked.{partition}", self.prefix)
+    }
+
+    /// Every parked alert's subject.
+    pub fn parked_subjects(&self) -> String {
+        format!("{}.parked.*", self.prefix)
     }
 
     /// The stream of partition snapshots.
@@ -117,6 +123,11 @@ impl Names {
     /// Every query subject of partition `partition`.
     pub fn query_subjects(&self, partition: u16) -> String {
         format!("{}.query.{partition}.*", self.prefix)
+    }
+
+    /// The subject of registry reload requests to every instance.
+    pub fn reload_subject(&self) -> String {
+        format!("{}.control.reload", self.prefix)
     }
 
     /// Bucket of partition leases.
@@ -392,7 +403,7 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
     }
     ensure_stream(
         js,
-        alert_stream(names.parked_stream(), names.parked_subject()),
+        alert_stream(names.parked_stream(), names.parked_subjects()),
     )
     .await?;
     ensure_stream(

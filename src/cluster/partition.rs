@@ -24,6 +24,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures::StreamExt;
 use metrics::{Gauge, counter, gauge};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
@@ -33,7 +34,9 @@ use crate::debounce::{Arrival, Debouncer, Effects, OutageState, Settings};
 use crate::domain::{Alert, Clock, DeviceEvent, SupplyPoint, UtcMillis};
 use crate::route::Router;
 use crate::sla::{SlaInbox, Tracked};
-use crate::store::codec::{Snapshot, decode_event, decode_snapshot, encode_entry, encode_snapshot};
+use crate::store::codec::{
+    Snapshot, decode_entry, decode_event, decode_snapshot, encode_entry, encode_snapshot,
+};
 use crate::store::{Destination, LogId};
 use crate::telemetry::{self, Metrics};
 
@@ -58,6 +61,8 @@ pub struct PartitionContext {
     pub metrics: Arc<Metrics>,
     /// Stored alerts to check at their deadlines.
     pub sla: Arc<SlaInbox>,
+    /// Moves on each registry reload on this instance: parked alerts are routed again.
+    pub reloads: watch::Receiver<u64>,
 }
 
 /// A running partition.
@@ -138,6 +143,10 @@ impl Partition {
             .context("reading the partition's events")?;
         let client = cluster.js.client();
         let mut queries = None;
+        let mut reloads = self.context.reloads.clone();
+        reloads.mark_unchanged();
+        // Parked by a previous owner under a registry since replaced.
+        self.unpark().await?;
         let mut snapshots = tokio::time::interval(cluster.settings.snapshot_interval);
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut written = self.applied;
@@ -180,6 +189,7 @@ impl Partition {
                     self.flush().await?;
                 }
                 Some(query) = next_query(&mut queries) => self.answer(&client, query).await,
+                Ok(()) = reloads.changed() => self.unpark().await?,
                 _ = snapshots.tick() => {
                     if self.applied != written {
                         self.snapshot().await?;
@@ -193,6 +203,87 @@ impl Partition {
             if self.applied != written {
                 self.snapshot().await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Routes this partition's parked alerts again with the registry in use now: each one
+    /// that now has a subscriber is stored in its stream (its id as the message id, so doing
+    /// this twice stores it once), then deleted from the parked stream. Runs in the
+    /// partition's own loop, after every alert in flight is stored, so a point's alerts stay
+    /// in order.
+    async fn unpark(&mut self) -> anyhow::Result<()> {
+        self.drain().await?;
+        let cluster = Arc::clone(&self.context.cluster);
+        let parked = cluster
+            .js
+            .get_stream(cluster.names.parked_stream())
+            .await
+            .context("opening the parked stream")?;
+        let consumer = parked
+            .create_consumer(OrderedConfig {
+                filter_subject: cluster.names.parked_subject(self.id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .context("reading the parked alerts")?;
+        let mut left = consumer.cached_info().num_pending;
+        if left == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .context("reading the parked alerts")?;
+        let mut unparked = 0;
+        while left > 0 {
+            let message = messages
+                .next()
+                .await
+                .context("the parked consumer ended")?
+                .map_err(|err| anyhow::anyhow!("reading a parked alert: {err}"))?;
+            let info = message
+                .info()
+                .map_err(|err| anyhow::anyhow!("parked alert metadata: {err}"))?;
+            left = info.pending;
+            let sequence = info.stream_sequence;
+            let (alert, _) = decode_entry(&message.payload)
+                .map_err(|err| anyhow::anyhow!("parked alert {sequence}: {err}"))?;
+            let Ok(route) = self
+                .context
+                .router
+                .route(alert.point.device, alert.event_mpan)
+            else {
+                continue;
+            };
+            anyhow::ensure!(
+                window_open(&self.window),
+                "partition {}: the lease window has passed; stopping",
+                self.id
+            );
+            let destination = Destination::Routed(route);
+            let ack = match self.send(&alert, &destination).await {
+                Ok(ack) => ack.await.ok(),
+                Err(_) => None,
+            };
+            let ack = match ack {
+                Some(ack) => ack,
+                None => self.store_again(&alert, &destination).await?,
+            };
+            self.record(&alert, &destination, &ack);
+            parked
+                .delete_message(sequence)
+                .await
+                .map_err(|err| anyhow::anyhow!("deleting parked alert {sequence}: {err}"))?;
+            unparked += 1;
+        }
+        if unparked > 0 {
+            tracing::info!(
+                partition = self.id,
+                unparked,
+                "parked alerts routed after a registry reload"
+            );
         }
         Ok(())
     }
@@ -353,7 +444,7 @@ impl Partition {
             Destination::Routed(route) => cluster
                 .names
                 .alert_subject(self.context.router.table().name(route.subscriber)),
-            Destination::Parked(_) => cluster.names.parked_subject(),
+            Destination::Parked(_) => cluster.names.parked_subject(self.id),
         };
         let mut headers = HeaderMap::new();
         headers.insert(

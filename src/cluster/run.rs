@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
@@ -70,6 +71,17 @@ pub async fn run(
         ),
     );
 
+    let (reloaded, reloads) = watch::channel(0u64);
+    tasks.spawn(
+        "registry-reloads",
+        super::registry::listen(
+            Arc::clone(&cluster),
+            Arc::clone(&router),
+            reloaded,
+            config.registry.clone(),
+            stages.clone(),
+        ),
+    );
     let context = PartitionContext {
         cluster: Arc::clone(&cluster),
         router: Arc::clone(&router),
@@ -82,6 +94,7 @@ pub async fn run(
         clock,
         metrics: Arc::clone(&metrics),
         sla: Arc::clone(&sla_inbox),
+        reloads,
     };
     let start: StartPartition = Arc::new(move |id, window, stop| {
         tokio::spawn(partition::run(id, context.clone(), window, stop))
@@ -143,7 +156,6 @@ pub async fn run(
         Arc::clone(&router),
         view,
         push_sessions,
-        config.registry.clone(),
     );
     let edge = Edge {
         tls: server_tls,
