@@ -223,6 +223,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long JetStream keeps events (replay after a takeover starts at the last snapshot).
 pub const DEFAULT_EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default largest message of a partition snapshot.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
 
 /// The JetStream backend: where the cluster is and how the relay uses it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -255,6 +257,9 @@ pub struct JetStreamConfig {
     /// How long events stay in the events stream.
     #[serde(with = "humantime_serde")]
     pub events_max_age: Duration,
+    /// Largest message of a partition snapshot; snapshots are stored in chunks of this size
+    /// (keep it below the servers' `max_payload`, 1 MiB by default).
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for JetStreamConfig {
@@ -271,6 +276,7 @@ impl Default for JetStreamConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             events_max_age: DEFAULT_EVENTS_MAX_AGE,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -618,6 +624,9 @@ impl Config {
                 "store.jetstream.lease_ttl must be at least 1s and snapshot_interval above zero"
                     .into(),
             );
+        }
+        if js.snapshot_chunk_bytes < 1024 {
+            return invalid("store.jetstream.snapshot_chunk_bytes must be at least 1024".into());
         }
         if js.user.is_some() != js.password.is_some() {
             return invalid("store.jetstream.user and password go together".into());

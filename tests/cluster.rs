@@ -473,3 +473,77 @@ async fn one_instance_pushes_a_push_subscriber_and_another_takes_over_when_it_st
     survivor.stop().await;
     receiver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_many_chunks_restores_the_partition_on_its_own() {
+    const OUTAGES: u64 = 300;
+    let prefix = unique_prefix("chunks");
+    // One partition, snapshots in chunks of 1 KiB: 300 open outages take a dozen.
+    let small_chunks = |config: &mut Config| {
+        config.store.jetstream.partitions = 1;
+        config.store.jetstream.snapshot_chunk_bytes = 1024;
+    };
+    let a = instance_with(&prefix, "a", small_chunks).await;
+    let lost_at = now_ms() - LONG_AGO_MS;
+    a.publish_ok(
+        (0..OUTAGES)
+            .map(|n| lost(&device(300 + n), lost_at, Some(&valid_mpan(12, 300 + n))))
+            .collect(),
+    )
+    .await;
+    eventually("a to have applied every event", || async {
+        let open = a
+            .admin_client()
+            .await
+            .list_open_outages(ListOpenOutagesRequest { limit: 1 })
+            .await
+            .ok()?
+            .into_inner();
+        (open.total == OUTAGES).then_some(())
+    })
+    .await;
+    a.stop().await;
+
+    // With every event gone, only the snapshot can tell b what a knew.
+    let servers: Vec<async_nats::ServerAddr> = nats_urls()
+        .iter()
+        .map(|url| url.parse().expect("a NATS URL"))
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let snapshots = js
+        .get_stream(format!("{prefix}_SNAPSHOTS"))
+        .await
+        .expect("the snapshots stream");
+    let mut chunks = snapshots
+        .info_with_subjects(format!("{prefix}.snapshots.0.>"))
+        .await
+        .expect("the snapshot's subjects");
+    let mut stored = 0;
+    while let Some(subject) = futures::StreamExt::next(&mut chunks).await {
+        subject.expect("a chunk subject");
+        stored += 1;
+    }
+    assert!(stored > 1, "the snapshot is in {stored} chunk(s)");
+    js.get_stream(format!("{prefix}_EVENTS"))
+        .await
+        .expect("the events stream")
+        .purge()
+        .await
+        .expect("purge the events");
+
+    let b = instance_with(&prefix, "b", small_chunks).await;
+    let open = eventually("b to answer with a's outages", || async {
+        let open = b
+            .admin_client()
+            .await
+            .list_open_outages(ListOpenOutagesRequest { limit: 1 })
+            .await
+            .ok()?
+            .into_inner();
+        (open.total > 0).then_some(open)
+    })
+    .await;
+    assert_eq!(open.total, OUTAGES);
+    b.stop().await;
+}

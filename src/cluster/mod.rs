@@ -48,6 +48,7 @@ pub mod query;
 pub mod registry;
 pub mod run;
 pub mod sla;
+pub mod snapshot;
 
 use std::time::Duration;
 
@@ -110,7 +111,7 @@ impl Names {
         format!("{}_SNAPSHOTS", self.prefix)
     }
 
-    /// The subject of partition `partition`'s snapshot.
+    /// The subject of partition `partition`'s snapshot manifest (its chunks are below it).
     pub fn snapshot_subject(&self, partition: u16) -> String {
         format!("{}.snapshots.{partition}", self.prefix)
     }
@@ -410,7 +411,7 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
         js,
         stream::Config {
             name: names.snapshots_stream(),
-            subjects: vec![format!("{}.snapshots.*", settings.prefix)],
+            subjects: vec![format!("{}.snapshots.>", settings.prefix)],
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_messages_per_subject: 1,

@@ -20,7 +20,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures::StreamExt;
 use metrics::{Gauge, counter, gauge};
@@ -29,14 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::leases::{LeaseWindow, window_open};
+use super::snapshot::{self, Restored};
 use super::{Cluster, EMITTED_BY};
 use crate::debounce::{Arrival, Debouncer, Effects, OutageState, Settings};
 use crate::domain::{Alert, Clock, DeviceEvent, SupplyPoint, UtcMillis};
 use crate::route::Router;
 use crate::sla::{SlaInbox, Tracked};
-use crate::store::codec::{
-    Snapshot, decode_entry, decode_event, decode_snapshot, encode_entry, encode_snapshot,
-};
+use crate::store::codec::{Snapshot, decode_entry, decode_event, encode_entry};
 use crate::store::{Destination, LogId};
 use crate::telemetry::{self, Metrics};
 
@@ -315,22 +313,17 @@ impl Partition {
 
     /// Reads the last snapshot back and re-arms its pending timers.
     async fn restore(&mut self) -> anyhow::Result<()> {
-        let cluster = &self.context.cluster;
-        let stream = cluster
-            .js
-            .get_stream(cluster.names.snapshots_stream())
+        let snapshot = match snapshot::read(&self.context.cluster, self.id)
             .await
-            .context("opening the snapshots stream")?;
-        let snapshot = match stream
-            .get_last_raw_message_by_subject(&cluster.names.snapshot_subject(self.id))
-            .await
+            .with_context(|| format!("reading partition {}'s snapshot", self.id))?
         {
-            Ok(message) => decode_snapshot(&message.payload)
-                .map_err(|err| anyhow::anyhow!("partition {} snapshot: {err}", self.id))?,
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+            Restored::Snapshot(snapshot) => snapshot,
+            Restored::Unusable(why) => {
+                // Correct but slow: every retained event of the partition is replayed.
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "snapshot_read").increment(1);
+                tracing::warn!(partition = self.id, %why, "snapshot unusable; replaying the partition from its first retained event");
                 Snapshot::default()
             }
-            Err(err) => anyhow::bail!("reading partition {} snapshot: {err}", self.id),
         };
         self.applied = snapshot.applied;
         for (point, outage) in snapshot.outages {
@@ -547,22 +540,19 @@ impl Partition {
                 .collect(),
             tombstones: self.machine.tombstones().collect(),
         };
-        let cluster = &self.context.cluster;
-        let published = cluster
-            .js
-            .publish(
-                cluster.names.snapshot_subject(self.id),
-                Bytes::from(encode_snapshot(&snapshot)),
-            )
-            .await;
-        let stored = match published {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
+        let window = self.window.clone();
+        let stored = snapshot::write(&self.context.cluster, self.id, &snapshot, || {
+            window_open(&window)
+        })
+        .await;
         if let Err(err) = stored {
             // Not fatal: the next owner replays from the previous snapshot instead.
             counter!(telemetry::JETSTREAM_ERRORS, "operation" => "snapshot").increment(1);
-            tracing::warn!(partition = self.id, %err, "snapshot not stored");
+            tracing::warn!(
+                partition = self.id,
+                err = format!("{err:#}"),
+                "snapshot not stored"
+            );
         }
         Ok(())
     }
