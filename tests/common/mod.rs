@@ -9,6 +9,7 @@
 
 pub mod pki;
 pub mod process;
+pub mod storm;
 
 use std::future::Future;
 use std::net::SocketAddr;
