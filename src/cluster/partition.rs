@@ -117,6 +117,19 @@ impl Partition {
             .get_stream(cluster.names.events_stream())
             .await
             .context("opening the events stream")?;
+        let first_retained = stream.cached_info().state.first_sequence;
+        if self.applied > 0 && first_retained > self.applied + 1 {
+            // Events after the snapshot passed events_max_age before anyone applied them:
+            // the partition's state may miss some. Never silent.
+            counter!(telemetry::JETSTREAM_ERRORS, "operation" => "replay_gap").increment(1);
+            tracing::error!(
+                partition = self.id,
+                snapshot_covers = self.applied,
+                first_retained,
+                "events after the partition's snapshot have expired from the events stream; \
+                 its open outages may be incomplete (raise store.jetstream.events_max_age)"
+            );
+        }
         let deliver_policy = if self.applied == 0 {
             DeliverPolicy::All
         } else {
