@@ -93,6 +93,13 @@ fn exported() -> BTreeSet<&'static str> {
         telemetry::ALERTS_EXPIRED,
         telemetry::STORE_ERRORS,
         telemetry::INGEST_REFUSED,
+        telemetry::CALLS_REFUSED,
+        telemetry::TLS_CERT_EXPIRY,
+        telemetry::PARTITIONS_OWNED,
+        telemetry::PARTITION_LAG,
+        telemetry::LEASE_CHANGES,
+        telemetry::ALERTS_DEDUPLICATED,
+        telemetry::JETSTREAM_ERRORS,
     ]);
     names
 }
@@ -179,6 +186,8 @@ fn every_metric_the_rules_and_the_dashboard_use_is_one_the_relay_exports() {
         telemetry::INGEST_REFUSED,
         telemetry::STORE_ERRORS,
         telemetry::OPEN_OUTAGES,
+        telemetry::PARTITION_LAG,
+        telemetry::JETSTREAM_ERRORS,
     ] {
         assert!(used.contains(needed), "nothing in deploy/ uses {needed}");
     }
