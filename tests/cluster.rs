@@ -13,12 +13,15 @@ use common::{
     nats_urls, now_ms, push_ukpn, restored, sequences, unique_prefix, valid_mpan,
 };
 use outage_relay::config::{Backend, Config};
+use outage_relay::proto::admin_client::AdminClient;
 use outage_relay::proto::{
     AlertKind, GetClusterStatusRequest, GetClusterStatusResponse, GetDeviceStateRequest,
-    ListOpenOutagesRequest, ListParkedAlertsRequest, OutageState, ReloadRegistryRequest,
+    ListOpenOutagesRequest, ListParkedAlertsRequest, ListParkedAlertsResponse, OutageState,
+    ReloadRegistryRequest,
 };
 use tokio::net::TcpListener;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const PARTITIONS: u16 = 8;
 
@@ -176,6 +179,22 @@ async fn two_instances_split_the_partitions_and_share_feeds_and_acks() {
     b.stop().await;
 }
 
+/// Waits until `admin` lists `total` parked alerts; returns the list.
+async fn parked_alerts(admin: &AdminClient<Channel>, total: u64) -> ListParkedAlertsResponse {
+    eventually("the parked alerts to reach their count", || {
+        let mut admin = admin.clone();
+        async move {
+            let parked = admin
+                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            (parked.total == total).then_some(parked)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     let prefix = unique_prefix("handover");
@@ -201,18 +220,7 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     let mut admin = a.admin_client().await;
     let nowhere = device(190);
     b.publish_ok(vec![lost(&nowhere, lost_at, None)]).await;
-    let parked = eventually("the unroutable POA to be parked", || {
-        let mut admin = admin.clone();
-        async move {
-            let parked = admin
-                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
-                .await
-                .ok()?
-                .into_inner();
-            (parked.total == 1).then_some(parked)
-        }
-    })
-    .await;
+    let parked = parked_alerts(&admin, 1).await;
     let alert = parked.alerts[0].alert.clone().expect("the parked alert");
     assert_eq!(alert.device_id, nowhere);
     assert!(!parked.alerts[0].reason.is_empty());
@@ -239,18 +247,7 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
         (9, mpan.as_str())
     );
     b.ack("ukpn", unparked.sequence).await;
-    eventually("the parked stream to be empty", || {
-        let mut admin = admin.clone();
-        async move {
-            let parked = admin
-                .list_parked_alerts(ListParkedAlertsRequest { limit: 10 })
-                .await
-                .ok()?
-                .into_inner();
-            (parked.total == 0).then_some(())
-        }
-    })
-    .await;
+    parked_alerts(&admin, 0).await;
     let missing = admin
         .reload_registry(ReloadRegistryRequest {
             path: "/nonexistent/registry.csv".into(),
