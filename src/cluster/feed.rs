@@ -72,17 +72,27 @@ pub async fn cursor(
     cursors: &kv::Store,
     subscriber: &str,
 ) -> Result<(u64, Option<u64>), RelayError> {
-    let entry = cursors
-        .entry(subscriber)
+    read_number(cursors, subscriber, &format!("cursor of {subscriber}")).await
+}
+
+/// A number kept as decimal text under `key`, and the entry's revision (0 and none when the
+/// key was never written or was deleted); `what` names it in errors.
+pub async fn read_number(
+    store: &kv::Store,
+    key: &str,
+    what: &str,
+) -> Result<(u64, Option<u64>), RelayError> {
+    let entry = store
+        .entry(key)
         .await
-        .map_err(|err| RelayError::Unavailable(format!("cursor of {subscriber}: {err}")))?;
+        .map_err(|err| RelayError::Unavailable(format!("{what}: {err}")))?;
     Ok(match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
-            let acked = std::str::from_utf8(&entry.value)
+            let number = std::str::from_utf8(&entry.value)
                 .ok()
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(0);
-            (acked, Some(entry.revision))
+            (number, Some(entry.revision))
         }
         _ => (0, None),
     })

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::Cluster;
-use super::feed::cursor;
+use super::feed::{cursor, read_number};
 use crate::domain::Clock;
 use crate::error::RelayError;
 use crate::route::RoutingTable;
@@ -126,20 +126,12 @@ async fn read_breaches(
     cursors: &kv::Store,
     subscriber: &str,
 ) -> Result<(u64, Option<u64>), RelayError> {
-    let entry = cursors
-        .entry(breaches_key(subscriber))
-        .await
-        .map_err(|err| RelayError::Unavailable(format!("SLA breaches of {subscriber}: {err}")))?;
-    Ok(match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => (
-            std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .unwrap_or(0),
-            Some(entry.revision),
-        ),
-        _ => (0, None),
-    })
+    read_number(
+        cursors,
+        &breaches_key(subscriber),
+        &format!("SLA breaches of {subscriber}"),
+    )
+    .await
 }
 
 /// Adds `count` to the shared breach count by compare-and-set (instances add concurrently).
