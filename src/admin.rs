@@ -1,4 +1,7 @@
-//! The `Admin` gRPC service: what operators ask of a running relay.
+//! The `Admin` gRPC service: what operators ask of a running relay, the same for every
+//! backend. Device state and open outages come from the partitions' owners (on this instance,
+//! or through [`Peers`] on another); delivery status, parked alerts and breach counts from
+//! the alert log; ownership from [`Ownership`].
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -6,69 +9,95 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::commit::CommitHandle;
-use crate::debounce::{OpenOutage, OutageState, ShardHandle, shard::OutageListing, shard_of};
+use crate::debounce::{OpenOutage, OutageState};
 use crate::deliver::Delivery;
 use crate::deliver::convert::alert_to_proto;
 use crate::domain::{DeviceId, SupplyPoint};
 use crate::error::RelayError;
+use crate::log::{
+    Destination, LogEntry, OwnerAnswer, OwnerQuery, Ownership, Partition, Peers, partition_of,
+};
+use crate::owner::Owners;
 use crate::proto::{self, admin_server::Admin};
-use crate::route::{Registry, Router};
-use crate::store::{Destination, LogEntry, LogId};
+use crate::route::{Registry, Router, SubscriberId};
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
 
 /// The service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminService {
-    shards: Arc<[ShardHandle]>,
+    owners: Arc<Owners>,
+    peers: Arc<dyn Peers>,
+    ownership: Arc<dyn Ownership>,
     delivery: Arc<Delivery>,
-    commit: CommitHandle,
     router: Arc<Router>,
-    registry_path: Option<PathBuf>,
     debounce: std::time::Duration,
-    backend: &'static str,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService").finish_non_exhaustive()
+    }
 }
 
 impl AdminService {
-    /// An admin service over the running stages.
+    /// An admin service over this instance's owners, its peers and the delivery side.
     pub fn new(
-        shards: Arc<[ShardHandle]>,
+        owners: Arc<Owners>,
+        peers: Arc<dyn Peers>,
+        ownership: Arc<dyn Ownership>,
         delivery: Arc<Delivery>,
-        commit: CommitHandle,
         router: Arc<Router>,
-        registry_path: Option<PathBuf>,
         debounce: std::time::Duration,
-        backend: &'static str,
     ) -> Self {
         Self {
-            shards,
+            owners,
+            peers,
+            ownership,
             delivery,
-            commit,
             router,
-            registry_path,
             debounce,
-            backend,
         }
     }
 
-    fn subscriber_status(&self, log: LogId) -> Result<proto::SubscriberStatus, RelayError> {
-        let LogId::Subscriber(id) = log else {
-            return Err(RelayError::NotFound(
-                "the parked log is not a subscriber".into(),
-            ));
-        };
+    /// Asks `partition`'s owner, here or on another instance.
+    async fn ask(
+        &self,
+        partition: Partition,
+        query: OwnerQuery,
+    ) -> Result<OwnerAnswer, RelayError> {
+        match self.owners.get(partition) {
+            Some(owner) => owner.ask(query).await,
+            None => self.peers.ask(partition, query).await,
+        }
+    }
+
+    async fn subscriber_status(
+        &self,
+        log: SubscriberId,
+    ) -> Result<proto::SubscriberStatus, RelayError> {
         let table = self.delivery.table();
-        let status = self.delivery.status(log);
-        let oldest = self.delivery.read_unacked(log, 1)?;
+        let alerts = self.delivery.alerts();
+        let status = alerts.status(log).await?;
+        let oldest = if status.backlog() > 0 {
+            let from = (status.acked + 1).max(status.first_retained);
+            let mut reader = alerts.reader(log, from).await?;
+            reader
+                .next(1)
+                .await?
+                .first()
+                .map(|e| e.alert.due_at.to_proto())
+        } else {
+            None
+        };
         Ok(proto::SubscriberStatus {
-            subscriber: table.name(id).to_owned(),
+            subscriber: table.name(log).to_owned(),
             distributor_ids: table
-                .distributor_ids(id)
+                .distributor_ids(log)
                 .iter()
                 .map(|d| u32::from(d.0))
                 .collect(),
-            mode: if table.push_endpoint(id).is_some() {
+            mode: if table.push_endpoint(log).is_some() {
                 "push"
             } else {
                 "subscribe"
@@ -78,9 +107,9 @@ impl AdminService {
             acked_sequence: status.acked,
             backlog: status.backlog(),
             connected: self.delivery.connected(log),
-            oldest_unacked_due_at: oldest.first().map(|e| e.alert.due_at.to_proto()),
+            oldest_unacked_due_at: oldest,
             last_error: self.delivery.last_error(log),
-            sla_breaches: self.delivery.breaches(log),
+            sla_breaches: alerts.sla_mark(log).await?.breaches,
         })
     }
 }
@@ -177,11 +206,11 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::GetDeviceStateResponse>, Status> {
         let device = DeviceId::from_str(&request.into_inner().device_id)
             .map_err(|err| RelayError::InvalidArgument(err.to_string()))?;
-        let shard = &self.shards[shard_of(device, self.shards.len())];
-        let listing = shard.outages(Some(device), usize::MAX).await?;
+        let partition = partition_of(device, self.owners.partitions());
+        let answer = self.ask(partition, OwnerQuery::Device(device)).await?;
         Ok(Response::new(device_state(
             device,
-            &listing.outages,
+            &answer.outages,
             &self.router,
             self.debounce,
         )))
@@ -192,23 +221,24 @@ impl Admin for AdminService {
         request: Request<proto::ListOpenOutagesRequest>,
     ) -> Result<Response<proto::ListOpenOutagesResponse>, Status> {
         let limit = limit_or_default(request.into_inner().limit);
-        let listings =
-            futures::future::try_join_all(self.shards.iter().map(|s| s.outages(None, limit)))
-                .await?;
-        let debounce = self.debounce;
-        let total: usize = listings.iter().map(|l| l.total).sum();
-        let mut outages: Vec<_> = listings
+        let answers = futures::future::try_join_all(
+            (0..self.owners.partitions())
+                .map(|partition| self.ask(partition, OwnerQuery::Outages { limit })),
+        )
+        .await?;
+        let total = answers.iter().map(|answer| answer.total).sum();
+        let mut outages: Vec<(SupplyPoint, OpenOutage)> = answers
             .into_iter()
-            .flat_map(|l: OutageListing| l.outages)
+            .flat_map(|answer| answer.outages)
             .collect();
         outages.sort_by_key(|(point, outage)| (outage.lost_at, *point));
         outages.truncate(limit);
         Ok(Response::new(proto::ListOpenOutagesResponse {
             outages: outages
                 .iter()
-                .map(|(p, o)| outage_to_proto(p, o, debounce))
+                .map(|(p, o)| outage_to_proto(p, o, self.debounce))
                 .collect(),
-            total: total as u64,
+            total,
         }))
     }
 
@@ -217,15 +247,15 @@ impl Admin for AdminService {
         request: Request<proto::ListParkedAlertsRequest>,
     ) -> Result<Response<proto::ListParkedAlertsResponse>, Status> {
         let limit = limit_or_default(request.into_inner().limit);
-        let status = self.delivery.status(LogId::Parked);
-        let entries = self
+        let (entries, total) = self
             .delivery
-            .read_unacked(LogId::Parked, limit)
+            .alerts()
+            .list_parked(limit)
+            .await
             .map_err(RelayError::from)?;
-        let alerts = entries.iter().map(parked_to_proto).collect();
         Ok(Response::new(proto::ListParkedAlertsResponse {
-            alerts,
-            total: status.backlog(),
+            alerts: entries.iter().map(parked_to_proto).collect(),
+            total,
         }))
     }
 
@@ -233,19 +263,9 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ReloadRegistryRequest>,
     ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
-        let registry =
-            load_registry(&request.into_inner().path, self.registry_path.as_deref()).await?;
-        let devices = registry.len() as u64;
-        let unparked = self
-            .commit
-            .reload(registry)
-            .await
-            .map_err(RelayError::from)?;
-        tracing::info!(devices, unparked, "registry reloaded");
-        Ok(Response::new(proto::ReloadRegistryResponse {
-            devices,
-            unparked,
-        }))
+        Ok(Response::new(
+            self.peers.reload(request.into_inner()).await?,
+        ))
     }
 
     async fn get_delivery_status(
@@ -254,18 +274,18 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::GetDeliveryStatusResponse>, Status> {
         let wanted = request.into_inner().subscriber;
         let table = self.delivery.table();
-        let logs: Vec<LogId> = if wanted.is_empty() {
-            table.iter().map(|(id, _)| LogId::Subscriber(id)).collect()
-        } else {
-            let id = table
-                .id_of(&wanted)
-                .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {wanted:?}")))?;
-            vec![LogId::Subscriber(id)]
-        };
-        let subscribers = logs
-            .into_iter()
-            .map(|log| self.subscriber_status(log))
-            .collect::<Result<_, _>>()?;
+        let logs: Vec<SubscriberId> =
+            if wanted.is_empty() {
+                table.iter().map(|(id, _)| id).collect()
+            } else {
+                vec![table.id_of(&wanted).ok_or_else(|| {
+                    RelayError::NotFound(format!("unknown subscriber {wanted:?}"))
+                })?]
+            };
+        let mut subscribers = Vec::with_capacity(logs.len());
+        for log in logs {
+            subscribers.push(self.subscriber_status(log).await?);
+        }
         Ok(Response::new(proto::GetDeliveryStatusResponse {
             subscribers,
         }))
@@ -275,13 +295,50 @@ impl Admin for AdminService {
         &self,
         _request: Request<proto::GetClusterStatusRequest>,
     ) -> Result<Response<proto::GetClusterStatusResponse>, Status> {
+        let view = self.ownership.view();
         Ok(Response::new(proto::GetClusterStatusResponse {
-            backend: self.backend.to_owned(),
-            instance: String::new(),
-            partitions: 0,
-            live_instances: Vec::new(),
-            owned_here: Vec::new(),
-            owners: Vec::new(),
+            backend: view.backend,
+            instance: view.instance,
+            partitions: u32::from(view.partitions),
+            live_instances: view.live,
+            owned_here: view.owned_here.into_iter().map(u32::from).collect(),
+            owners: view
+                .owners
+                .into_iter()
+                .map(|(partition, owner, lease_revision)| proto::PartitionOwner {
+                    partition: u32::from(partition),
+                    owner,
+                    lease_revision,
+                })
+                .collect(),
         }))
     }
+}
+
+/// Reloads the registry on this instance: loads the file a request names (or the configured
+/// one), swaps it in, and has every owner here route its parked alerts again; answers with
+/// the device count and how many parked alerts found a subscriber.
+pub fn reload_here(
+    owners: Arc<Owners>,
+    router: Arc<Router>,
+    configured: Option<PathBuf>,
+) -> crate::log::single::ReloadHere {
+    Arc::new(move |request: proto::ReloadRegistryRequest| {
+        let (owners, router, configured) =
+            (Arc::clone(&owners), Arc::clone(&router), configured.clone());
+        Box::pin(async move {
+            let registry = load_registry(&request.path, configured.as_deref()).await?;
+            let devices = router.replace_registry(registry) as u64;
+            let moved = futures::future::try_join_all(
+                owners
+                    .serving()
+                    .into_iter()
+                    .map(|(_, owner)| async move { owner.unpark().await }),
+            )
+            .await?;
+            let unparked = moved.into_iter().sum();
+            tracing::info!(devices, unparked, "registry reloaded");
+            Ok(proto::ReloadRegistryResponse { devices, unparked })
+        })
+    })
 }

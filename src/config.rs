@@ -54,10 +54,16 @@ pub const DEFAULT_PUSH_WINDOW: usize = 1024;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Ingest pauses while the data directory has less free space than this.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
-/// Page cache of the embedded store.
+/// Kept for configuration files written for the redb store; unused.
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 128 * 1024 * 1024;
-/// Requests queued for the commit stage before shards wait.
+/// Requests queued for the embedded log's writer before appends wait.
 pub const DEFAULT_COMMIT_QUEUE: usize = 4096;
+/// How often a partition's owner checkpoints its state, when it changed.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// An owner also checkpoints after this many events since its last checkpoint.
+pub const DEFAULT_CHECKPOINT_EVENTS: u64 = 1_000_000;
+/// Size of one segment file of the embedded logs.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// How often event keys and tombstones are expired and retention applied.
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 /// Most unacknowledged alerts kept per subscriber; older ones are removed and counted.
@@ -205,7 +211,7 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The embedded durable store (redb) in `data_dir`.
+    /// The embedded append-only log in `data_dir`.
     Embedded,
     /// In memory: nothing survives a restart. For tests and benchmarks only.
     Memory,
@@ -289,10 +295,20 @@ pub struct StoreConfig {
     pub backend: Backend,
     /// Ingest answers `RESOURCE_EXHAUSTED` while the data directory has less free space.
     pub min_free_disk_bytes: u64,
-    /// Page cache of the embedded store, bytes.
+    /// Unused: the page cache of the redb store earlier versions kept. The embedded log reads
+    /// through the kernel's page cache. Accepted so existing configuration files still load.
     pub cache_bytes: usize,
-    /// Requests queued for the commit stage.
+    /// Requests queued for the embedded log's writer.
     pub commit_queue: usize,
+    /// How often a partition's owner checkpoints its state (when it changed); the event log
+    /// behind a checkpoint is deleted. Shorter: faster restarts, more writes.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// An owner also checkpoints after this many events since its last checkpoint (bounds
+    /// the log a restart replays).
+    pub checkpoint_events: u64,
+    /// Size of one segment file of the embedded logs, bytes.
+    pub segment_bytes: u64,
     /// Expiry and retention period.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
@@ -312,6 +328,9 @@ impl Default for StoreConfig {
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             commit_queue: DEFAULT_COMMIT_QUEUE,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            checkpoint_events: DEFAULT_CHECKPOINT_EVENTS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
@@ -536,7 +555,8 @@ impl Config {
         })
     }
 
-    /// Number of debounce shards after resolving `0` to the CPU count.
+    /// Number of partitions (owners) after resolving `0` to the CPU count. The embedded log
+    /// keeps the number it was created with.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
             std::thread::available_parallelism().map_or(2, usize::from)
@@ -574,8 +594,16 @@ impl Config {
         if self.store.commit_queue == 0
             || self.store.retention_max_alerts == 0
             || self.store.maintenance_interval.is_zero()
+            || self.store.checkpoint_interval.is_zero()
+            || self.store.checkpoint_events == 0
         {
-            return invalid("store.commit_queue, store.retention_max_alerts and store.maintenance_interval must be above zero".into());
+            return invalid("store.commit_queue, store.retention_max_alerts, store.maintenance_interval, store.checkpoint_interval and store.checkpoint_events must be above zero".into());
+        }
+        if self.store.segment_bytes < 4096 {
+            return invalid(format!(
+                "store.segment_bytes = {} is below 4096",
+                self.store.segment_bytes
+            ));
         }
         if self.delivery.push_backoff_initial > self.delivery.push_backoff_max {
             return invalid(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::store::StoreError;
+use crate::log::LogError;
 
 /// An error a gRPC call answers with.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +27,9 @@ pub enum RelayError {
     /// The relay is shutting down or a stage stopped.
     #[error("{0}")]
     Unavailable(String),
-    /// A storage failure.
+    /// A log failure.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Log(#[from] LogError),
 }
 
 impl From<RelayError> for Status {
@@ -55,12 +55,13 @@ impl From<RelayError> for Status {
                 status
             }
             RelayError::Unavailable(_) => Status::unavailable(message),
-            RelayError::Store(store) => match store {
-                StoreError::Gone { .. } | StoreError::BeyondHead { .. } => {
+            RelayError::Log(log) => match log {
+                LogError::Gone { .. } | LogError::BeyondHead { .. } => {
                     Status::new(Code::OutOfRange, message)
                 }
-                StoreError::Full(_) => Status::resource_exhausted(message),
-                StoreError::Unavailable(_) => Status::unavailable(message),
+                LogError::Full(_) => Status::resource_exhausted(message),
+                LogError::Unavailable(_) => Status::unavailable(message),
+                LogError::Corrupt(_) => Status::data_loss(message),
             },
         }
     }
@@ -98,19 +99,23 @@ mod tests {
             (RelayError::NotFound("x".into()), Code::NotFound),
             (RelayError::Unavailable("x".into()), Code::Unavailable),
             (
-                RelayError::Store(StoreError::Gone {
+                RelayError::Log(LogError::Gone {
                     requested: 1,
                     first_retained: 5,
                 }),
                 Code::OutOfRange,
             ),
             (
-                RelayError::Store(StoreError::Full("disk".into())),
+                RelayError::Log(LogError::Full("disk".into())),
                 Code::ResourceExhausted,
             ),
             (
-                RelayError::Store(StoreError::Unavailable("io".into())),
+                RelayError::Log(LogError::Unavailable("io".into())),
                 Code::Unavailable,
+            ),
+            (
+                RelayError::Log(LogError::Corrupt("crc".into())),
+                Code::DataLoss,
             ),
         ];
         for (err, code) in cases {

@@ -8,38 +8,37 @@
 //! ## Pipeline
 //!
 //! ```text
-//!  CSP adapters ──gRPC Ingest──▶ ingest ──(validate, shard by device)──▶ debounce shard × N
-//!                                                                           │ state machine +
-//!                                                                           │ timing wheel
-//!                                                                           ▼
-//!                      route (registry: device → MPAN → distributor → subscriber, or park)
-//!                                                                           │
-//!                                                                           ▼
-//!                          store (per-subscriber alert log, cursors, parked alerts)
-//!                                       │                         │
-//!                     deliver::feed (Subscribe/Ack)     deliver::push (AlertReceiver)
-//!                                       │                         │
-//!                                       └──────▶ sla watch ◀──────┘   telemetry (Prometheus)
+//!  CSP adapters ──gRPC Ingest──▶ ingest ──(validate, split by partition)──▶ owner × P
+//!                                                   state machine + timers + dedup + route
+//!                                  (embedded: the owner stamps, applies, appends the record)
+//!                                                                    │ alerts, in order
+//!  ══════════════════════ the seam: crate::log ══════════════════════▼═══════════════════
+//!   EventLog (records by partition) · AlertLog (per subscriber) · Checkpoints · Ownership
+//!        embedded: segment files + group commit       JetStream: streams + leases
+//!  ═══════════════════════════════════════════════════════════════════╤═══════════════════
+//!                                                                    │
+//!            deliver::feed (Subscribe/Ack) · deliver::push (AlertReceiver) · sla watch
+//!                              admin · telemetry (Prometheus)
 //! ```
 //!
-//! - [`ingest`]: gRPC `Ingest`; validates events, splits batches by shard, answers one
-//!   `BatchAck` per batch once every event is applied.
-//! - [`debounce`]: the pure per-supply-point state machine ([`debounce::machine`]) and the
-//!   single-writer shard task that drives it with a `DelayQueue` timing wheel.
+//! - [`ingest`]: gRPC `Ingest`; validates events, splits batches by partition, answers one
+//!   `BatchAck` per batch once every part is durable.
+//! - [`owner`]: one loop per owned partition: the pure [`owner::state`] (the
+//!   [`debounce`] state machine, timers by log time, event-id de-duplication), routing, and
+//!   the appends, checkpoints and replay around it.
+//! - [`log`]: the seam (traits and module-doc spec), its codecs, the conformance suite, and
+//!   the in-memory, embedded ([`log::local`]) and single-instance implementations.
 //! - [`route`]: device registry and routing table.
-//! - [`commit`]: the single writer: routes each batch's alerts and commits batches, acks and
-//!   maintenance to the store in groups, then answers publishers and announces new alerts.
-//! - [`store`]: the storage interface and its embedded durable (redb) and in-memory
-//!   implementations: alert logs, cursors, parked alerts, open outages, tombstones, event keys.
 //! - [`deliver`]: subscriber feeds (server streaming with resume and cumulative acks) and push
-//!   delivery to DNO-hosted receivers.
-//! - [`sla`]: the deadline watchdog.
+//!   delivery to DNO-hosted receivers, over the alert log.
+//! - [`sla`]: the deadline watch, one per subscriber.
 //! - [`admin`]: the operator gRPC service.
-//! - [`cluster`]: the JetStream backend: several instances sharing a NATS JetStream cluster,
-//!   partitions owned through leases, alerts in replicated per-subscriber streams.
+//! - [`cluster`]: the JetStream backend (several instances sharing a NATS JetStream cluster;
+//!   still its own partition loop, feed, admin and SLA watch, to move onto the seam).
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles.
+//! - [`runtime`]: supervised tasks.
 //! - [`server`]: wires the stages together and runs them until shutdown.
 //! - [`bench`](mod@bench): `outage-relay bench`, the end-to-end SLA benchmark against the real binary.
 
@@ -47,18 +46,19 @@ pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
-pub mod commit;
 pub mod config;
 pub mod debounce;
 pub mod deliver;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod log;
+pub mod owner;
 pub mod proto;
 pub mod route;
+pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod sla;
-pub mod store;
 pub mod telemetry;
 pub mod tools;

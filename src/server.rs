@@ -1,92 +1,92 @@
-//! Wires the pipeline stages together and runs them until shutdown.
+//! Wires the pipeline stages together and runs them until shutdown, the same for every
+//! backend: the backend's parts (`crate::log`) below, the owners, delivery, SLA watches,
+//! Admin and ingest above.
 //!
-//! Start: open the store, rebuild the state machines from it (timers re-armed at their
-//! original due times), re-watch pending SLA deadlines, then serve. Shutdown, bounded by
-//! `shutdown_grace`: health goes `NOT_SERVING`; the gRPC server stops accepting calls and
-//! open Subscribe streams end (DNOs resume from their cursor); in-flight ingest batches
-//! finish, so every acknowledged event is durable; then shards, timers, push delivery, the SLA
-//! watch and maintenance stop, and the commit stage drains its queue and closes the store.
+//! Start: open the backend, start an owner for every partition this instance owns (each
+//! rebuilds its state from its checkpoint and the log after it, timers at their original due
+//! times) and an SLA watch (and push session) for every subscriber it owns, then serve once
+//! every owner has recovered. Shutdown, bounded by `shutdown_grace` at each step: health goes
+//! `NOT_SERVING`; the gRPC server stops accepting calls and open Subscribe streams end (DNOs
+//! resume from their cursor); in-flight batches finish, so every acknowledged event is
+//! durable; then owners store what is in flight and a last checkpoint, watches and push
+//! sessions stop, and the backend closes.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::Instrument;
 
-use crate::admin::AdminService;
-use crate::commit::{Admission, CommitHandle, CommitStage};
+use crate::admin::{AdminService, reload_here};
 use crate::config::{Backend, Config};
-use crate::debounce::dedup::EventIdWindow;
-use crate::debounce::shard::{Restored, Shard};
-use crate::debounce::{Debouncer, Settings, ShardHandle, shard_of};
+use crate::debounce::Settings;
 use crate::deliver::feed::FeedService;
 use crate::deliver::{Delivery, push};
 use crate::domain::Clock;
-use crate::ingest::{IngestService, Sink};
+use crate::ingest::{Admission, IngestService, Sink};
+use crate::log::memory::{MemoryAlerts, MemoryCheckpoints, MemoryEvents};
+use crate::log::single::{AllHere, NoPeers};
+use crate::log::{AlertLog, Checkpoints, EventLog, Ownership, StartUnit, Unit};
+use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::proto;
-use crate::route::{Registry, Router, RoutingTable};
+use crate::route::{Registry, Router, RoutingTable, SubscriberId};
+use crate::runtime::Tasks;
 use crate::security::limits::{OversizeLayer, StreamLimiter};
 use crate::security::tls::ServerTls;
 use crate::security::{Guard, IdentityMap, Principal, Role};
-use crate::sla::SlaInbox;
-use crate::store::{DurableStore, LogId, MemoryStore, Recovered, Store};
 use crate::telemetry::Metrics;
 
-/// Spawns named, instrumented tasks and keeps track of them for shutdown.
-#[derive(Debug, Clone, Default)]
-pub struct Tasks {
-    tracker: TaskTracker,
+/// The backend's parts, for an instance that runs alone (embedded or in memory).
+struct Parts {
+    name: &'static str,
+    partitions: u16,
+    events: Arc<dyn EventLog>,
+    alerts: Arc<dyn AlertLog>,
+    checkpoints: Arc<dyn Checkpoints>,
+    /// Closes the backend once nothing uses it any more.
+    close: Box<dyn FnOnce() + Send>,
 }
 
-impl Tasks {
-    /// Spawns `future` as task `name`; a panic is logged with the task's name.
-    pub fn spawn<F>(&self, name: &str, future: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let span = tracing::info_span!("task", name = %name);
-        let handle = tokio::spawn(future.instrument(span));
-        let name = name.to_owned();
-        self.tracker.spawn(async move {
-            if let Err(err) = handle.await
-                && err.is_panic()
-            {
-                tracing::error!(task = %name, "task panicked");
-            }
-        });
-    }
-
-    /// Waits up to `grace` for every task to end; whether they all did.
-    pub(crate) async fn wait(&self, grace: Duration) -> bool {
-        self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-    }
-}
-
-/// Opens the configured store.
-pub fn open_store(config: &Config, table: &RoutingTable) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured single-instance backend.
+fn open_backend(config: &Config, table: &RoutingTable) -> anyhow::Result<Parts> {
+    let partitions = u16::try_from(config.shard_count()).unwrap_or(u16::MAX);
     Ok(match config.store.backend {
         Backend::Memory => {
             tracing::warn!("store.backend = \"memory\": nothing survives a restart");
-            Arc::new(MemoryStore::new(table.len()))
-        }
-        Backend::Jetstream => {
-            anyhow::bail!("the JetStream backend runs through cluster::run, not a local store")
+            Parts {
+                name: "memory",
+                partitions,
+                events: Arc::new(MemoryEvents::new(partitions)),
+                alerts: Arc::new(MemoryAlerts::new(table)),
+                checkpoints: Arc::new(MemoryCheckpoints::default()),
+                close: Box::new(|| {}),
+            }
         }
         Backend::Embedded => {
-            let names: Vec<&str> = table.iter().map(|(_, name)| name).collect();
-            let store =
-                DurableStore::open_with_cache(&config.data_dir, &names, config.store.cache_bytes)?;
-            tracing::info!(path = %store.path().display(), "embedded store open");
-            Arc::new(store)
+            let local = crate::log::local::Local::open(
+                &config.data_dir,
+                table,
+                partitions,
+                &crate::log::local::Options::from_config(config),
+            )?;
+            tracing::info!(
+                dir = %config.data_dir.display(),
+                partitions = local.partitions(),
+                "embedded log open"
+            );
+            Parts {
+                name: "embedded",
+                partitions: local.partitions(),
+                events: local.events(),
+                alerts: local.alerts(),
+                checkpoints: local.checkpoints(),
+                close: Box::new(move || local.close()),
+            }
+        }
+        Backend::Jetstream => {
+            anyhow::bail!("the JetStream backend runs through cluster::run")
         }
     })
 }
@@ -111,60 +111,73 @@ pub async fn run(
     let clock = Clock::system();
     let metrics = Arc::new(Metrics::new());
     let table = Arc::new(RoutingTable::from_config(&config.routing));
-    let store = open_store(&config, &table)?;
-    let started = std::time::Instant::now();
-    let recovered = store.recover()?;
-    tracing::info!(
-        open_outages = recovered.outages.len(),
-        tombstones = recovered.tombstones.len(),
-        event_keys = recovered.events.len(),
-        elapsed = ?started.elapsed(),
-        "state recovered from the store"
-    );
-    let delivery = Arc::new(Delivery::new(
-        Arc::clone(&store),
-        Arc::clone(&table),
-        clock,
-    )?);
-    let sla_inbox = Arc::new(SlaInbox::default());
-    let rewatched = crate::sla::watch_backlog(&delivery, &sla_inbox)?;
-    if rewatched > 0 {
-        tracing::info!(
-            alerts = rewatched,
-            "unacknowledged alerts with deadlines ahead are watched again"
-        );
-    }
-    let admission = Arc::new(Admission::default());
     let router = Arc::new(Router::new(
         RoutingTable::from_config(&config.routing),
         registry,
     ));
-    let stage = CommitStage {
-        store: Arc::clone(&store),
+    let started = std::time::Instant::now();
+    let parts = open_backend(&config, &table)?;
+    let owners = Arc::new(Owners::new(parts.partitions));
+    let admission = Arc::new(Admission::default());
+    let delivery = Arc::new(Delivery::new(
+        Arc::clone(&parts.alerts),
+        Arc::clone(&table),
+        clock,
+    ));
+    let context = Arc::new(OwnerContext {
+        events: Arc::clone(&parts.events),
+        alerts: Arc::clone(&parts.alerts),
+        checkpoints: Arc::clone(&parts.checkpoints),
         router: Arc::clone(&router),
-        delivery: Arc::clone(&delivery),
-        metrics: Arc::clone(&metrics),
-        sla: Arc::clone(&sla_inbox),
-        admission: Arc::clone(&admission),
-        config: config.store.clone(),
+        settings: Settings {
+            debounce: config.debounce,
+            poa_sla: config.poa_sla,
+            pra_sla: config.pra_sla,
+            tombstone_ttl: config.ingest.tombstone_ttl,
+        },
         dedup_window: config.ingest.dedup_window,
-        tombstone_ttl: config.ingest.tombstone_ttl,
-    };
-    let (commit, commit_thread) = stage.spawn(config.store.commit_queue)?;
-
+        dedup_capacity: config.ingest.dedup_capacity / usize::from(parts.partitions.max(1)),
+        partitions: parts.partitions,
+        clock,
+        metrics: Arc::clone(&metrics),
+        admission: Arc::clone(&admission),
+        checkpoint: CheckpointPolicy {
+            every: config.store.checkpoint_interval,
+            events: config.store.checkpoint_events,
+        },
+        queue: config.shard_queue,
+        owners: Arc::clone(&owners),
+    });
+    let ownership: Arc<dyn Ownership> = Arc::new(AllHere::new(parts.name, parts.partitions));
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
-    let shards = start_shards(
-        &config, clock, &commit, &metrics, &tasks, &stages, recovered,
+    let units = (0..parts.partitions)
+        .map(Unit::Partition)
+        .chain(table.iter().map(|(id, _)| Unit::Subscriber(id)))
+        .collect();
+    let start = start_units(
+        context,
+        Arc::clone(&delivery),
+        push_targets,
+        config.delivery.clone(),
     );
-    tasks.spawn(
-        "sla-watch",
-        crate::sla::run(Arc::clone(&delivery), sla_inbox, stages.clone()),
-    );
+    {
+        let (ownership, stages) = (Arc::clone(&ownership), stages.clone());
+        tasks.spawn("ownership", async move {
+            ownership.run(units, start, stages).await;
+        });
+    }
+    if let Err(failed) = owners.wait_serving(usize::from(parts.partitions)).await {
+        stages.cancel();
+        tasks.wait(config.shutdown_grace).await;
+        (parts.close)();
+        anyhow::bail!("cannot recover the partitions' state: {failed}");
+    }
+    tracing::info!(elapsed = ?started.elapsed(), partitions = parts.partitions, "state recovered; serving");
     tasks.spawn(
         "maintenance",
         maintenance(
-            commit.clone(),
+            Arc::clone(&delivery),
             Arc::clone(&admission),
             Arc::clone(&metrics),
             config.clone(),
@@ -172,24 +185,12 @@ pub async fn run(
             stages.clone(),
         ),
     );
-    for (name, target) in push_targets {
-        let Some(id) = table.id_of(&name) else {
-            continue;
-        };
-        let task = push::run(
-            Arc::clone(&delivery),
-            commit.clone(),
-            LogId::Subscriber(id),
-            target,
-            config.delivery.clone(),
-            stages.clone(),
-        );
-        tasks.spawn(&format!("push-{name}"), task);
-    }
     let streams = StreamLimiter::new(config.limits.max_streams_per_connection);
-
     let ingest = IngestService::new(
-        Sink::Shards(Arc::clone(&shards)),
+        Sink::Partitions {
+            events: parts.events,
+            owners: Arc::clone(&owners),
+        },
         config.ingest.clone(),
         &config.limits,
         Arc::clone(&streams),
@@ -199,24 +200,17 @@ pub async fn run(
     );
     let feed = FeedService::new(
         Arc::clone(&delivery),
-        commit.clone(),
         config.delivery.stream_buffer,
         shutdown.clone(),
         tasks.clone(),
         streams,
     );
-    let admin = AdminService::new(
-        shards,
-        delivery,
-        commit,
-        router,
+    let peers = Arc::new(NoPeers::new(reload_here(
+        Arc::clone(&owners),
+        Arc::clone(&router),
         config.registry.clone(),
-        config.debounce,
-        match config.store.backend {
-            Backend::Memory => "memory",
-            _ => "embedded",
-        },
-    );
+    )));
+    let admin = AdminService::new(owners, peers, ownership, delivery, router, config.debounce);
     let edge = Edge {
         tls: server_tls,
         guard: guard(&config),
@@ -226,15 +220,55 @@ pub async fn run(
     if !tasks.wait(config.shutdown_grace).await {
         tracing::warn!(grace = ?config.shutdown_grace, "pipeline tasks still running after the grace period");
     }
-    let joined = tokio::task::spawn_blocking(move || commit_thread.join());
-    if tokio::time::timeout(config.shutdown_grace, joined)
+    let closed = tokio::task::spawn_blocking(parts.close);
+    if tokio::time::timeout(config.shutdown_grace, closed)
         .await
         .is_err()
     {
-        tracing::warn!("commit stage still draining after the grace period");
+        tracing::warn!("the backend was still closing after the grace period");
     }
     tracing::info!("outage-relay stopped");
     served
+}
+
+/// Starts what a unit this instance owns needs: a partition's owner; a subscriber's SLA
+/// watch and, in push mode, its push session.
+fn start_units(
+    context: Arc<OwnerContext>,
+    delivery: Arc<Delivery>,
+    push_targets: Vec<(String, push::Target)>,
+    config: crate::config::DeliveryConfig,
+) -> StartUnit {
+    Arc::new(move |unit, lease| match unit {
+        Unit::Partition(partition) => {
+            tokio::spawn(crate::owner::own(partition, lease, Arc::clone(&context)))
+        }
+        Unit::Subscriber(log) => {
+            let target = push_target(&delivery, &push_targets, log);
+            let (delivery, config) = (Arc::clone(&delivery), config.clone());
+            tokio::spawn(async move {
+                let watch = crate::sla::watch(Arc::clone(&delivery), log, lease.clone());
+                match target {
+                    Some(target) => {
+                        tokio::join!(watch, push::run(delivery, log, target, config, lease));
+                    }
+                    None => watch.await,
+                }
+            })
+        }
+    })
+}
+
+fn push_target(
+    delivery: &Delivery,
+    targets: &[(String, push::Target)],
+    log: SubscriberId,
+) -> Option<push::Target> {
+    let name = delivery.name(log);
+    targets
+        .iter()
+        .find(|(target, _)| target == name)
+        .map(|(_, target)| target.clone())
 }
 
 /// Push receivers by subscriber name, with their TLS settings loaded.
@@ -377,9 +411,9 @@ fn incoming(listener: TcpListener, config: &Config) -> TcpIncoming {
         .with_keepalive(Some(config.delivery.keepalive))
 }
 
-/// Periodic expiry and retention, and the free-disk check that pauses ingest.
+/// Periodic retention, and the free-disk check that pauses ingest.
 async fn maintenance(
-    commit: CommitHandle,
+    delivery: Arc<Delivery>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     config: Config,
@@ -397,7 +431,6 @@ async fn maintenance(
             let free = fs4::available_space(&config.data_dir).unwrap_or(u64::MAX);
             let low = free < config.store.min_free_disk_bytes;
             admission.set_disk_low(low);
-            metrics.ingest_refused.set(if low { 1.0 } else { 0.0 });
             if low {
                 tracing::warn!(
                     free,
@@ -406,69 +439,30 @@ async fn maintenance(
                 );
             }
         }
-        if commit.maintain(clock.now()).await.is_err() {
-            return;
+        metrics
+            .ingest_refused
+            .set(if admission.refused() { 1.0 } else { 0.0 });
+        let retained = delivery
+            .alerts()
+            .maintain(
+                clock.now(),
+                config.store.retention_max_alerts,
+                config.store.retention_max_age,
+            )
+            .await;
+        match retained {
+            Ok(expired) => {
+                for expired in expired {
+                    delivery.expired(expired.log, expired.removed, expired.status);
+                    tracing::warn!(
+                        subscriber = delivery.name(expired.log),
+                        removed = expired.removed,
+                        first_retained = expired.status.first_retained,
+                        "retention removed unacknowledged alerts"
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(%err, "retention pass failed"),
         }
     }
-}
-
-fn start_shards(
-    config: &Config,
-    clock: Clock,
-    commit: &CommitHandle,
-    metrics: &Arc<Metrics>,
-    tasks: &Tasks,
-    stages: &CancellationToken,
-    recovered: Recovered,
-) -> Arc<[ShardHandle]> {
-    let count = config.shard_count();
-    let settings = Settings {
-        debounce: config.debounce,
-        poa_sla: config.poa_sla,
-        pra_sla: config.pra_sla,
-        tombstone_ttl: config.ingest.tombstone_ttl,
-    };
-    let mut restored: Vec<Restored> = (0..count).map(|_| Restored::default()).collect();
-    for (point, outage) in recovered.outages {
-        restored[shard_of(point.device, count)]
-            .outages
-            .push((point, outage));
-    }
-    let mut tombstones = recovered.tombstones;
-    tombstones.sort_by_key(|t| t.closed_at);
-    for tombstone in tombstones {
-        restored[shard_of(tombstone.point.device, count)]
-            .tombstones
-            .push(tombstone);
-    }
-    let mut events = recovered.events;
-    events.sort_by_key(|e| e.seen_at);
-    for event in events {
-        restored[shard_of(event.device, count)].events.push(event);
-    }
-    let handles: Vec<ShardHandle> = restored
-        .into_iter()
-        .enumerate()
-        .map(|(index, state)| {
-            let dedup = EventIdWindow::new(
-                config.ingest.dedup_window,
-                config.ingest.dedup_capacity / count,
-            );
-            let mut shard = Shard::new(
-                Debouncer::new(settings),
-                dedup,
-                clock,
-                commit.clone(),
-                Arc::clone(metrics),
-            );
-            shard.restore(state);
-            shard.spawn(
-                config.shard_queue,
-                &format!("shard-{index}"),
-                tasks,
-                stages.clone(),
-            )
-        })
-        .collect();
-    handles.into()
 }

@@ -1,168 +1,243 @@
-//! SLA watch: every alert written to a log is checked at its deadline; one not acknowledged
-//! by then is reported once (a warning and a counter by kind, subscriber and cause).
+//! SLA watch: one task per subscriber (on the instance that owns the subscriber) follows its
+//! alert log and checks every alert at its deadline; one not acknowledged by then is
+//! reported once: a warning, `outage_relay_sla_breaches_total` by kind, subscriber and cause,
+//! and the subscriber's breach count kept with its log (`GetDeliveryStatus`).
 //!
-//! Deadlines live in a `DelayQueue` timing wheel. The cause is fixed when the alert is
-//! emitted: `upstream` when its event reached the relay at or after the deadline, otherwise
-//! `relay`. An alert already past its deadline when written fires at once. After a restart,
-//! the unacknowledged alerts whose deadline is still ahead are watched again; one whose
-//! deadline passed while the relay was down is not reported a second time.
+//! The cause is fixed by the alert: `upstream` when its event reached the relay at or after
+//! the deadline, otherwise `relay`. The watch's progress ([`SlaMark`]: the entries seen, and
+//! the time up to which their deadlines were checked) is kept with the log, so after a
+//! restart (or a hand-over) it goes on where it was: an unacknowledged alert whose deadline
+//! passed while no watch ran is reported once, at once (cause `relay` when its event had
+//! arrived in time), and one already checked is not reported again.
+//!
+//! Deadlines wait in a binary heap of `(deadline, sequence, kind and cause)`, 24 bytes each.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
-
-use futures::FutureExt;
-
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tokio_util::time::DelayQueue;
+use std::time::Duration;
 
 use crate::deliver::Delivery;
-use crate::domain::{AlertKind, BreachCause, UtcMillis, alert::AlertId};
-use crate::store::{LogId, StoreError};
+use crate::domain::{AlertKind, BreachCause, UtcMillis};
+use crate::log::{AlertReader, Lease, LogEntry, LogError, SlaMark};
+use crate::route::SubscriberId;
 
-/// An alert the SLA watch must check at its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tracked {
-    /// The log holding it.
-    pub log: LogId,
-    /// Its sequence there.
-    pub sequence: u64,
-    /// POA or PRA.
-    pub kind: AlertKind,
-    /// When it must be acknowledged by.
-    pub deadline: UtcMillis,
-    /// Who is to blame if it is not.
-    pub cause: BreachCause,
-    /// Its alert ID, for the breach log line.
-    pub id: AlertId,
+/// Entries read from the log at a time.
+const READ_BATCH: usize = 4096;
+/// How often the watch's progress is stored when nothing was breached.
+const MARK_EVERY: Duration = Duration::from_secs(1);
+/// Wait before trying again after the log failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// An alert waiting for its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline {
+    at: UtcMillis,
+    sequence: u64,
+    /// Bit 0: PRA; bit 1: upstream cause.
+    class: u8,
 }
 
-/// Hand-off of newly written alerts to the SLA watch.
-///
-/// A plain buffer plus a `Notify` (not a bounded channel) because the writer is the commit
-/// thread, which must not block on the watch; the watch drains it on every wake-up, so it
-/// holds only what was written since.
-#[derive(Debug, Default)]
-pub struct SlaInbox {
-    items: Mutex<Vec<Tracked>>,
-    notify: Notify,
-}
-
-impl SlaInbox {
-    /// Resolves when something was pushed since the last wake-up.
-    pub async fn notified(&self) {
-        self.notify.notified().await;
-    }
-
-    /// Adds alerts to watch.
-    pub fn push(&self, items: impl IntoIterator<Item = Tracked>) {
-        let mut buffer = self.items.lock();
-        let before = buffer.len();
-        buffer.extend(items);
-        if buffer.len() > before {
-            self.notify.notify_one();
+impl Deadline {
+    fn of(entry: &LogEntry) -> Self {
+        let alert = &entry.alert;
+        let class = u8::from(alert.kind == AlertKind::Restoration)
+            | (u8::from(alert.breach_cause() == BreachCause::Upstream) << 1);
+        Self {
+            at: alert.deadline,
+            sequence: entry.sequence,
+            class,
         }
     }
 
-    /// Takes everything pushed since the last call.
-    pub fn drain(&self) -> Vec<Tracked> {
-        std::mem::take(&mut *self.items.lock())
-    }
-}
-
-/// Queues every unacknowledged alert whose deadline is still ahead (after a restart).
-pub fn watch_backlog(delivery: &Delivery, inbox: &SlaInbox) -> Result<usize, StoreError> {
-    let now = delivery.clock().now();
-    let mut count = 0;
-    for log in delivery.log_ids().collect::<Vec<_>>() {
-        let status = delivery.status(log);
-        let mut next = status.acked + 1;
-        while next <= status.head {
-            let chunk = delivery.store().read(log, next, 4096)?;
-            let Some(last) = chunk.last() else { break };
-            next = last.sequence + 1;
-            let live = chunk.iter().filter(|e| e.alert.deadline > now);
-            let tracked: Vec<Tracked> = live
-                .map(|e| Tracked {
-                    log,
-                    sequence: e.sequence,
-                    kind: e.alert.kind,
-                    deadline: e.alert.deadline,
-                    cause: e.alert.breach_cause(),
-                    id: e.alert.id(),
-                })
-                .collect();
-            count += tracked.len();
-            inbox.push(tracked);
+    fn kind(self) -> AlertKind {
+        if self.class & 1 == 0 {
+            AlertKind::Outage
+        } else {
+            AlertKind::Restoration
         }
     }
-    Ok(count)
+
+    fn cause(self) -> BreachCause {
+        if self.class & 2 == 0 {
+            BreachCause::Relay
+        } else {
+            BreachCause::Upstream
+        }
+    }
 }
 
-/// Deadlines checked per wake-up before new alerts get a turn.
-const SWEEP: usize = 4096;
-
-/// Runs the watch until `shutdown`.
-pub async fn run(delivery: Arc<Delivery>, inbox: Arc<SlaInbox>, shutdown: CancellationToken) {
-    let mut wheel: DelayQueue<Tracked> = DelayQueue::new();
-    let clock = delivery.clock();
+/// Watches `log` while `lease` lasts; errors of the log are retried.
+pub async fn watch(delivery: Arc<Delivery>, log: SubscriberId, lease: Lease) {
     loop {
-        for tracked in inbox.drain() {
-            wheel.insert_at(tracked, clock.instant_at(tracked.deadline));
+        let ended = tokio::select! {
+            () = lease.ended() => return,
+            ended = Watch::start(&delivery, log) => ended,
+        };
+        let result = match ended {
+            Ok(mut watch) => tokio::select! {
+                () = lease.ended() => watch.store_mark(&delivery).await,
+                result = watch.run(&delivery) => result,
+            },
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            tracing::warn!(subscriber = delivery.name(log), %err, "SLA watch interrupted; resuming");
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = inbox.notify.notified() => {}
-            Some(expired) = futures::future::poll_fn(|cx| wheel.poll_expired(cx)), if !wheel.is_empty() => {
-                let mut sweep = Sweep::default();
-                sweep.check(&delivery, expired.into_inner());
-                for _ in 1..SWEEP {
-                    let next = futures::future::poll_fn(|cx| wheel.poll_expired(cx)).now_or_never();
-                    let Some(Some(expired)) = next else { break };
-                    sweep.check(&delivery, expired.into_inner());
+            () = lease.ended() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// One run of a subscriber's watch.
+struct Watch {
+    log: SubscriberId,
+    reader: Box<dyn AlertReader>,
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    /// Where the previous watch had got (entries it checked are not checked again).
+    resumed: SlaMark,
+    seen: u64,
+    /// The cursor as last read, for the backlog gauge.
+    acked: u64,
+    checked_through: UtcMillis,
+    breaches: u64,
+    stored: SlaMark,
+}
+
+impl Watch {
+    async fn start(delivery: &Delivery, log: SubscriberId) -> Result<Self, LogError> {
+        let alerts = delivery.alerts();
+        let resumed = alerts.sla_mark(log).await?;
+        let status = alerts.status(log).await?;
+        let from = (status.acked + 1).max(status.first_retained);
+        Ok(Self {
+            log,
+            reader: alerts.reader(log, from).await?,
+            deadlines: BinaryHeap::new(),
+            resumed,
+            seen: resumed.seen.max(from - 1),
+            acked: status.acked,
+            checked_through: resumed.checked_through,
+            breaches: 0,
+            stored: resumed,
+        })
+    }
+
+    async fn run(&mut self, delivery: &Delivery) -> Result<(), LogError> {
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let wake = tokio::time::sleep_until(far);
+        tokio::pin!(wake);
+        let mut tick = tokio::time::interval(MARK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let clock = delivery.clock();
+        loop {
+            let next = self.deadlines.peek().map(|Reverse(d)| d.at);
+            wake.as_mut()
+                .reset(next.map_or(far, |at| clock.instant_at(at)));
+            tokio::select! {
+                entries = self.reader.next(READ_BATCH) => self.track(delivery, entries?),
+                () = &mut wake, if next.is_some() => {
+                    if self.check(delivery).await? > 0 {
+                        self.store_mark(delivery).await?;
+                    }
                 }
-                sweep.report(&delivery);
+                _ = tick.tick() => self.store_mark(delivery).await?,
             }
         }
     }
-}
 
-/// Breaches found in one sweep, reported as one log line per log (a storm can breach a
-/// million alerts in one second; the counters carry every one).
-#[derive(Default)]
-struct Sweep {
-    breaches: Vec<(LogId, Tracked, Tracked, u64)>,
-}
-
-impl Sweep {
-    fn check(&mut self, delivery: &Delivery, tracked: Tracked) {
-        if delivery.status(tracked.log).acked >= tracked.sequence {
-            return;
+    /// New entries: each waits for its deadline, unless a previous watch checked it already.
+    fn track(&mut self, delivery: &Delivery, entries: Vec<LogEntry>) {
+        for entry in &entries {
+            self.seen = self.seen.max(entry.sequence);
+            let deadline = Deadline::of(entry);
+            let checked =
+                entry.sequence <= self.resumed.seen && deadline.at <= self.resumed.checked_through;
+            if !checked {
+                self.deadlines.push(Reverse(deadline));
+            }
         }
-        delivery.breach(tracked.log, tracked.kind, tracked.cause);
-        match self
-            .breaches
-            .iter_mut()
-            .find(|(log, ..)| *log == tracked.log)
+        delivery.backlog(self.log, self.seen.saturating_sub(self.acked));
+    }
+
+    /// Checks every deadline that has come; returns how many were breached.
+    async fn check(&mut self, delivery: &Delivery) -> Result<u64, LogError> {
+        let now = delivery.clock().now();
+        let acked = delivery.alerts().status(self.log).await?.acked;
+        self.acked = acked;
+        let mut report = Report::default();
+        while let Some(Reverse(deadline)) = self.deadlines.peek().copied() {
+            if deadline.at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if deadline.sequence > acked {
+                report.add(deadline);
+            }
+        }
+        self.checked_through = self.checked_through.max(now);
+        let count = report.count;
+        report.publish(delivery, self.log);
+        self.breaches += count;
+        Ok(count)
+    }
+
+    /// Stores the watch's progress with the log, if it moved.
+    async fn store_mark(&mut self, delivery: &Delivery) -> Result<(), LogError> {
+        // Deadlines still waiting are not checked: the mark must not claim them.
+        let through = match self.deadlines.peek() {
+            Some(Reverse(first)) => self.checked_through.min(UtcMillis(first.at.0 - 1)),
+            None => self.checked_through,
+        };
+        if self.seen == self.stored.seen
+            && through <= self.stored.checked_through
+            && self.breaches == 0
         {
-            Some((_, _, last, count)) => {
-                *last = tracked;
-                *count += 1;
-            }
-            None => self.breaches.push((tracked.log, tracked, tracked, 1)),
+            return Ok(());
+        }
+        self.stored = delivery
+            .alerts()
+            .record_sla(self.log, self.seen, through, self.breaches)
+            .await?;
+        self.breaches = 0;
+        Ok(())
+    }
+}
+
+/// Breaches found in one sweep, reported as one log line per kind and cause (a storm can
+/// breach a million alerts in one second; the counters carry every one).
+#[derive(Default)]
+struct Report {
+    count: u64,
+    /// By kind and cause: (first deadline in the sweep, count).
+    groups: Vec<(Deadline, u64)>,
+}
+
+impl Report {
+    fn add(&mut self, deadline: Deadline) {
+        self.count += 1;
+        match self
+            .groups
+            .iter_mut()
+            .find(|(first, _)| first.class == deadline.class)
+        {
+            Some((_, count)) => *count += 1,
+            None => self.groups.push((deadline, 1)),
         }
     }
 
-    fn report(self, delivery: &Delivery) {
-        for (log, first, last, count) in self.breaches {
+    fn publish(self, delivery: &Delivery, log: SubscriberId) {
+        for (first, count) in self.groups {
+            delivery.breaches(log, first.kind(), first.cause(), count);
             tracing::warn!(
-                subscriber = delivery.log_name(log),
+                subscriber = delivery.name(log),
                 breaches = count,
-                first_alert_id = %first.id,
+                kind = first.kind().as_str(),
+                cause = first.cause().as_str(),
                 first_sequence = first.sequence,
-                first_deadline = %first.deadline,
-                first_cause = first.cause.as_str(),
-                last_alert_id = %last.id,
+                first_deadline = %first.at,
                 "SLA breach: alerts not acknowledged by their deadline"
             );
         }

@@ -1,15 +1,21 @@
-//! Paused-clock tests of the SLA watch: a breach is counted once, at the deadline, and an
-//! alert acknowledged in time is not one.
+//! Paused-clock tests of the SLA watch: a breach is counted once, at the deadline; an alert
+//! acknowledged in time is not one; and a deadline that passed while no watch ran is reported
+//! once after a restart, never twice.
 
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::RoutingConfig;
 use crate::domain::{Alert, Clock, DeviceId, Phase, SupplyPoint};
-use crate::route::{ParkReason, RoutingTable};
-use crate::store::{Destination, MemoryStore, Outcome, Store, Write};
+use crate::log::AlertLog;
+use crate::log::conformance::route;
+use crate::log::memory::MemoryAlerts;
+use crate::route::RoutingTable;
 
 const START: UtcMillis = UtcMillis(1_764_000_000_000);
+const LOG: SubscriberId = SubscriberId(0);
 
 fn alert(n: u64, deadline_s: u64) -> Alert {
     Alert {
@@ -30,108 +36,123 @@ fn alert(n: u64, deadline_s: u64) -> Alert {
 }
 
 struct Fixture {
-    store: Arc<dyn Store>,
+    alerts: Arc<dyn AlertLog>,
     delivery: Arc<Delivery>,
-    inbox: Arc<SlaInbox>,
-    _shutdown: tokio_util::sync::DropGuard,
+    watch: Option<CancellationToken>,
 }
 
 fn fixture() -> Fixture {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(6));
     let table = Arc::new(RoutingTable::from_config(&RoutingConfig::default()));
-    let clock = Clock::starting_at(START);
-    let delivery = Arc::new(Delivery::new(Arc::clone(&store), table, clock).expect("delivery"));
-    let inbox = Arc::new(SlaInbox::default());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run(
-        Arc::clone(&delivery),
-        Arc::clone(&inbox),
-        shutdown.clone(),
+    let alerts: Arc<dyn AlertLog> = Arc::new(MemoryAlerts::new(&table));
+    let delivery = Arc::new(Delivery::new(
+        Arc::clone(&alerts),
+        table,
+        Clock::starting_at(START),
     ));
     Fixture {
-        store,
+        alerts,
         delivery,
-        inbox,
-        _shutdown: shutdown.drop_guard(),
+        watch: None,
     }
 }
 
 impl Fixture {
-    /// Writes alerts to the parked log as the commit stage would, and watches them.
-    fn write(&self, alerts: &[Alert]) {
-        let entries = alerts
-            .iter()
-            .map(|a| (*a, Destination::Parked(ParkReason::UnknownDevice)))
-            .collect();
-        let outcome = self
-            .store
-            .commit(&[Write::Append {
-                log: LogId::Parked,
-                entries,
-            }])
-            .expect("append");
-        let Outcome::Appended { first, last } = outcome[0] else {
-            panic!("{outcome:?}")
-        };
-        self.delivery
-            .appended(LogId::Parked, last, alerts.len() as u64);
-        self.inbox
-            .push(alerts.iter().zip(first..).map(|(a, sequence)| Tracked {
-                log: LogId::Parked,
-                sequence,
-                kind: a.kind,
-                deadline: a.deadline,
-                cause: a.breach_cause(),
-                id: a.id(),
-            }));
+    fn start_watch(&mut self) {
+        let stop = CancellationToken::new();
+        tokio::spawn(watch(
+            Arc::clone(&self.delivery),
+            LOG,
+            Lease::until(stop.clone()),
+        ));
+        self.watch = Some(stop);
     }
 
-    fn ack(&self, upto: u64) {
-        let outcome = self
-            .store
-            .commit(&[Write::Ack {
-                log: LogId::Parked,
-                upto,
-            }])
-            .expect("ack");
-        let Outcome::Acked { entries, status } = &outcome[0] else {
-            panic!("{outcome:?}")
-        };
-        self.delivery.acked(LogId::Parked, *status, entries);
+    async fn stop_watch(&mut self) {
+        if let Some(stop) = self.watch.take() {
+            stop.cancel();
+        }
+        settle().await;
     }
+
+    async fn write(&self, alerts: &[Alert]) {
+        self.alerts
+            .append(alerts.iter().map(|a| (*a, route(LOG))).collect())
+            .await
+            .expect("append");
+    }
+
+    async fn breaches(&self) -> u64 {
+        self.alerts.sla_mark(LOG).await.expect("mark").breaches
+    }
+}
+
+/// Lets spawned tasks run without moving the paused clock.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn pass(seconds: u64) {
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    settle().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unacknowledged_alert_breaches_once_at_its_deadline() {
-    let f = fixture();
-    f.write(&[alert(1, 60)]);
-    tokio::time::sleep(Duration::from_millis(59_999)).await;
-    assert_eq!(
-        f.delivery.breaches(LogId::Parked),
-        0,
-        "not before the deadline"
-    );
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    assert_eq!(f.delivery.breaches(LogId::Parked), 1);
-    tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(f.delivery.breaches(LogId::Parked), 1, "reported once");
+    let mut f = fixture();
+    f.start_watch();
+    f.write(&[alert(1, 60)]).await;
+    pass(59).await;
+    assert_eq!(f.breaches().await, 0, "not before the deadline");
+    pass(2).await;
+    assert_eq!(f.breaches().await, 1);
+    pass(120).await;
+    assert_eq!(f.breaches().await, 1, "reported once");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_alert_acknowledged_in_time_is_no_breach() {
-    let f = fixture();
-    f.write(&[alert(1, 60), alert(2, 60), alert(3, 120)]);
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    f.ack(2);
-    tokio::time::sleep(Duration::from_secs(300)).await;
-    assert_eq!(f.delivery.breaches(LogId::Parked), 1, "only the third");
+    let mut f = fixture();
+    f.start_watch();
+    f.write(&[alert(1, 60), alert(2, 60)]).await;
+    pass(30).await;
+    f.alerts.ack(LOG, 2).await.expect("ack");
+    pass(60).await;
+    assert_eq!(f.breaches().await, 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_alert_written_after_its_deadline_breaches_at_once() {
-    let f = fixture();
-    tokio::time::sleep(Duration::from_secs(120)).await;
-    f.write(&[alert(1, 60)]);
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(f.delivery.breaches(LogId::Parked), 1);
+    let mut f = fixture();
+    f.start_watch();
+    pass(100).await;
+    f.write(&[alert(1, 60)]).await;
+    pass(1).await;
+    assert_eq!(f.breaches().await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passed_while_no_watch_ran_is_reported_once_after_restart() {
+    let mut f = fixture();
+    f.start_watch();
+    f.write(&[alert(1, 60), alert(2, 600)]).await;
+    pass(2).await;
+    f.stop_watch().await;
+    // The relay is down while the first deadline passes.
+    pass(120).await;
+    assert_eq!(f.breaches().await, 0);
+    f.start_watch();
+    pass(1).await;
+    assert_eq!(f.breaches().await, 1, "reported at once on restart");
+    f.stop_watch().await;
+    f.start_watch();
+    pass(1).await;
+    assert_eq!(
+        f.breaches().await,
+        1,
+        "and not a second time after another restart"
+    );
+    pass(600).await;
+    assert_eq!(f.breaches().await, 2, "the other alert is still watched");
 }

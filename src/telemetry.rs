@@ -43,7 +43,8 @@ pub const PARKED_NOW: &str = "outage_relay_parked_alerts";
 
 /// Unacknowledged alerts removed by retention, by `subscriber`.
 pub const ALERTS_EXPIRED: &str = "outage_relay_alerts_expired_total";
-/// Duration of one durable commit (a group of batches, acks and maintenance).
+/// Duration of one group commit of the embedded log: writing and fdatasyncing every log a
+/// group of appends and acks touched.
 pub const STORE_COMMIT_LATENCY: &str = "outage_relay_store_commit_seconds";
 /// Failed commits; after one, ingest is refused until restart.
 pub const STORE_ERRORS: &str = "outage_relay_store_errors_total";
@@ -65,6 +66,11 @@ pub const LEASE_CHANGES: &str = "outage_relay_lease_changes_total";
 pub const ALERTS_DEDUPLICATED: &str = "outage_relay_alerts_deduplicated_total";
 /// Failed JetStream operations, by `operation` (publish, snapshot, consume).
 pub const JETSTREAM_ERRORS: &str = "outage_relay_jetstream_errors_total";
+/// Partition owners that ended on an error, and checkpoints not saved, by `what`
+/// (`partition`, `checkpoint`).
+pub const OWNER_ERRORS: &str = "outage_relay_owner_errors_total";
+/// Records cut from the end of a log at start (a torn write), by `log`.
+pub const LOG_TORN_TAILS: &str = "outage_relay_log_torn_tails_total";
 
 /// Why a call was refused at the edge, the `reason` label of [`CALLS_REFUSED`].
 pub const REFUSE_REASONS: [&str; 5] = [
@@ -195,6 +201,14 @@ fn describe() {
         JETSTREAM_ERRORS,
         "Failed JetStream operations, by operation"
     );
+    describe_counter!(
+        OWNER_ERRORS,
+        "Partition owners ended on an error, and checkpoints not saved, by what"
+    );
+    describe_counter!(
+        LOG_TORN_TAILS,
+        "Torn writes cut from the end of a log at start, by log"
+    );
     describe_gauge!(
         TLS_CERT_EXPIRY,
         Unit::Seconds,
@@ -206,6 +220,11 @@ fn describe() {
 /// rare, so the handle is looked up here rather than kept.
 pub fn call_refused(reason: &'static str) {
     counter!(CALLS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// The gauge of a partition's records not yet read by its owner.
+pub fn partition_lag(partition: u16) -> Gauge {
+    gauge!(PARTITION_LAG, "partition" => partition.to_string())
 }
 
 /// Publishes how long the relay's certificate has left.
@@ -277,14 +296,15 @@ pub struct Metrics {
     pub open_outages: Gauge,
     /// Ingest batch latency.
     pub ingest_batch: Histogram,
-    /// Durable commit latency.
-    pub store_commit: Histogram,
     /// Failed commits.
     pub store_errors: Counter,
     /// 1 while ingest is refused.
     pub ingest_refused: Gauge,
     /// Partitions owned (JetStream backend).
     pub partitions_owned: Gauge,
+    deduplicated: [Counter; 2],
+    partition_failed: Counter,
+    checkpoint_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -311,11 +331,54 @@ impl Metrics {
             pending_timers: gauge!(PENDING_TIMERS),
             open_outages: gauge!(OPEN_OUTAGES),
             ingest_batch: histogram!(INGEST_BATCH_LATENCY),
-            store_commit: histogram!(STORE_COMMIT_LATENCY),
             store_errors: counter!(STORE_ERRORS),
             ingest_refused: gauge!(INGEST_REFUSED),
             partitions_owned: gauge!(PARTITIONS_OWNED),
+            deduplicated: [AlertKind::Outage, AlertKind::Restoration]
+                .map(|k| counter!(ALERTS_DEDUPLICATED, "kind" => k.as_str())),
+            partition_failed: counter!(OWNER_ERRORS, "what" => "partition"),
+            checkpoint_failed: counter!(OWNER_ERRORS, "what" => "checkpoint"),
         }
+    }
+
+    /// Counts the events one record applied, by kind and outcome.
+    pub fn events(&self, counts: &crate::owner::OutcomeCounts) {
+        for (handles, counts) in self.events.iter().zip(counts) {
+            for (handle, count) in handles.iter().zip(counts) {
+                if *count > 0 {
+                    handle.increment(*count);
+                }
+            }
+        }
+    }
+
+    /// Counts an alert the log already held (re-emitted by a replay).
+    pub fn alert_deduplicated(&self, kind: AlertKind) {
+        self.deduplicated[kind_index(kind)].increment(1);
+    }
+
+    /// Counts a partition owner that ended on an error.
+    pub fn partition_failed(&self) {
+        self.partition_failed.increment(1);
+    }
+
+    /// Counts a checkpoint that was not saved.
+    pub fn checkpoint_failed(&self) {
+        self.checkpoint_failed.increment(1);
+    }
+
+    /// Moves the pending-timer and open-outage gauges from one partition's `before` counts
+    /// to its `after` counts.
+    pub fn adjust_outages(&self, before: (usize, usize), after: (usize, usize)) {
+        let adjust = |gauge: &Gauge, before: usize, after: usize| {
+            if after >= before {
+                gauge.increment((after - before) as f64);
+            } else {
+                gauge.decrement((before - after) as f64);
+            }
+        };
+        adjust(&self.pending_timers, before.0, after.0);
+        adjust(&self.open_outages, before.1, after.1);
     }
 
     /// Counts one applied event.

@@ -112,6 +112,46 @@ async fn a_short_interruption_produces_no_alert() {
     relay.stop().await;
 }
 
+/// A loss reported long after it happened, in the same batch as the restoration that shows it
+/// lasted less than the debounce: the loss's timer was already due when it arrived, but the
+/// restoration in its batch closes it first, so nothing is alerted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_loss_and_its_short_restoration_in_one_batch_give_no_alert() {
+    let relay = TestRelay::start().await;
+    let short = device(0x0251);
+    let marker = (0x0252..)
+        .map(device)
+        .find(|candidate| shard_of(candidate) == shard_of(&short))
+        .expect("some device shares the partition");
+    let mpan = valid_mpan(12, 251);
+    let t0 = now_ms() - LONG_AGO_MS;
+    relay
+        .publish_ok(vec![
+            lost(&short, t0, Some(&mpan)),
+            restored(&short, t0 + 500, None, Some(&mpan)),
+        ])
+        .await;
+    // A later batch on the same partition: its POA is alerted at once, after the batch above.
+    relay
+        .publish_ok(vec![lost(&marker, t0, Some(&valid_mpan(12, 252)))])
+        .await;
+    let mut feed = relay.subscribe("ukpn", 0).await;
+    let first = feed.next().await;
+    assert_eq!(first.device_id, marker, "first alert: {first:?}");
+    assert_eq!(
+        relay
+            .heads()
+            .await
+            .iter()
+            .map(|(_, head)| head)
+            .sum::<u64>(),
+        1,
+        "only the marker's POA was written anywhere"
+    );
+    assert!(relay.device_state(&short).await.outages.is_empty());
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pra_follows_its_poa_with_the_outage_duration() {
     let relay = TestRelay::start().await;

@@ -320,7 +320,7 @@ fn takeover(
             let Ok(device) = r.device.parse::<DeviceId>() else {
                 continue;
             };
-            let partition = outage_relay::debounce::shard_of(device, PARTITIONS);
+            let partition = usize::from(outage_relay::log::partition_of(device, PARTITIONS as u16));
             if orphans.contains(&partition) && r.emitted_by != victim && r.emitted_at >= killed_ms {
                 let at = first.entry(partition).or_insert(r.emitted_at);
                 *at = (*at).min(r.emitted_at);

@@ -23,10 +23,10 @@ use super::sla;
 use crate::admin::{limit_or_default, parked_to_proto};
 use crate::domain::DeviceId;
 use crate::error::RelayError;
+use crate::log::LogEntry;
+use crate::log::codec::decode_entry;
 use crate::proto::{self, admin_server::Admin};
 use crate::route::Router;
-use crate::store::LogEntry;
-use crate::store::codec::decode_entry;
 
 /// The service.
 #[derive(Clone)]
@@ -133,6 +133,7 @@ async fn parked(
             sequence,
             alert,
             destination,
+            emitted_by: None,
         }));
         if sequence >= last {
             break;

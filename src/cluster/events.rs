@@ -11,10 +11,11 @@ use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 
 use super::Names;
-use crate::debounce::{ApplyReport, shard_of};
 use crate::domain::{DeviceEvent, DeviceId};
 use crate::error::RelayError;
-use crate::store::codec::encode_event;
+use crate::log::codec::encode_event;
+use crate::log::partition_of as hash_partition;
+use crate::owner::ApplyReport;
 
 /// The partition of an event: its device's.
 pub fn partition_of(event: &DeviceEvent, partitions: u16) -> u16 {
@@ -23,7 +24,7 @@ pub fn partition_of(event: &DeviceEvent, partitions: u16) -> u16 {
 
 /// The partition of a device.
 pub fn device_partition(device: DeviceId, partitions: u16) -> u16 {
-    u16::try_from(shard_of(device, usize::from(partitions))).unwrap_or(0)
+    hash_partition(device, partitions)
 }
 
 /// Appends events to the JetStream events stream.

@@ -25,13 +25,13 @@ use crate::deliver::convert::alert_to_proto;
 use crate::deliver::feed::{refuse_push_subscriber, start_sequence};
 use crate::domain::{AlertKind, Clock, UtcMillis};
 use crate::error::RelayError;
+use crate::log::LogEntry;
+use crate::log::codec::decode_entry;
 use crate::proto::{self, alert_feed_server::AlertFeed};
 use crate::route::RoutingTable;
+use crate::runtime::Tasks;
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, StreamPermit};
-use crate::server::Tasks;
-use crate::store::LogEntry;
-use crate::store::codec::decode_entry;
 use crate::telemetry::SubscriberMetrics;
 
 /// Alerts sent and not yet acknowledged that are remembered per subscriber, for the
@@ -341,13 +341,11 @@ pub(super) fn to_proto(
         sequence: info.stream_sequence,
         alert,
         destination,
+        emitted_by: message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(EMITTED_BY))
+            .map(|value| value.as_str().into()),
     };
-    let mut proto = alert_to_proto(&entry, subscriber);
-    proto.emitted_by = message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(EMITTED_BY))
-        .map(|value| value.as_str().to_owned())
-        .unwrap_or_default();
-    Ok(proto)
+    Ok(alert_to_proto(&entry, subscriber))
 }

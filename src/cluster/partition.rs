@@ -28,14 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::leases::{LeaseWindow, window_open};
+use super::sla::{SlaInbox, Tracked};
 use super::snapshot::{self, Restored};
 use super::{Cluster, EMITTED_BY};
 use crate::debounce::{Arrival, Debouncer, Effects, OutageState, Settings};
 use crate::domain::{Alert, Clock, DeviceEvent, SupplyPoint, UtcMillis};
+use crate::log::Destination;
+use crate::log::codec::{Snapshot, decode_entry, decode_event, encode_entry};
 use crate::route::Router;
-use crate::sla::{SlaInbox, Tracked};
-use crate::store::codec::{Snapshot, decode_entry, decode_event, encode_entry};
-use crate::store::{Destination, LogId};
 use crate::telemetry::{self, Metrics};
 
 /// Alert publishes in flight before the task waits for their acks.
@@ -516,7 +516,7 @@ impl Partition {
     fn record(&self, alert: &Alert, destination: &Destination, ack: &PublishAck) {
         if let Destination::Routed(route) = destination {
             self.context.sla.push([Tracked {
-                log: LogId::Subscriber(route.subscriber),
+                log: route.subscriber,
                 sequence: ack.sequence,
                 kind: alert.kind,
                 deadline: alert.deadline,

@@ -201,7 +201,7 @@ impl Pusher {
         // Alerts retention already removed cannot be sent; the first retained one comes next.
         let mut sent = acked.max(stored.first - 1);
         let unavailable = |what: &str, err: String| {
-            SessionError::Log(RelayError::Unavailable(format!(
+            SessionError::Cluster(RelayError::Unavailable(format!(
                 "alert stream of {subscriber}: {what}: {err}"
             )))
         };

@@ -17,15 +17,16 @@ use super::feed::{ClusterFeed, bounds, cursor};
 use super::leases::{self, OwnershipView, StartPartition};
 use super::partition::{self, PartitionContext};
 use super::push::{PushSessions, Pusher};
-use crate::commit::Admission;
+use super::sla::SlaInbox;
 use crate::config::Config;
 use crate::debounce::Settings;
 use crate::domain::Clock;
+use crate::ingest::Admission;
 use crate::ingest::{IngestService, Sink};
 use crate::route::{Registry, Router, RoutingTable};
+use crate::runtime::Tasks;
 use crate::security::limits::StreamLimiter;
-use crate::server::{Edge, Tasks, guard, serve};
-use crate::sla::SlaInbox;
+use crate::server::{Edge, guard, serve};
 use crate::telemetry::{self, Metrics};
 
 /// How often subscriber backlogs are read for the metrics.
@@ -130,7 +131,7 @@ pub async fn run(
 
     let streams = StreamLimiter::new(config.limits.max_streams_per_connection);
     let ingest = IngestService::new(
-        Sink::Log(Arc::new(EventLog::new(
+        Sink::Cluster(Arc::new(EventLog::new(
             cluster.js.clone(),
             cluster.names.clone(),
             cluster.settings.partitions,

@@ -21,11 +21,59 @@ use tokio_util::time::DelayQueue;
 use super::Cluster;
 use super::feed::{cursor, read_number};
 use crate::domain::Clock;
+use crate::domain::alert::AlertId;
+use crate::domain::{AlertKind, BreachCause, UtcMillis};
 use crate::error::RelayError;
 use crate::route::RoutingTable;
-use crate::sla::{SlaInbox, Tracked};
-use crate::store::LogId;
+use crate::route::SubscriberId;
 use crate::telemetry::SubscriberMetrics;
+
+/// An alert the watch must check at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    /// The subscriber whose log holds it.
+    pub log: SubscriberId,
+    /// Its sequence there.
+    pub sequence: u64,
+    /// POA or PRA.
+    pub kind: AlertKind,
+    /// When it must be acknowledged by.
+    pub deadline: UtcMillis,
+    /// Who is to blame if it is not.
+    pub cause: BreachCause,
+    /// Its alert ID, for the breach log line.
+    pub id: AlertId,
+}
+
+/// Hand-off of stored alerts from the partition tasks to the watch: a plain buffer plus a
+/// `Notify`, drained on every wake-up.
+#[derive(Debug, Default)]
+pub struct SlaInbox {
+    items: parking_lot::Mutex<Vec<Tracked>>,
+    notify: tokio::sync::Notify,
+}
+
+impl SlaInbox {
+    /// Resolves when something was pushed since the last wake-up.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Adds alerts to watch.
+    pub fn push(&self, items: impl IntoIterator<Item = Tracked>) {
+        let mut buffer = self.items.lock();
+        let before = buffer.len();
+        buffer.extend(items);
+        if buffer.len() > before {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes everything pushed since the last call.
+    pub fn drain(&self) -> Vec<Tracked> {
+        std::mem::take(&mut *self.items.lock())
+    }
+}
 
 /// Deadlines checked per wake-up at most.
 const SWEEP: usize = 4096;
@@ -38,14 +86,9 @@ pub async fn run(
     clock: Clock,
     shutdown: CancellationToken,
 ) {
-    let metrics: HashMap<LogId, (String, SubscriberMetrics)> = table
+    let metrics: HashMap<SubscriberId, (String, SubscriberMetrics)> = table
         .iter()
-        .map(|(id, name)| {
-            (
-                LogId::Subscriber(id),
-                (name.to_owned(), SubscriberMetrics::new(name)),
-            )
-        })
+        .map(|(id, name)| (id, (name.to_owned(), SubscriberMetrics::new(name))))
         .collect();
     let mut wheel: DelayQueue<Tracked> = DelayQueue::new();
     loop {
@@ -70,11 +113,11 @@ pub async fn run(
 
 async fn check(
     cluster: &Cluster,
-    metrics: &HashMap<LogId, (String, SubscriberMetrics)>,
+    metrics: &HashMap<SubscriberId, (String, SubscriberMetrics)>,
     due: Vec<Tracked>,
 ) {
-    let mut acked: HashMap<LogId, u64> = HashMap::new();
-    let mut breaches: HashMap<LogId, (Tracked, u64)> = HashMap::new();
+    let mut acked: HashMap<SubscriberId, u64> = HashMap::new();
+    let mut breaches: HashMap<SubscriberId, (Tracked, u64)> = HashMap::new();
     for tracked in due {
         let Some((name, handles)) = metrics.get(&tracked.log) else {
             continue;

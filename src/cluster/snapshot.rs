@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::Cluster;
-use crate::store::codec::{Snapshot, decode_snapshot, encode_snapshot};
+use crate::log::codec::{Snapshot, decode_snapshot, encode_snapshot};
 
 /// The start of every manifest.
 const MAGIC: &[u8; 4] = b"ORS1";

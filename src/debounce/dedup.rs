@@ -51,6 +51,11 @@ impl EventIdWindow {
         self.insert(key, seen_at);
     }
 
+    /// Keys remembered, with when each was seen, oldest first (what a checkpoint keeps).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (UtcMillis, EventKey)> + '_ {
+        self.order.iter().map(|&(at, key)| (at, EventKey(key)))
+    }
+
     /// Keys currently remembered.
     pub fn len(&self) -> usize {
         self.order.len()

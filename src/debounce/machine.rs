@@ -10,20 +10,25 @@
 //! restoration time) for `tombstone_ttl`, so a loss or restoration that predates the last
 //! restoration is recognised as stale instead of reopening an outage that already ended.
 //! Timers are never cancelled: a timer that fires for a point no longer pending at that due
-//! time is ignored, which keeps the wheel to inserts and expiries (its cheapest operations).
+//! time is ignored, which keeps the timer queue to inserts and expiries.
+//!
+//! "Now" is always the partition's log time (see `crate::log`), never a clock read here, so
+//! the same events give the same decisions live and in a replay. A loss whose debounce had
+//! already elapsed when it arrived does not alert by itself: it arms a timer that is already
+//! due, and the owner fires it once the rest of the record is applied, so that a restoration
+//! in the same record showing a short interruption closes it first.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::domain::{Alert, AlertKind, DeviceEvent, EventKind, MpanCore, SupplyPoint, UtcMillis};
 
-/// When an event reached the relay and when it is being applied (they differ by the time
-/// it waited in the shard's queue).
+/// When an event reached the relay, and the log time at which it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival {
     /// Relay time the ingest call received the event (decides breach causes).
     pub received: UtcMillis,
-    /// Relay time now (decides emission).
+    /// The record's log time: decides what is due, and stamps what is emitted.
     pub now: UtcMillis,
 }
 
@@ -67,7 +72,8 @@ pub struct OpenOutage {
 pub enum Outcome {
     /// A loss opened an outage; its timer is armed.
     Opened,
-    /// A loss whose debounce had already elapsed: POA emitted at once.
+    /// A loss whose debounce had already elapsed when it arrived: its timer fires (and the
+    /// POA goes out) right after the record, unless the record also ends the outage short.
     AlertedAtOnce,
     /// A loss for a supply point already in outage: nothing changes.
     AlreadyOpen,
@@ -115,15 +121,6 @@ impl Outcome {
     }
 }
 
-/// A change to the open-outage set, for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutageChange {
-    /// Opened or alerted: the point's outage is now this.
-    Upsert(SupplyPoint, OpenOutage),
-    /// The point's outage ended.
-    Closed(SupplyPoint),
-}
-
 /// A closed outage's restoration time, kept to refuse stale events about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tombstone {
@@ -135,17 +132,13 @@ pub struct Tombstone {
     pub closed_at: UtcMillis,
 }
 
-/// Everything the machine asks its driver to do; cleared by the driver after each batch.
+/// Everything the machine asks its driver to do; drained by the driver after each record.
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Timers to arm: `(point, due_at)`.
     pub timers: Vec<(SupplyPoint, UtcMillis)>,
     /// Alerts to route and deliver, in emission order.
     pub alerts: Vec<Alert>,
-    /// Changes to persist.
-    pub changes: Vec<OutageChange>,
-    /// Tombstones to persist.
-    pub tombstones: Vec<Tombstone>,
 }
 
 impl Effects {
@@ -153,8 +146,6 @@ impl Effects {
     pub fn clear(&mut self) {
         self.timers.clear();
         self.alerts.clear();
-        self.changes.clear();
-        self.tombstones.clear();
     }
 }
 
@@ -229,7 +220,6 @@ impl Debouncer {
         outage.state = OutageState::Alerted;
         let outage = *outage;
         self.pending -= 1;
-        effects.changes.push(OutageChange::Upsert(point, outage));
         effects.alerts.push(self.poa(point, &outage, now, false));
         true
     }
@@ -265,7 +255,7 @@ impl Debouncer {
     }
 
     /// Every open outage, in no particular order.
-    pub fn outages(&self) -> impl Iterator<Item = (&SupplyPoint, &OpenOutage)> {
+    pub fn outages(&self) -> impl ExactSizeIterator<Item = (&SupplyPoint, &OpenOutage)> {
         self.open.iter()
     }
 
@@ -299,24 +289,20 @@ impl Debouncer {
             return Outcome::Stale;
         }
         let due_at = lost_at.plus(self.settings.debounce);
-        let mut outage = OpenOutage {
+        let outage = OpenOutage {
             lost_at,
             received_at: at.received,
             state: OutageState::Pending,
             mpan,
         };
-        if due_at <= now {
-            outage.state = OutageState::Alerted;
-            effects.alerts.push(self.poa(point, &outage, now, false));
-            effects.changes.push(OutageChange::Upsert(point, outage));
-            self.open.insert(point, outage);
-            return Outcome::AlertedAtOnce;
-        }
         self.pending += 1;
         effects.timers.push((point, due_at));
-        effects.changes.push(OutageChange::Upsert(point, outage));
         self.open.insert(point, outage);
-        Outcome::Opened
+        if due_at <= now {
+            Outcome::AlertedAtOnce
+        } else {
+            Outcome::Opened
+        }
     }
 
     fn on_restored(
@@ -343,8 +329,7 @@ impl Debouncer {
             return Outcome::Stale;
         }
         self.open.remove(&point);
-        self.bury(point, restored_at, now, effects);
-        effects.changes.push(OutageChange::Closed(point));
+        self.bury(point, restored_at, now);
         let reached_debounce = restored_at.since(outage.lost_at) >= self.settings.debounce;
         match outage.state {
             OutageState::Alerted => {}
@@ -373,7 +358,7 @@ impl Debouncer {
         at: Arrival,
         effects: &mut Effects,
     ) -> Outcome {
-        self.bury(point, restored_at, at.now, effects);
+        self.bury(point, restored_at, at.now);
         let Some(lost_at) = reported_lost_at else {
             return Outcome::Unmatched;
         };
@@ -393,20 +378,12 @@ impl Debouncer {
         Outcome::LearnedLate
     }
 
-    fn bury(
-        &mut self,
-        point: SupplyPoint,
-        restored_at: UtcMillis,
-        now: UtcMillis,
-        effects: &mut Effects,
-    ) {
-        let tombstone = Tombstone {
+    fn bury(&mut self, point: SupplyPoint, restored_at: UtcMillis, now: UtcMillis) {
+        self.restore_tombstone(Tombstone {
             point,
             restored_at,
             closed_at: now,
-        };
-        self.restore_tombstone(tombstone);
-        effects.tombstones.push(tombstone);
+        });
     }
 
     /// Re-establishes a tombstone read back from the store; call in `closed_at` order.

@@ -162,13 +162,17 @@ fn a_restoration_after_the_poa_emits_a_pra_with_the_outage_duration() {
 }
 
 #[test]
-fn a_loss_arriving_after_its_timer_would_have_fired_alerts_at_once() {
+fn a_loss_arriving_after_its_timer_would_have_fired_arms_a_timer_already_due() {
     let mut h = Harness::new();
     assert_eq!(
         h.event(lost(Phase::Whole, T0), T0 + 5 * MIN),
         Outcome::AlertedAtOnce
     );
-    assert!(h.effects.timers.is_empty());
+    assert!(
+        h.effects.alerts.is_empty(),
+        "the owner fires it after the record"
+    );
+    assert_eq!(h.fire(T0 + 5 * MIN), 1);
     assert_eq!(h.kinds(), vec![AlertKind::Outage]);
     let poa = h.effects.alerts[0];
     assert_eq!(poa.breach_cause(), crate::domain::BreachCause::Upstream);
@@ -325,27 +329,6 @@ fn tombstones_expire_after_their_ttl() {
     assert_eq!(
         h.event(lost(Phase::Whole, T0), T0 + 2 * 3_600_000),
         Outcome::AlertedAtOnce
-    );
-}
-
-#[test]
-fn outage_changes_record_open_alerted_and_closed() {
-    let mut h = Harness::new();
-    h.event(lost(Phase::Whole, T0), T0);
-    h.fire(T0 + 3 * MIN);
-    h.event(restored(Phase::Whole, T0 + 4 * MIN, None), T0 + 4 * MIN);
-    let states: Vec<_> = h
-        .effects
-        .changes
-        .iter()
-        .map(|c| match c {
-            OutageChange::Upsert(_, o) => Some(o.state),
-            OutageChange::Closed(_) => None,
-        })
-        .collect();
-    assert_eq!(
-        states,
-        vec![Some(OutageState::Pending), Some(OutageState::Alerted), None]
     );
 }
 

@@ -1,7 +1,7 @@
 //! Conversion of stored alerts to their wire form.
 
+use crate::log::{Destination, LogEntry};
 use crate::proto;
-use crate::store::{Destination, LogEntry};
 
 /// The `Alert` message a subscriber receives for `entry`.
 pub fn alert_to_proto(entry: &LogEntry, subscriber: &str) -> proto::Alert {
@@ -37,6 +37,6 @@ pub fn alert_to_proto(entry: &LogEntry, subscriber: &str) -> proto::Alert {
             .outage_duration()
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         subscriber: subscriber.to_owned(),
-        emitted_by: String::new(),
+        emitted_by: entry.emitted_by.as_deref().unwrap_or_default().to_owned(),
     }
 }

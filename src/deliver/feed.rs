@@ -1,9 +1,10 @@
-//! The `AlertFeed` gRPC service: a resumable server stream per subscriber and cumulative acks.
+//! The `AlertFeed` gRPC service: a resumable server stream per subscriber and cumulative acks,
+//! served by any instance from the shared alert log.
 //!
 //! Each `Subscribe` call gets its own task that reads the subscriber's log from the requested
-//! sequence into a bounded channel; when it has caught up it waits on the log's head. A
-//! client that leaves shows as a closed channel and ends the task; nothing is lost, because
-//! the cursor only moves on `Ack`, and an ack is answered once it is durable.
+//! sequence into a bounded channel, waiting for new entries once it has caught up. A client
+//! that leaves shows as a closed channel and ends the task; nothing is lost, because the
+//! cursor only moves on `Ack`, and an ack is answered once it is durable.
 //!
 //! A caller identified by certificate may subscribe to and ack only its own feed
 //! (`PERMISSION_DENIED` otherwise, checked before the name is even looked up), and a
@@ -18,14 +19,13 @@ use tonic::{Request, Response, Status};
 
 use super::Delivery;
 use super::convert::alert_to_proto;
-use crate::commit::CommitHandle;
 use crate::error::RelayError;
+use crate::log::{AlertReader, LogError};
 use crate::proto::{self, alert_feed_server::AlertFeed};
-use crate::route::RoutingTable;
+use crate::route::{RoutingTable, SubscriberId};
+use crate::runtime::Tasks;
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, StreamPermit};
-use crate::server::Tasks;
-use crate::store::{LogId, StoreError};
 
 const READ_BATCH: usize = 256;
 
@@ -33,7 +33,6 @@ const READ_BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct FeedService {
     delivery: Arc<Delivery>,
-    commit: CommitHandle,
     buffer: usize,
     shutdown: CancellationToken,
     tasks: Tasks,
@@ -45,7 +44,6 @@ impl FeedService {
     /// `streams` bounds open streams per connection.
     pub fn new(
         delivery: Arc<Delivery>,
-        commit: CommitHandle,
         buffer: usize,
         shutdown: CancellationToken,
         tasks: Tasks,
@@ -53,7 +51,6 @@ impl FeedService {
     ) -> Self {
         Self {
             delivery,
-            commit,
             buffer,
             shutdown,
             tasks,
@@ -61,11 +58,10 @@ impl FeedService {
         }
     }
 
-    fn log_of(&self, subscriber: &str) -> Result<LogId, RelayError> {
+    fn log_of(&self, subscriber: &str) -> Result<SubscriberId, RelayError> {
         self.delivery
             .table()
             .id_of(subscriber)
-            .map(LogId::Subscriber)
             .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {subscriber:?}")))
     }
 }
@@ -82,10 +78,9 @@ impl AlertFeed for FeedService {
         let permit = self.streams.acquire(request.remote_addr())?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
-        if let LogId::Subscriber(_) = log {
-            refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
-        }
-        let status = self.delivery.status(log);
+        refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
+        let alerts = self.delivery.alerts();
+        let status = alerts.status(log).await.map_err(RelayError::from)?;
         let from = start_sequence(
             request.from_sequence,
             status.acked,
@@ -93,12 +88,13 @@ impl AlertFeed for FeedService {
             status.head,
         )
         .map_err(RelayError::from)?;
+        let reader = alerts.reader(log, from).await.map_err(RelayError::from)?;
         let (tx, rx) = mpsc::channel(self.buffer);
         tracing::info!(subscriber = %request.subscriber, from, "subscriber connected");
         let task = stream_log(
             Arc::clone(&self.delivery),
             log,
-            from,
+            reader,
             tx,
             self.shutdown.clone(),
             permit,
@@ -114,19 +110,21 @@ impl AlertFeed for FeedService {
         Caller::of(&request)?.may_read(&request.get_ref().subscriber)?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
-        let summary = self
-            .commit
+        let status = self
+            .delivery
+            .alerts()
             .ack(log, request.sequence)
             .await
             .map_err(|err| match err {
-                StoreError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(
+                LogError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(
                     "cannot ack sequence {requested}: the last alert sent is {head}"
                 )),
                 other => RelayError::from(other),
             })?;
+        self.delivery.acked(log, status);
         Ok(Response::new(proto::AckResponse {
-            acked_sequence: summary.acked,
-            backlog: summary.backlog,
+            acked_sequence: status.acked,
+            backlog: status.backlog(),
         }))
     }
 }
@@ -139,52 +137,43 @@ pub fn start_sequence(
     acked: u64,
     first_retained: u64,
     head: u64,
-) -> Result<u64, StoreError> {
+) -> Result<u64, LogError> {
     match requested {
         0 => Ok((acked + 1).max(first_retained)),
-        n if n < first_retained => Err(StoreError::Gone {
+        n if n < first_retained => Err(LogError::Gone {
             requested: n,
             first_retained,
         }),
-        n if n > head + 1 => Err(StoreError::BeyondHead { requested: n, head }),
+        n if n > head + 1 => Err(LogError::BeyondHead { requested: n, head }),
         n => Ok(n),
     }
 }
 
 async fn stream_log(
     delivery: Arc<Delivery>,
-    log: LogId,
-    mut next: u64,
+    log: SubscriberId,
+    mut reader: Box<dyn AlertReader>,
     tx: mpsc::Sender<Result<proto::Alert, Status>>,
     shutdown: CancellationToken,
     _permit: Option<StreamPermit>,
 ) {
     let _connected = delivery.connect(log);
-    let mut head = delivery.watch_head(log);
-    let name = delivery.log_name(log).to_owned();
+    let name = delivery.name(log).to_owned();
     loop {
-        let batch = match delivery.store().read(log, next, READ_BATCH) {
+        let batch = tokio::select! {
+            batch = reader.next(READ_BATCH) => batch,
+            () = tx.closed() => break,
+            () = shutdown.cancelled() => return,
+        };
+        let batch = match batch {
             Ok(batch) => batch,
-            // Acknowledged meanwhile (through another stream): those are delivered, move on.
-            Err(StoreError::Gone { first_retained, .. }) => {
-                next = first_retained;
-                continue;
-            }
             Err(err) => {
                 let _ = tx.send(Err(RelayError::from(err).into())).await;
                 return;
             }
         };
-        if batch.is_empty() {
-            tokio::select! {
-                changed = head.wait_for(|head| *head >= next) => if changed.is_err() { return },
-                () = tx.closed() => break,
-                () = shutdown.cancelled() => return,
-            }
-            continue;
-        }
+        delivery.sent(log, &batch);
         for entry in &batch {
-            next = entry.sequence + 1;
             let sent = tokio::select! {
                 sent = tx.send(Ok(alert_to_proto(entry, &name))) => sent.is_ok(),
                 () = shutdown.cancelled() => return,

@@ -22,11 +22,11 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::Delivery;
 use super::convert::alert_to_proto;
-use crate::commit::CommitHandle;
 use crate::config::DeliveryConfig;
 use crate::error::error_chain;
+use crate::log::{Lease, LogError};
 use crate::proto::alert_receiver_client::AlertReceiverClient;
-use crate::store::LogId;
+use crate::route::SubscriberId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_BATCH: usize = 256;
@@ -51,12 +51,12 @@ pub enum SessionError {
         /// The last sequence sent.
         sent: u64,
     },
-    /// The embedded store failed.
+    /// The alert log failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// The shared alert log (JetStream) failed.
+    Log(#[from] LogError),
+    /// The JetStream cluster failed (`crate::cluster`).
     #[error(transparent)]
-    Log(#[from] crate::error::RelayError),
+    Cluster(#[from] crate::error::RelayError),
 }
 
 impl From<tonic::transport::Error> for SessionError {
@@ -74,36 +74,26 @@ pub struct Target {
     pub tls: Option<ClientTlsConfig>,
 }
 
-/// Runs push delivery for `log` until `shutdown`.
+/// Pushes `log` to `target` while `lease` lasts (with a single instance: until shutdown).
 pub async fn run(
     delivery: Arc<Delivery>,
-    commit: CommitHandle,
-    log: LogId,
+    log: SubscriberId,
     target: Target,
     config: DeliveryConfig,
-    shutdown: CancellationToken,
+    lease: Lease,
 ) {
-    let name = delivery.log_name(log).to_owned();
-    let (delivery, commit, target, config_ref, stop) =
-        (&delivery, &commit, &target, &config, &shutdown);
+    let stop = lease.token().clone();
+    let name = delivery.name(log).to_owned();
+    let (delivery, target, config_ref, stop_ref) = (&delivery, &target, &config, &stop);
     keep_pushing(
         &name,
         &target.endpoint,
         &config,
-        &shutdown,
+        &stop,
         |err| delivery.set_last_error(log, err),
         move || async move {
             let mut connected = false;
-            let ended = session(
-                delivery,
-                commit,
-                log,
-                target,
-                config_ref,
-                stop,
-                &mut connected,
-            )
-            .await;
+            let ended = session(delivery, log, target, config_ref, stop_ref, &mut connected).await;
             (connected, ended)
         },
     )
@@ -186,11 +176,10 @@ pub async fn open_session(
 
 async fn session(
     delivery: &Arc<Delivery>,
-    commit: &CommitHandle,
-    log: LogId,
+    log: SubscriberId,
     target: &Target,
     config: &DeliveryConfig,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
     let ReceiverSession {
@@ -200,33 +189,36 @@ async fn session(
     *connected = true;
     let _guard = delivery.connect(log);
     delivery.set_last_error(log, String::new());
-    let name = delivery.log_name(log).to_owned();
-    let mut head = delivery.watch_head(log);
-    let mut acked = delivery.status(log).acked;
-    let mut sent = acked;
+    let name = delivery.name(log).to_owned();
+    let alerts = delivery.alerts();
+    let status = alerts.status(log).await?;
+    let mut acked = status.acked;
+    // Alerts retention already removed cannot be sent; the first retained one comes next.
+    let mut sent = acked.max(status.first_retained.saturating_sub(1));
+    let mut reader = alerts.reader(log, sent + 1).await?;
     let window = config.push_window as u64;
     loop {
         let room = window.saturating_sub(sent - acked);
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = stop.cancelled() => return Ok(()),
             ack = acks.message() => {
                 let ack = ack?.ok_or(SessionError::Closed)?;
                 if ack.sequence > sent {
                     return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
                 }
                 if ack.sequence > acked {
-                    acked = commit.ack(log, ack.sequence).await?.acked;
+                    let status = alerts.ack(log, ack.sequence).await?;
+                    acked = status.acked;
+                    delivery.acked(log, status);
                 }
             }
-            open = async { head.wait_for(|head| *head > sent).await.is_ok() }, if room > 0 => {
-                if !open {
-                    return Ok(());
-                }
-                let max = usize::try_from(room).unwrap_or(READ_BATCH).min(READ_BATCH);
-                for entry in delivery.store().read(log, sent + 1, max)? {
+            entries = reader.next(usize::try_from(room).unwrap_or(READ_BATCH).min(READ_BATCH)), if room > 0 => {
+                let entries = entries?;
+                delivery.sent(log, &entries);
+                for entry in &entries {
                     sent = entry.sequence;
                     // Capacity equals the window, so this send never waits on the receiver.
-                    tx.send(alert_to_proto(&entry, &name)).await.map_err(|_| SessionError::Closed)?;
+                    tx.send(alert_to_proto(entry, &name)).await.map_err(|_| SessionError::Closed)?;
                 }
             }
         }

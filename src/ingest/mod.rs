@@ -1,20 +1,24 @@
 //! Ingest stage: the `Ingest` gRPC service CSP adapters publish to.
 //!
 //! A batch is validated event by event ([`validate`]); bad events are reported by index
-//! while their batch-mates go on. Good events are split by shard (every phase of a device
-//! goes to the same shard, keeping its events in order) and the batch is acknowledged once
-//! every shard has applied and stored its part. A shard queue that stays full past
-//! `ingest.queue_timeout` answers `RESOURCE_EXHAUSTED` with a retry hint: that is the
-//! relay's backpressure. While the data directory is low on space ingest answers
-//! `RESOURCE_EXHAUSTED`, and after a store failure `UNAVAILABLE`, before touching any state.
+//! while their batch-mates go on. Good events are split by partition (every phase of a device
+//! is in the same partition, keeping its events in order) and the batch is acknowledged once
+//! every part is durable: handed to its partition's owner, which applies and logs it, where
+//! owners sequence the log (embedded), or appended to the log otherwise. An owner queue that
+//! stays full past `ingest.queue_timeout` answers `RESOURCE_EXHAUSTED` with a retry hint:
+//! that is the relay's backpressure. While the data directory is low on space ingest answers
+//! `RESOURCE_EXHAUSTED`, and after a failed append `UNAVAILABLE`, before touching any state.
 //! The streaming call pipelines a few batches and answers in order.
 //!
 //! Before any of that, a batch is counted against its publisher's event rate ([`rate`]) and a
 //! `Publish` stream against its connection's stream limit; both refusals are
 //! `RESOURCE_EXHAUSTED` with a retry hint.
 
+mod admission;
 pub mod rate;
 pub mod validate;
+
+pub use admission::Admission;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,12 +27,11 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::events::EventLog;
-use crate::commit::Admission;
 use crate::config::{IngestConfig, LimitsConfig};
-use crate::debounce::{ApplyReport, ShardHandle, shard_of};
-use crate::domain::Clock;
+use crate::domain::{Clock, DeviceEvent, UtcMillis};
 use crate::error::RelayError;
+use crate::log::{EventLog, EventRecord, Partition, Sequencing, partition_of};
+use crate::owner::{ApplyReport, Owners};
 use crate::proto::{self, ingest_server::Ingest};
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, map_stream_error};
@@ -39,12 +42,26 @@ use rate::PublisherRate;
 const STREAM_PIPELINE: usize = 4;
 
 /// Where accepted events go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Sink {
-    /// This process's debounce shards (embedded and in-memory stores).
-    Shards(Arc<[ShardHandle]>),
-    /// The JetStream events stream, read by each partition's owner.
-    Log(Arc<EventLog>),
+    /// The partitioned event log, through the owners where they sequence it.
+    Partitions {
+        /// The event log.
+        events: Arc<dyn EventLog>,
+        /// This instance's owners.
+        owners: Arc<Owners>,
+    },
+    /// The JetStream events stream of `crate::cluster`, one message per event.
+    Cluster(Arc<crate::cluster::events::EventLog>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Partitions { .. } => f.write_str("Sink::Partitions"),
+            Self::Cluster(_) => f.write_str("Sink::Cluster"),
+        }
+    }
 }
 
 /// The service.
@@ -61,7 +78,7 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    /// An ingest feeding `shards`, refusing batches while `admission` says so, and callers
+    /// An ingest feeding `sink`, refusing batches while `admission` says so, and callers
     /// over the `edge` limits; `streams` is shared with the other streaming services.
     pub fn new(
         sink: Sink,
@@ -122,27 +139,11 @@ impl IngestService {
             }
         }
         let total = match &self.sink {
-            Sink::Shards(shards) => {
-                let mut per_shard = vec![Vec::new(); shards.len()];
-                for event in valid {
-                    per_shard[shard_of(event.point.device, shards.len())].push(event);
-                }
-                let applies = per_shard
-                    .into_iter()
-                    .zip(shards.iter())
-                    .filter(|(events, _)| !events.is_empty())
-                    .map(|(events, shard)| {
-                        shard.apply(events, received_at, self.limits.queue_timeout)
-                    });
-                let reports = futures::future::try_join_all(applies).await?;
-                reports
-                    .iter()
-                    .fold(ApplyReport::default(), |sum, r| ApplyReport {
-                        accepted: sum.accepted + r.accepted,
-                        duplicates: sum.duplicates + r.duplicates,
-                    })
+            Sink::Partitions { events, owners } => {
+                self.to_partitions(events, owners, valid, received_at)
+                    .await?
             }
-            Sink::Log(log) => log.append(&valid).await?,
+            Sink::Cluster(log) => log.append(&valid).await?,
         };
         self.metrics
             .ingest_batch
@@ -154,6 +155,77 @@ impl IngestService {
             batch_id: batch.batch_id,
         })
     }
+}
+
+impl IngestService {
+    /// Hands each partition its part of a batch: to its owner where owners sequence the log,
+    /// else straight to the log. Answers once every part is durable.
+    async fn to_partitions(
+        &self,
+        events: &Arc<dyn EventLog>,
+        owners: &Arc<Owners>,
+        valid: Vec<DeviceEvent>,
+        received_at: UtcMillis,
+    ) -> Result<ApplyReport, RelayError> {
+        let partitions = owners.partitions();
+        let mut parts: Vec<Vec<DeviceEvent>> = vec![Vec::new(); usize::from(partitions)];
+        for event in valid {
+            parts[usize::from(partition_of(event.point.device, partitions))].push(event);
+        }
+        let parts = (0..partitions)
+            .zip(parts)
+            .filter(|(_, part)| !part.is_empty());
+        let wait = self.limits.queue_timeout;
+        let reports =
+            match events.sequencing() {
+                Sequencing::Owner => {
+                    futures::future::try_join_all(parts.map(|(partition, part)| {
+                        submit(owners, partition, part, received_at, wait)
+                    }))
+                    .await?
+                }
+                Sequencing::Log => {
+                    futures::future::try_join_all(parts.map(|(partition, part)| {
+                        let count = part.len() as u64;
+                        let append = events.append(
+                            partition,
+                            EventRecord {
+                                arrival: received_at,
+                                received: received_at,
+                                events: part,
+                            },
+                        );
+                        async move {
+                            append.await.map_err(RelayError::from)?;
+                            Ok::<_, RelayError>(ApplyReport {
+                                accepted: count,
+                                duplicates: 0,
+                            })
+                        }
+                    }))
+                    .await?
+                }
+            };
+        Ok(reports
+            .into_iter()
+            .fold(ApplyReport::default(), ApplyReport::plus))
+    }
+}
+
+/// Hands `events` to `partition`'s owner on this instance.
+async fn submit(
+    owners: &Owners,
+    partition: Partition,
+    events: Vec<DeviceEvent>,
+    received_at: UtcMillis,
+    wait: std::time::Duration,
+) -> Result<ApplyReport, RelayError> {
+    let owner = owners.get(partition).ok_or_else(|| {
+        RelayError::Unavailable(format!(
+            "partition {partition} is not served at the moment (starting or stopping); retry"
+        ))
+    })?;
+    owner.submit(events, received_at, wait).await
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<proto::BatchAck, Status>> + Send>>;
@@ -174,8 +246,8 @@ impl Ingest for IngestService {
         // failure in the first would then put a point's earlier event after its later one. So
         // there a stream's batches go one at a time (each still pipelines its own events).
         let pipeline = match self.sink {
-            Sink::Shards(_) => STREAM_PIPELINE,
-            Sink::Log(_) => 1,
+            Sink::Partitions { .. } => STREAM_PIPELINE,
+            Sink::Cluster(_) => 1,
         };
         let service = self.clone();
         let acks = request

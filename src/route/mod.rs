@@ -90,7 +90,19 @@ impl Router {
         device: DeviceId,
         event_mpan: Option<MpanCore>,
     ) -> Result<Route, ParkReason> {
-        let (mpan, gsp) = match self.registry.load().get(device) {
+        self.route_in(&self.registry.load(), device, event_mpan)
+    }
+
+    /// Routes like [`Router::route`], with `registry` instead of the one in use now (a
+    /// partition owner keeps routing with the registry it started with until it has moved
+    /// its parked alerts under a new one, so a point's alerts stay in order).
+    pub fn route_in(
+        &self,
+        registry: &Registry,
+        device: DeviceId,
+        event_mpan: Option<MpanCore>,
+    ) -> Result<Route, ParkReason> {
+        let (mpan, gsp) = match registry.get(device) {
             Some(entry) => (entry.mpan, Some(entry.gsp)),
             None => {
                 let mpan = event_mpan.ok_or(ParkReason::UnknownDevice)?;

@@ -59,10 +59,10 @@ pub fn device_hex(device: &str) -> String {
     device.replace(['-', ':'], "")
 }
 
-/// The shard (of [`SHARDS`]) that owns `device`.
-pub fn shard_of(device: &str) -> usize {
+/// The partition (of [`SHARDS`]) that owns `device`.
+pub fn shard_of(device: &str) -> u16 {
     let id: DeviceId = device.parse().expect("test device ids are EUI-64s");
-    outage_relay::debounce::shard_of(id, SHARDS)
+    outage_relay::log::partition_of(id, SHARDS as u16)
 }
 
 /// A valid 13-digit MPAN core of `distributor`, distinct for each `n` (below 10^10).

@@ -6,6 +6,7 @@
 //! | open outage | lost_at i64, received_at i64, state u8 (1 pending, 2 alerted), mpan u64 (`u64::MAX` = none) |
 //! | device event (JetStream) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
 //! | partition snapshot (JetStream) | `v=1` u8, applied sequence u64, outage count u32, then per outage device u64, phase u8, open outage; tombstone count u32, then per tombstone device u64, phase u8, restored_at i64, closed_at i64 |
+//! | event record | `v=1` u8, arrival i64, received i64, event count u32, then per event: device u64, phase u8, event key u128, mpan u64, kind u8, lost_at or restored_at i64, restored's lost_at i64 (50 bytes) |
 //!
 //! Decoding re-validates MPANs and enums; a record that fails is reported as corruption,
 //! never turned into a default.
@@ -19,7 +20,7 @@ use crate::domain::{
 };
 use crate::route::{ParkReason, Route, SubscriberId};
 
-use super::Destination;
+use super::{Destination, EventRecord};
 
 const ENTRY_VERSION: u8 = 1;
 const NONE_TIME: i64 = i64::MIN;
@@ -29,6 +30,12 @@ const NONE_MPAN: u64 = u64::MAX;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("corrupt {0} record")]
 pub struct Corrupt(pub &'static str);
+
+impl From<Corrupt> for super::LogError {
+    fn from(err: Corrupt) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
 
 /// Encodes an alert and its destination.
 pub fn encode_entry(alert: &Alert, destination: &Destination) -> Vec<u8> {
@@ -79,13 +86,19 @@ pub fn encode_entry(alert: &Alert, destination: &Destination) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
+/// Reads little-endian fields off a record, failing with [`Corrupt`] when it runs short.
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     what: &'static str,
 }
 
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], Corrupt> {
+impl<'a> Reader<'a> {
+    /// A reader of `bytes`, which hold a record of kind `what` (named in errors).
+    pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, what }
+    }
+
+    pub(crate) fn take<const N: usize>(&mut self) -> Result<[u8; N], Corrupt> {
         let (head, rest) = self
             .bytes
             .split_first_chunk::<N>()
@@ -94,23 +107,33 @@ impl Reader<'_> {
         Ok(*head)
     }
 
-    fn u8(&mut self) -> Result<u8, Corrupt> {
+    /// The next `n` bytes as they are.
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.bytes.len() < n {
+            return Err(Corrupt(self.what));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, Corrupt> {
         Ok(self.take::<1>()?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, Corrupt> {
+    pub(crate) fn u16(&mut self) -> Result<u16, Corrupt> {
         Ok(u16::from_le_bytes(self.take()?))
     }
 
-    fn u64(&mut self) -> Result<u64, Corrupt> {
+    pub(crate) fn u64(&mut self) -> Result<u64, Corrupt> {
         Ok(u64::from_le_bytes(self.take()?))
     }
 
-    fn time(&mut self) -> Result<UtcMillis, Corrupt> {
+    pub(crate) fn time(&mut self) -> Result<UtcMillis, Corrupt> {
         Ok(UtcMillis(i64::from_le_bytes(self.take()?)))
     }
 
-    fn mpan(&mut self) -> Result<Option<MpanCore>, Corrupt> {
+    pub(crate) fn mpan(&mut self) -> Result<Option<MpanCore>, Corrupt> {
         match self.u64()? {
             NONE_MPAN => Ok(None),
             value => MpanCore::from_value(value)
@@ -119,7 +142,7 @@ impl Reader<'_> {
         }
     }
 
-    fn done(&self) -> Result<(), Corrupt> {
+    pub(crate) fn done(&self) -> Result<(), Corrupt> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
@@ -131,7 +154,7 @@ impl Reader<'_> {
 /// Decodes [`encode_entry`]'s output.
 pub fn decode_entry(bytes: &[u8]) -> Result<(Alert, Destination), Corrupt> {
     let what = "log entry";
-    let mut r = Reader { bytes, what };
+    let mut r = Reader::new(bytes, what);
     if r.u8()? != ENTRY_VERSION {
         return Err(Corrupt(what));
     }
@@ -202,7 +225,7 @@ pub fn encode_outage(outage: &OpenOutage) -> [u8; 25] {
 /// Decodes [`encode_outage`]'s output.
 pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
     let what = "open outage";
-    let mut r = Reader { bytes, what };
+    let mut r = Reader::new(bytes, what);
     let lost_at = r.time()?;
     let received_at = r.time()?;
     let state = match r.u8()? {
@@ -223,16 +246,19 @@ pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
 const EVENT_VERSION: u8 = 1;
 const SNAPSHOT_VERSION: u8 = 1;
 
-fn push_point(out: &mut Vec<u8>, point: SupplyPoint) {
-    out.extend_from_slice(&point.device.0.to_le_bytes());
-    out.push(u8::try_from(point.phase.to_proto()).unwrap_or(0));
-}
-
 /// Encodes a validated device event (for the JetStream events stream).
 pub fn encode_event(event: &DeviceEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52);
+    let mut out = Vec::with_capacity(1 + EVENT_BYTES);
     out.push(EVENT_VERSION);
-    push_point(&mut out, event.point);
+    push_event(&mut out, event);
+    out
+}
+
+/// Bytes of one event in a record (and after the version byte of a single event).
+const EVENT_BYTES: usize = 50;
+
+fn push_event(out: &mut Vec<u8>, event: &DeviceEvent) {
+    push_point(out, event.point);
     out.extend_from_slice(&event.key.0.to_le_bytes());
     out.extend_from_slice(&event.mpan.map_or(NONE_MPAN, MpanCore::value).to_le_bytes());
     let (kind, first, second) = match event.kind {
@@ -245,48 +271,100 @@ pub fn encode_event(event: &DeviceEvent) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(&first.to_le_bytes());
     out.extend_from_slice(&second.to_le_bytes());
-    out
+}
+
+/// Writes a supply point: device u64, phase u8.
+pub(crate) fn push_point(out: &mut Vec<u8>, point: SupplyPoint) {
+    out.extend_from_slice(&point.device.0.to_le_bytes());
+    out.push(u8::try_from(point.phase.to_proto()).unwrap_or(0));
 }
 
 impl Reader<'_> {
-    fn point(&mut self) -> Result<SupplyPoint, Corrupt> {
+    pub(crate) fn point(&mut self) -> Result<SupplyPoint, Corrupt> {
         let device = DeviceId(self.u64()?);
         let phase = Phase::from_proto(i32::from(self.u8()?)).ok_or(Corrupt(self.what))?;
         Ok(SupplyPoint { device, phase })
     }
 
-    fn u32(&mut self) -> Result<u32, Corrupt> {
+    pub(crate) fn u32(&mut self) -> Result<u32, Corrupt> {
         Ok(u32::from_le_bytes(self.take()?))
     }
 }
 
 /// Decodes [`encode_event`]'s output.
 pub fn decode_event(bytes: &[u8]) -> Result<DeviceEvent, Corrupt> {
-    let what = "device event";
-    let mut r = Reader { bytes, what };
+    let mut r = Reader::new(bytes, "device event");
     if r.u8()? != EVENT_VERSION {
-        return Err(Corrupt(what));
+        return Err(Corrupt(r.what));
     }
-    let point = r.point()?;
-    let key = EventKey(u128::from_le_bytes(r.take()?));
-    let mpan = r.mpan()?;
-    let kind = r.u8()?;
-    let first = r.time()?;
-    let second = Some(r.time()?).filter(|t| t.0 != NONE_TIME);
+    let event = r.event()?;
     r.done()?;
-    let kind = match (kind, second) {
-        (1, None) => EventKind::Lost { lost_at: first },
-        (2, lost_at) => EventKind::Restored {
-            restored_at: first,
-            lost_at,
-        },
-        _ => return Err(Corrupt(what)),
-    };
-    Ok(DeviceEvent {
-        key,
-        point,
-        mpan,
-        kind,
+    Ok(event)
+}
+
+impl Reader<'_> {
+    /// Reads one event in the layout of [`push_event`].
+    fn event(&mut self) -> Result<DeviceEvent, Corrupt> {
+        let point = self.point()?;
+        let key = EventKey(u128::from_le_bytes(self.take()?));
+        let mpan = self.mpan()?;
+        let kind = self.u8()?;
+        let first = self.time()?;
+        let second = Some(self.time()?).filter(|t| t.0 != NONE_TIME);
+        let kind = match (kind, second) {
+            (1, None) => EventKind::Lost { lost_at: first },
+            (2, lost_at) => EventKind::Restored {
+                restored_at: first,
+                lost_at,
+            },
+            _ => return Err(Corrupt(self.what)),
+        };
+        Ok(DeviceEvent {
+            key,
+            point,
+            mpan,
+            kind,
+        })
+    }
+}
+
+const RECORD_VERSION: u8 = 1;
+
+/// Encodes an event record (a partition's log record).
+pub fn encode_record(record: &EventRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + record.events.len() * EVENT_BYTES);
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&record.arrival.0.to_le_bytes());
+    out.extend_from_slice(&record.received.0.to_le_bytes());
+    let count = u32::try_from(record.events.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&count.to_le_bytes());
+    for event in &record.events {
+        push_event(&mut out, event);
+    }
+    out
+}
+
+/// Decodes [`encode_record`]'s output.
+pub fn decode_record(bytes: &[u8]) -> Result<EventRecord, Corrupt> {
+    let mut r = Reader::new(bytes, "event record");
+    if r.u8()? != RECORD_VERSION {
+        return Err(Corrupt(r.what));
+    }
+    let arrival = r.time()?;
+    let received = r.time()?;
+    let count = r.u32()? as usize;
+    if count > bytes.len() / EVENT_BYTES {
+        return Err(Corrupt(r.what));
+    }
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        events.push(r.event()?);
+    }
+    r.done()?;
+    Ok(EventRecord {
+        arrival,
+        received,
+        events,
     })
 }
 
@@ -332,7 +410,7 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
 /// Decodes [`encode_snapshot`]'s output.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Corrupt> {
     let what = "partition snapshot";
-    let mut r = Reader { bytes, what };
+    let mut r = Reader::new(bytes, what);
     if r.u8()? != SNAPSHOT_VERSION {
         return Err(Corrupt(what));
     }
