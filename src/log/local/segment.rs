@@ -117,7 +117,7 @@ impl Default for SegmentOptions {
 /// What [`SegmentLog::open`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// The first position stored.
+    /// The first position stored (equal to `next` when the log holds no record).
     pub first: u64,
     /// The position the next record gets.
     pub next: u64,

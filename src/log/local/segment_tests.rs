@@ -37,6 +37,11 @@ fn expected(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
     range.map(|i| (i, record(i))).collect()
 }
 
+/// The name the module doc gives the segment starting at `base`.
+fn file_name(base: u64) -> String {
+    format!("{base:020}.seg")
+}
+
 fn segment_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
@@ -107,7 +112,7 @@ fn full_segments_roll_and_reads_cross_them() {
     append(&mut log, 0..10);
     assert_eq!(
         segment_files(dir.path()),
-        [0, 4, 8].map(|base| format!("{base:020}.seg")),
+        [0, 4, 8].map(file_name),
         "a segment takes frames until it reaches 150 bytes"
     );
     assert_eq!(read_all(&log, 0), expected(0..10));
@@ -173,10 +178,7 @@ fn truncation_deletes_whole_segments_only() {
         "0..4 goes, 4..8 holds 6 and 7"
     );
     assert_eq!((log.first(), reader.first()), (4, 4));
-    assert_eq!(
-        segment_files(dir.path()),
-        [4, 8].map(|base| format!("{base:020}.seg"))
-    );
+    assert_eq!(segment_files(dir.path()), [4, 8].map(file_name));
     assert!(log.disk_bytes() < bytes);
     assert!(matches!(
         reader.read(3, 10, usize::MAX),
@@ -201,7 +203,7 @@ fn truncation_keeps_the_segment_holding_the_last_record() {
     append(&mut log, 0..8);
     drop(log);
     // A crash right after a roll leaves the new segment empty.
-    fs::write(dir.path().join(format!("{:020}.seg", 8)), b"").expect("empty segment");
+    fs::write(dir.path().join(file_name(8)), b"").expect("empty segment");
     let (mut log, recovery) = open(dir.path(), 0, SMALL);
     assert_eq!((recovery.next, recovery.cut), (8, None));
     assert_eq!(log.truncate_before(u64::MAX).expect("truncate"), 4);
@@ -271,7 +273,7 @@ fn a_bad_byte_in_a_middle_segment_is_corruption() {
     let (mut log, _) = open(dir.path(), 0, SMALL);
     append(&mut log, 0..10);
     drop(log);
-    let middle = dir.path().join(format!("{:020}.seg", 4));
+    let middle = dir.path().join(file_name(4));
     let mut bytes = fs::read(&middle).expect("read");
     let second_payload = (2 * HEADER_BYTES) as usize + record(4).len();
     bytes[second_payload + 3] ^= 1;
@@ -296,7 +298,7 @@ fn a_missing_middle_segment_is_corruption() {
     let (mut log, _) = open(dir.path(), 0, SMALL);
     append(&mut log, 0..10);
     drop(log);
-    fs::remove_file(dir.path().join(format!("{:020}.seg", 4))).expect("remove");
+    fs::remove_file(dir.path().join(file_name(4))).expect("remove");
     assert!(matches!(
         SegmentLog::open(dir.path(), 0, SMALL),
         Err(SegmentError::Corrupt { offset: 0, .. })

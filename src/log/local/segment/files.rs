@@ -146,7 +146,7 @@ fn load_closed(
     Ok((indexed, end))
 }
 
-/// Loads the last segment, cutting a torn tail, and fdatasyncs it.
+/// Loads the last segment, cutting a torn tail, and fsyncs it.
 fn load_last(
     dir: &Path,
     base: u64,
@@ -169,7 +169,8 @@ fn load_last(
     if cut.is_some() {
         file.set_len(scan.len).map_err(io_at(&path))?;
     }
-    file.sync_data().map_err(io_at(&path))?;
+    // A full fsync: a cut changed the file's size.
+    file.sync_all().map_err(io_at(&path))?;
     let reader = File::open(&path).map_err(io_at(&path))?;
     let active = Active {
         base,
