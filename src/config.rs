@@ -56,8 +56,8 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
 /// Kept for configuration files written for the redb store; unused.
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 128 * 1024 * 1024;
-/// Requests queued for the embedded log's writer before appends wait.
-pub const DEFAULT_COMMIT_QUEUE: usize = 4096;
+/// Appends (records, alert batches) each partition owner keeps in flight to the log.
+pub const DEFAULT_COMMIT_QUEUE: usize = 64;
 /// How often a partition's owner checkpoints its state, when it changed.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// An owner also checkpoints after this many events since its last checkpoint.
@@ -298,7 +298,8 @@ pub struct StoreConfig {
     /// Unused: the page cache of the redb store earlier versions kept. The embedded log reads
     /// through the kernel's page cache. Accepted so existing configuration files still load.
     pub cache_bytes: usize,
-    /// Requests queued for the embedded log's writer.
+    /// Appends (records, alert batches) each partition owner keeps in flight to the log
+    /// before it stops taking batches and waits for them.
     pub commit_queue: usize,
     /// How often a partition's owner checkpoints its state (when it changed); the event log
     /// behind a checkpoint is deleted. Shorter: faster restarts, more writes.

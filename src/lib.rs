@@ -14,7 +14,7 @@
 //!                                                                    │ alerts, in order
 //!  ══════════════════════ the seam: crate::log ══════════════════════▼═══════════════════
 //!   EventLog (records by partition) · AlertLog (per subscriber) · Checkpoints · Ownership
-//!        embedded: segment files + group commit       JetStream: streams + leases
+//!   · Peers      embedded: segment files + group commit   JetStream: streams + leases
 //!  ═══════════════════════════════════════════════════════════════════╤═══════════════════
 //!                                                                    │
 //!            deliver::feed (Subscribe/Ack) · deliver::push (AlertReceiver) · sla watch
@@ -27,14 +27,15 @@
 //!   [`debounce`] state machine, timers by log time, event-id de-duplication), routing, and
 //!   the appends, checkpoints and replay around it.
 //! - [`log`]: the seam (traits and module-doc spec), its codecs, the conformance suite, and
-//!   the in-memory, embedded ([`log::local`]) and single-instance implementations.
+//!   its implementations: in memory ([`log::memory`]), embedded ([`log::local`]), JetStream
+//!   ([`log::jetstream`]: several instances sharing a NATS JetStream cluster, partitions and
+//!   subscribers owned through leases), and the single-instance ownership ([`log::single`]).
 //! - [`route`]: device registry and routing table.
 //! - [`deliver`]: subscriber feeds (server streaming with resume and cumulative acks) and push
 //!   delivery to DNO-hosted receivers, over the alert log.
 //! - [`sla`]: the deadline watch, one per subscriber.
+//! - [`timers`]: the due-time queues the owners and SLA watches fire from.
 //! - [`admin`]: the operator gRPC service.
-//! - [`cluster`]: the JetStream backend (several instances sharing a NATS JetStream cluster;
-//!   still its own partition loop, feed, admin and SLA watch, to move onto the seam).
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles.
@@ -45,7 +46,6 @@
 pub mod admin;
 pub mod bench;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod debounce;
 pub mod deliver;
@@ -61,4 +61,5 @@ pub mod security;
 pub mod server;
 pub mod sla;
 pub mod telemetry;
+pub mod timers;
 pub mod tools;

@@ -26,9 +26,16 @@ use crate::deliver::feed::FeedService;
 use crate::deliver::{Delivery, push};
 use crate::domain::Clock;
 use crate::ingest::{Admission, IngestService, Sink};
+use crate::log::jetstream::Cluster;
+use crate::log::jetstream::alerts::JsAlerts;
+use crate::log::jetstream::checkpoints::JsCheckpoints;
+use crate::log::jetstream::events::JsEvents;
+use crate::log::jetstream::ownership::JsOwnership;
+use crate::log::jetstream::peers::JsPeers;
+use crate::log::local::{Local, Options as LocalOptions};
 use crate::log::memory::{MemoryAlerts, MemoryCheckpoints, MemoryEvents};
 use crate::log::single::{AllHere, NoPeers};
-use crate::log::{AlertLog, Checkpoints, EventLog, Ownership, StartUnit, Unit};
+use crate::log::{AlertLog, Checkpoints, EventLog, Ownership, Peers, Sequencing, StartUnit, Unit};
 use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
@@ -38,38 +45,48 @@ use crate::security::tls::ServerTls;
 use crate::security::{Guard, IdentityMap, Principal, Role};
 use crate::telemetry::Metrics;
 
-/// The backend's parts, for an instance that runs alone (embedded or in memory).
+/// The backend's parts: the seam's implementations for the configured backend.
 struct Parts {
-    name: &'static str,
     partitions: u16,
     events: Arc<dyn EventLog>,
     alerts: Arc<dyn AlertLog>,
     checkpoints: Arc<dyn Checkpoints>,
+    ownership: Arc<dyn Ownership>,
+    /// Other instances, when there can be any.
+    cluster: Option<Arc<JsPeers>>,
+    /// How often owners checkpoint.
+    checkpoint_every: std::time::Duration,
     /// Closes the backend once nothing uses it any more.
     close: Box<dyn FnOnce() + Send>,
 }
 
-/// Opens the configured single-instance backend.
-fn open_backend(config: &Config, table: &RoutingTable) -> anyhow::Result<Parts> {
+/// Opens the configured backend.
+async fn open_backend(
+    config: &Config,
+    table: &Arc<RoutingTable>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Parts> {
     let partitions = u16::try_from(config.shard_count()).unwrap_or(u16::MAX);
     Ok(match config.store.backend {
         Backend::Memory => {
             tracing::warn!("store.backend = \"memory\": nothing survives a restart");
             Parts {
-                name: "memory",
                 partitions,
                 events: Arc::new(MemoryEvents::new(partitions)),
                 alerts: Arc::new(MemoryAlerts::new(table)),
                 checkpoints: Arc::new(MemoryCheckpoints::default()),
+                ownership: Arc::new(AllHere::new("memory", partitions)),
+                cluster: None,
+                checkpoint_every: config.store.checkpoint_interval,
                 close: Box::new(|| {}),
             }
         }
         Backend::Embedded => {
-            let local = crate::log::local::Local::open(
+            let local = Local::open(
                 &config.data_dir,
                 table,
                 partitions,
-                &crate::log::local::Options::from_config(config),
+                &LocalOptions::from_config(config),
             )?;
             tracing::info!(
                 dir = %config.data_dir.display(),
@@ -77,16 +94,42 @@ fn open_backend(config: &Config, table: &RoutingTable) -> anyhow::Result<Parts> 
                 "embedded log open"
             );
             Parts {
-                name: "embedded",
                 partitions: local.partitions(),
                 events: local.events(),
                 alerts: local.alerts(),
                 checkpoints: local.checkpoints(),
+                ownership: Arc::new(AllHere::new("embedded", local.partitions())),
+                cluster: None,
+                checkpoint_every: config.store.checkpoint_interval,
                 close: Box::new(move || local.close()),
             }
         }
         Backend::Jetstream => {
-            anyhow::bail!("the JetStream backend runs through cluster::run")
+            let cluster = Arc::new(Cluster::connect(config).await?);
+            tracing::info!(
+                instance = %cluster.instance,
+                partitions = cluster.settings.partitions,
+                replicas = cluster.settings.replicas,
+                "connected to JetStream"
+            );
+            let ownership = Arc::new(JsOwnership::new(
+                Arc::clone(&cluster),
+                Arc::clone(table),
+                Arc::clone(metrics),
+            ));
+            Parts {
+                partitions: cluster.settings.partitions,
+                events: Arc::new(JsEvents::new(Arc::clone(&cluster))),
+                alerts: Arc::new(JsAlerts::new(Arc::clone(&cluster), Arc::clone(table))),
+                checkpoints: Arc::new(JsCheckpoints::new(Arc::clone(&cluster))),
+                cluster: Some(Arc::new(JsPeers::new(
+                    Arc::clone(&cluster),
+                    Arc::clone(&ownership),
+                ))),
+                ownership,
+                checkpoint_every: cluster.settings.snapshot_interval,
+                close: Box::new(|| {}),
+            }
         }
     })
 }
@@ -98,9 +141,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    if config.store.backend == Backend::Jetstream {
-        return crate::cluster::run::run(config, listener, shutdown).await;
-    }
     let server_tls = crate::security::tls::server(&config.tls)?;
     let push_targets = push_targets(&config)?;
     let registry = match &config.registry {
@@ -116,7 +156,7 @@ pub async fn run(
         registry,
     ));
     let started = std::time::Instant::now();
-    let parts = open_backend(&config, &table)?;
+    let parts = open_backend(&config, &table, &metrics).await?;
     let owners = Arc::new(Owners::new(parts.partitions));
     let admission = Arc::new(Admission::default());
     let delivery = Arc::new(Delivery::new(
@@ -142,15 +182,28 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         admission: Arc::clone(&admission),
         checkpoint: CheckpointPolicy {
-            every: config.store.checkpoint_interval,
+            every: parts.checkpoint_every,
             events: config.store.checkpoint_events,
         },
         queue: config.shard_queue,
+        in_flight: config.store.commit_queue,
         owners: Arc::clone(&owners),
     });
-    let ownership: Arc<dyn Ownership> = Arc::new(AllHere::new(parts.name, parts.partitions));
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
+    let reload = reload_here(
+        Arc::clone(&owners),
+        Arc::clone(&router),
+        config.registry.clone(),
+    );
+    let peers: Arc<dyn Peers> = match &parts.cluster {
+        Some(cluster) => {
+            let serving = Arc::clone(cluster).serve(Arc::clone(&owners), reload, stages.clone());
+            tasks.spawn("peers", serving);
+            Arc::clone(cluster) as Arc<dyn Peers>
+        }
+        None => Arc::new(NoPeers::new(reload)),
+    };
     let units = (0..parts.partitions)
         .map(Unit::Partition)
         .chain(table.iter().map(|(id, _)| Unit::Subscriber(id)))
@@ -162,18 +215,21 @@ pub async fn run(
         config.delivery.clone(),
     );
     {
-        let (ownership, stages) = (Arc::clone(&ownership), stages.clone());
+        let (ownership, stages) = (Arc::clone(&parts.ownership), stages.clone());
         tasks.spawn("ownership", async move {
             ownership.run(units, start, stages).await;
         });
     }
-    if let Err(failed) = owners.wait_serving(usize::from(parts.partitions)).await {
-        stages.cancel();
-        tasks.wait(config.shutdown_grace).await;
-        (parts.close)();
-        anyhow::bail!("cannot recover the partitions' state: {failed}");
+    if parts.events.sequencing() == Sequencing::Owner {
+        // Owners sequence ingest here: serve once every one of them has recovered.
+        if let Err(failed) = owners.wait_serving(usize::from(parts.partitions)).await {
+            stages.cancel();
+            tasks.wait(config.shutdown_grace).await;
+            (parts.close)();
+            anyhow::bail!("cannot recover the partitions' state: {failed}");
+        }
+        tracing::info!(elapsed = ?started.elapsed(), partitions = parts.partitions, "state recovered; serving");
     }
-    tracing::info!(elapsed = ?started.elapsed(), partitions = parts.partitions, "state recovered; serving");
     tasks.spawn(
         "maintenance",
         maintenance(
@@ -187,7 +243,7 @@ pub async fn run(
     );
     let streams = StreamLimiter::new(config.limits.max_streams_per_connection);
     let ingest = IngestService::new(
-        Sink::Partitions {
+        Sink {
             events: parts.events,
             owners: Arc::clone(&owners),
         },
@@ -205,12 +261,14 @@ pub async fn run(
         tasks.clone(),
         streams,
     );
-    let peers = Arc::new(NoPeers::new(reload_here(
-        Arc::clone(&owners),
-        Arc::clone(&router),
-        config.registry.clone(),
-    )));
-    let admin = AdminService::new(owners, peers, ownership, delivery, router, config.debounce);
+    let admin = AdminService::new(
+        owners,
+        peers,
+        Arc::clone(&parts.ownership),
+        delivery,
+        router,
+        config.debounce,
+    );
     let edge = Edge {
         tls: server_tls,
         guard: guard(&config),

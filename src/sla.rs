@@ -10,10 +10,9 @@
 //! passed while no watch ran is reported once, at once (cause `relay` when its event had
 //! arrived in time), and one already checked is not reported again.
 //!
-//! Deadlines wait in a binary heap of `(deadline, sequence, kind and cause)`, 24 bytes each.
+//! Deadlines wait in a [`DueQueue`] of `(sequence, kind and cause)`; an alert already
+//! acknowledged when the watch reads it is not queued at all.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use crate::deliver::Delivery;
 use crate::domain::{AlertKind, BreachCause, UtcMillis};
 use crate::log::{AlertReader, Lease, LogEntry, LogError, SlaMark};
 use crate::route::SubscriberId;
+use crate::timers::DueQueue;
 
 /// Entries read from the log at a time.
 const READ_BATCH: usize = 4096;
@@ -48,6 +48,10 @@ impl Deadline {
             sequence: entry.sequence,
             class,
         }
+    }
+
+    fn queued(self, deadlines: &mut DueQueue<(u64, u8)>) {
+        deadlines.insert(self.at, (self.sequence, self.class));
     }
 
     fn kind(self) -> AlertKind {
@@ -95,7 +99,7 @@ pub async fn watch(delivery: Arc<Delivery>, log: SubscriberId, lease: Lease) {
 struct Watch {
     log: SubscriberId,
     reader: Box<dyn AlertReader>,
-    deadlines: BinaryHeap<Reverse<Deadline>>,
+    deadlines: DueQueue<(u64, u8)>,
     /// Where the previous watch had got (entries it checked are not checked again).
     resumed: SlaMark,
     seen: u64,
@@ -115,7 +119,7 @@ impl Watch {
         Ok(Self {
             log,
             reader: alerts.reader(log, from).await?,
-            deadlines: BinaryHeap::new(),
+            deadlines: DueQueue::new(),
             resumed,
             seen: resumed.seen.max(from - 1),
             acked: status.acked,
@@ -133,11 +137,11 @@ impl Watch {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let clock = delivery.clock();
         loop {
-            let next = self.deadlines.peek().map(|Reverse(d)| d.at);
+            let next = self.deadlines.next_due();
             wake.as_mut()
                 .reset(next.map_or(far, |at| clock.instant_at(at)));
             tokio::select! {
-                entries = self.reader.next(READ_BATCH) => self.track(delivery, entries?),
+                entries = self.reader.next(READ_BATCH) => self.track(delivery, entries?).await?,
                 () = &mut wake, if next.is_some() => {
                     if self.check(delivery).await? > 0 {
                         self.store_mark(delivery).await?;
@@ -148,18 +152,26 @@ impl Watch {
         }
     }
 
-    /// New entries: each waits for its deadline, unless a previous watch checked it already.
-    fn track(&mut self, delivery: &Delivery, entries: Vec<LogEntry>) {
+    /// New entries: each waits for its deadline, unless it is acknowledged already or a
+    /// previous watch checked it.
+    async fn track(&mut self, delivery: &Delivery, entries: Vec<LogEntry>) -> Result<(), LogError> {
+        if entries
+            .last()
+            .is_some_and(|last| last.sequence > self.acked)
+        {
+            self.acked = delivery.alerts().status(self.log).await?.acked;
+        }
         for entry in &entries {
             self.seen = self.seen.max(entry.sequence);
             let deadline = Deadline::of(entry);
             let checked =
                 entry.sequence <= self.resumed.seen && deadline.at <= self.resumed.checked_through;
-            if !checked {
-                self.deadlines.push(Reverse(deadline));
+            if !checked && entry.sequence > self.acked {
+                deadline.queued(&mut self.deadlines);
             }
         }
         delivery.backlog(self.log, self.seen.saturating_sub(self.acked));
+        Ok(())
     }
 
     /// Checks every deadline that has come; returns how many were breached.
@@ -168,13 +180,13 @@ impl Watch {
         let acked = delivery.alerts().status(self.log).await?.acked;
         self.acked = acked;
         let mut report = Report::default();
-        while let Some(Reverse(deadline)) = self.deadlines.peek().copied() {
-            if deadline.at > now {
-                break;
-            }
-            self.deadlines.pop();
-            if deadline.sequence > acked {
-                report.add(deadline);
+        while let Some((at, (sequence, class))) = self.deadlines.pop_due(now) {
+            if sequence > acked {
+                report.add(Deadline {
+                    at,
+                    sequence,
+                    class,
+                });
             }
         }
         self.checked_through = self.checked_through.max(now);
@@ -187,8 +199,8 @@ impl Watch {
     /// Stores the watch's progress with the log, if it moved.
     async fn store_mark(&mut self, delivery: &Delivery) -> Result<(), LogError> {
         // Deadlines still waiting are not checked: the mark must not claim them.
-        let through = match self.deadlines.peek() {
-            Some(Reverse(first)) => self.checked_through.min(UtcMillis(first.at.0 - 1)),
+        let through = match self.deadlines.next_due() {
+            Some(first) => self.checked_through.min(UtcMillis(first.0 - 1)),
             None => self.checked_through,
         };
         if self.seen == self.stored.seen

@@ -544,3 +544,36 @@ async fn a_snapshot_of_many_chunks_restores_the_partition_on_its_own() {
     assert_eq!(open.total, OUTAGES);
     b.stop().await;
 }
+
+/// The JetStream implementation of the seam passes the conformance suite every backend runs
+/// (retention is left to the streams' own limits there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_backend_passes_the_conformance_suite() {
+    use outage_relay::log::conformance::{self, Subject};
+    use outage_relay::log::jetstream::Cluster;
+    use outage_relay::log::jetstream::alerts::JsAlerts;
+    use outage_relay::log::jetstream::checkpoints::JsCheckpoints;
+    use outage_relay::log::jetstream::events::JsEvents;
+    use outage_relay::route::RoutingTable;
+    use std::sync::Arc;
+
+    let mut config = Config::default();
+    config.store.backend = Backend::Jetstream;
+    config.store.jetstream.servers = nats_urls();
+    config.store.jetstream.prefix = unique_prefix("conformance");
+    config.store.jetstream.partitions = PARTITIONS;
+    let cluster = Arc::new(
+        bounded("connect to JetStream", Cluster::connect(&config))
+            .await
+            .expect("a cluster"),
+    );
+    let table = Arc::new(RoutingTable::from_config(&config.routing));
+    conformance::run_all(&Subject {
+        events: Arc::new(JsEvents::new(Arc::clone(&cluster))),
+        alerts: Arc::new(JsAlerts::new(Arc::clone(&cluster), table)),
+        checkpoints: Arc::new(JsCheckpoints::new(cluster)),
+        partitions: PARTITIONS,
+        retention: false,
+    })
+    .await;
+}

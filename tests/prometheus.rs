@@ -100,6 +100,8 @@ fn exported() -> BTreeSet<&'static str> {
         telemetry::LEASE_CHANGES,
         telemetry::ALERTS_DEDUPLICATED,
         telemetry::JETSTREAM_ERRORS,
+        telemetry::OWNER_ERRORS,
+        telemetry::LOG_TORN_TAILS,
     ]);
     names
 }

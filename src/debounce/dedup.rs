@@ -5,7 +5,10 @@
 //! absorb them); this window exists so publishers learn which events were re-sends, and so the
 //! common retry case costs one hash lookup instead of a state-machine step.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashSet;
+use foldhash::HashSetExt as _;
 use std::time::Duration;
 
 use crate::domain::UtcMillis;

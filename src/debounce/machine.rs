@@ -18,7 +18,10 @@
 //! due, and the owner fires it once the rest of the record is applied, so that a restoration
 //! in the same record showing a short interruption closes it first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
 use std::time::Duration;
 
 use crate::domain::{Alert, AlertKind, DeviceEvent, EventKind, MpanCore, SupplyPoint, UtcMillis};

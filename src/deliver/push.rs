@@ -54,9 +54,6 @@ pub enum SessionError {
     /// The alert log failed.
     #[error(transparent)]
     Log(#[from] LogError),
-    /// The JetStream cluster failed (`crate::cluster`).
-    #[error(transparent)]
-    Cluster(#[from] crate::error::RelayError),
 }
 
 impl From<tonic::transport::Error> for SessionError {

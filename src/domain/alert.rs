@@ -120,14 +120,11 @@ pub struct AlertId {
 
 impl fmt::Display for AlertId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{:016x}-{}-{}",
-            self.kind.as_str(),
-            self.point.device.0,
-            self.point.phase.to_proto(),
-            self.lost_at.0
-        )
+        let hex = self.point.device.hex();
+        f.write_str(self.kind.as_str())?;
+        f.write_str("-")?;
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)?;
+        write!(f, "-{}-{}", self.point.phase.to_proto(), self.lost_at.0)
     }
 }
 

@@ -48,14 +48,29 @@ impl FromStr for DeviceId {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl DeviceId {
+    /// The 16 lowercase hex digits, as alert ids show the device.
+    pub fn hex(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for DeviceId {
+    /// `00-db-12-34-56-78-90-a0`. Formatted by hand: every alert sent shows one, and the
+    /// formatting machinery costs several times more.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0.to_be_bytes();
-        write!(
-            f,
-            "{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
-        )
+        let hex = self.hex();
+        let mut out = [b'-'; 23];
+        for (pair, digits) in hex.chunks_exact(2).enumerate() {
+            out[pair * 3..pair * 3 + 2].copy_from_slice(digits);
+        }
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 

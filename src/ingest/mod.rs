@@ -41,26 +41,19 @@ use rate::PublisherRate;
 /// Batches of one `Publish` stream processed concurrently (acks still go out in order).
 const STREAM_PIPELINE: usize = 4;
 
-/// Where accepted events go.
+/// Where accepted events go: the partitioned event log, through this instance's owners
+/// where they sequence it.
 #[derive(Clone)]
-pub enum Sink {
-    /// The partitioned event log, through the owners where they sequence it.
-    Partitions {
-        /// The event log.
-        events: Arc<dyn EventLog>,
-        /// This instance's owners.
-        owners: Arc<Owners>,
-    },
-    /// The JetStream events stream of `crate::cluster`, one message per event.
-    Cluster(Arc<crate::cluster::events::EventLog>),
+pub struct Sink {
+    /// The event log.
+    pub events: Arc<dyn EventLog>,
+    /// This instance's owners.
+    pub owners: Arc<Owners>,
 }
 
 impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Partitions { .. } => f.write_str("Sink::Partitions"),
-            Self::Cluster(_) => f.write_str("Sink::Cluster"),
-        }
+        f.debug_struct("Sink").finish_non_exhaustive()
     }
 }
 
@@ -138,13 +131,7 @@ impl IngestService {
                 }
             }
         }
-        let total = match &self.sink {
-            Sink::Partitions { events, owners } => {
-                self.to_partitions(events, owners, valid, received_at)
-                    .await?
-            }
-            Sink::Cluster(log) => log.append(&valid).await?,
-        };
+        let total = self.to_partitions(valid, received_at).await?;
         self.metrics
             .ingest_batch
             .record(started.elapsed().as_secs_f64());
@@ -162,11 +149,10 @@ impl IngestService {
     /// else straight to the log. Answers once every part is durable.
     async fn to_partitions(
         &self,
-        events: &Arc<dyn EventLog>,
-        owners: &Arc<Owners>,
         valid: Vec<DeviceEvent>,
         received_at: UtcMillis,
     ) -> Result<ApplyReport, RelayError> {
+        let Sink { events, owners } = &self.sink;
         let partitions = owners.partitions();
         let mut parts: Vec<Vec<DeviceEvent>> = vec![Vec::new(); usize::from(partitions)];
         for event in valid {
@@ -196,10 +182,10 @@ impl IngestService {
                             },
                         );
                         async move {
-                            append.await.map_err(RelayError::from)?;
+                            let appended = append.await.map_err(RelayError::from)?;
                             Ok::<_, RelayError>(ApplyReport {
-                                accepted: count,
-                                duplicates: 0,
+                                accepted: count - appended.duplicates.min(count),
+                                duplicates: appended.duplicates,
                             })
                         }
                     }))
@@ -242,12 +228,13 @@ impl Ingest for IngestService {
             .limit_key(request.remote_addr())
             .into();
         let permit = self.streams.acquire(request.remote_addr())?;
-        // The JetStream log stores a batch's events while the next batch's are stored too; a
-        // failure in the first would then put a point's earlier event after its later one. So
-        // there a stream's batches go one at a time (each still pipelines its own events).
-        let pipeline = match self.sink {
-            Sink::Partitions { .. } => STREAM_PIPELINE,
-            Sink::Cluster(_) => 1,
+        // A log that stores a batch's events while the next batch's are stored too could,
+        // if the first failed, put a point's earlier event after its later one. So where the
+        // log sequences (JetStream) a stream's batches go one at a time (each still pipelines
+        // its own events); owners take batches in order anyway.
+        let pipeline = match self.sink.events.sequencing() {
+            Sequencing::Owner => STREAM_PIPELINE,
+            Sequencing::Log => 1,
         };
         let service = self.clone();
         let acks = request

@@ -5,13 +5,11 @@
 //! | log entry | `v=1` u8, kind u8, device u64, phase u8, lost_at i64, restored_at i64 (`i64::MIN` = none), due_at i64, deadline i64, emitted_at i64, received_at i64, learned_late u8, event_mpan u64 (`u64::MAX` = none), destination tag u8, then routed: subscriber u16, mpan u64, distributor u8, gsp letter u8 (0 = none); parked: reason u8, distributor u8 |
 //! | open outage | lost_at i64, received_at i64, state u8 (1 pending, 2 alerted), mpan u64 (`u64::MAX` = none) |
 //! | device event (JetStream) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
-//! | partition snapshot (JetStream) | `v=1` u8, applied sequence u64, outage count u32, then per outage device u64, phase u8, open outage; tombstone count u32, then per tombstone device u64, phase u8, restored_at i64, closed_at i64 |
 //! | event record | `v=1` u8, arrival i64, received i64, event count u32, then per event: device u64, phase u8, event key u128, mpan u64, kind u8, lost_at or restored_at i64, restored's lost_at i64 (50 bytes) |
 //!
 //! Decoding re-validates MPANs and enums; a record that fails is reported as corruption,
 //! never turned into a default.
 
-use crate::debounce::machine::Tombstone;
 use crate::debounce::{OpenOutage, OutageState};
 use crate::domain::event::EventKey;
 use crate::domain::{
@@ -244,7 +242,6 @@ pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
 }
 
 const EVENT_VERSION: u8 = 1;
-const SNAPSHOT_VERSION: u8 = 1;
 
 /// Encodes a validated device event (for the JetStream events stream).
 pub fn encode_event(event: &DeviceEvent) -> Vec<u8> {
@@ -365,80 +362,6 @@ pub fn decode_record(bytes: &[u8]) -> Result<EventRecord, Corrupt> {
         arrival,
         received,
         events,
-    })
-}
-
-/// One partition's state at a position of its event log: what a new owner starts from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Stream sequence of the last event applied (0: none).
-    pub applied: u64,
-    /// Open outages.
-    pub outages: Vec<(SupplyPoint, OpenOutage)>,
-    /// Tombstones, oldest first.
-    pub tombstones: Vec<Tombstone>,
-}
-
-/// Encodes a partition snapshot.
-pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(21 + snapshot.outages.len() * 34 + snapshot.tombstones.len() * 25);
-    out.push(SNAPSHOT_VERSION);
-    out.extend_from_slice(&snapshot.applied.to_le_bytes());
-    out.extend_from_slice(
-        &u32::try_from(snapshot.outages.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    for (point, outage) in &snapshot.outages {
-        push_point(&mut out, *point);
-        out.extend_from_slice(&encode_outage(outage));
-    }
-    out.extend_from_slice(
-        &u32::try_from(snapshot.tombstones.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    for tombstone in &snapshot.tombstones {
-        push_point(&mut out, tombstone.point);
-        out.extend_from_slice(&tombstone.restored_at.0.to_le_bytes());
-        out.extend_from_slice(&tombstone.closed_at.0.to_le_bytes());
-    }
-    out
-}
-
-/// Decodes [`encode_snapshot`]'s output.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Corrupt> {
-    let what = "partition snapshot";
-    let mut r = Reader::new(bytes, what);
-    if r.u8()? != SNAPSHOT_VERSION {
-        return Err(Corrupt(what));
-    }
-    let applied = r.u64()?;
-    let count = r.u32()? as usize;
-    let mut outages = Vec::with_capacity(count.min(bytes.len() / 34));
-    for _ in 0..count {
-        let point = r.point()?;
-        let outage = decode_outage(&r.take::<25>()?)?;
-        outages.push((point, outage));
-    }
-    let count = r.u32()? as usize;
-    let mut tombstones = Vec::with_capacity(count.min(bytes.len() / 25));
-    for _ in 0..count {
-        let point = r.point()?;
-        let restored_at = r.time()?;
-        let closed_at = r.time()?;
-        tombstones.push(Tombstone {
-            point,
-            restored_at,
-            closed_at,
-        });
-    }
-    r.done()?;
-    Ok(Snapshot {
-        applied,
-        outages,
-        tombstones,
     })
 }
 
@@ -574,38 +497,18 @@ mod tests {
         }
 
         #[test]
-        fn snapshots_round_trip(
-            applied in any::<u64>(),
+        fn records_round_trip(
+            arrival in any::<i64>(),
+            received in any::<i64>(),
             events in prop::collection::vec(arb_event(), 0..20),
-            times in prop::collection::vec((any::<i64>(), any::<i64>()), 0..20),
         ) {
-            let outages = events
-                .iter()
-                .map(|event| {
-                    (event.point, OpenOutage {
-                        lost_at: UtcMillis(1),
-                        received_at: UtcMillis(2),
-                        state: OutageState::Pending,
-                        mpan: event.mpan,
-                    })
-                })
-                .collect();
-            let tombstones = events
-                .iter()
-                .zip(&times)
-                .map(|(event, (restored, closed))| Tombstone {
-                    point: event.point,
-                    restored_at: UtcMillis(*restored),
-                    closed_at: UtcMillis(*closed),
-                })
-                .collect();
-            let snapshot = Snapshot { applied, outages, tombstones };
-            prop_assert_eq!(decode_snapshot(&encode_snapshot(&snapshot)), Ok(snapshot));
+            let record = EventRecord { arrival: UtcMillis(arrival), received: UtcMillis(received), events };
+            prop_assert_eq!(decode_record(&encode_record(&record)), Ok(record));
         }
 
         #[test]
-        fn truncated_snapshots_are_corrupt_not_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_snapshot(&bytes);
+        fn truncated_records_are_corrupt_not_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_record(&bytes);
             let _ = decode_event(&bytes);
         }
     }

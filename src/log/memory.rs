@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{
-    AlertHeads, AlertLog, AlertReader, Checkpoint, Checkpoints, Destination, EventLog, EventReader,
-    EventRecord, Expired, Lease, LogEntry, LogError, LogStatus, Logged, Parked, Partition,
-    Sequencing, SlaMark, Stored, partition_of,
+    AlertHeads, AlertLog, AlertReader, Appended, Checkpoint, Checkpoints, Destination, EventLog,
+    EventReader, EventRecord, Expired, Lease, LogEntry, LogError, LogStatus, Logged, Parked,
+    Partition, Sequencing, SlaMark, Stored, partition_of,
 };
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
@@ -46,13 +46,16 @@ impl EventLog for MemoryEvents {
         &self,
         partition: Partition,
         record: EventRecord,
-    ) -> BoxFuture<'static, Result<u64, LogError>> {
+    ) -> BoxFuture<'static, Result<Appended, LogError>> {
         let mut partitions = self.partitions.lock();
         let result = match partitions.get_mut(usize::from(partition)) {
             Some(log) => {
                 let position = log.last().map_or(1, |last| last.position + 1);
                 log.push(Logged { position, record });
-                Ok(position)
+                Ok(Appended {
+                    position,
+                    duplicates: 0,
+                })
             }
             None => Err(no_partition(partition)),
         };
@@ -512,6 +515,7 @@ mod tests {
             alerts: Arc::new(MemoryAlerts::new(&table)),
             checkpoints: Arc::new(MemoryCheckpoints::default()),
             partitions: 2,
+            retention: true,
         })
         .await;
     }

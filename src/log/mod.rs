@@ -50,6 +50,7 @@
 
 pub mod codec;
 pub mod conformance;
+pub mod jetstream;
 pub mod local;
 pub mod memory;
 pub mod single;
@@ -95,6 +96,16 @@ pub struct Logged {
     pub position: u64,
     /// The record.
     pub record: EventRecord,
+}
+
+/// Where an append put a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// The position of the record (of its last event, where a backend stores them apart).
+    pub position: u64,
+    /// Events the log itself recognised as repeats and did not store again (a log-sequenced
+    /// backend with its own de-duplication; 0 where the owner de-duplicates).
+    pub duplicates: u64,
 }
 
 /// Who stamps arrivals and appends a partition's records.
@@ -143,12 +154,13 @@ pub trait EventLog: Send + Sync + 'static {
     fn sequencing(&self) -> Sequencing;
 
     /// Appends `record` to `partition`; the future resolves once it is durable, with its
-    /// position. Appends to one partition are stored in call order.
+    /// position. Appends to one partition are stored in call order. A record without events
+    /// is a mark.
     fn append(
         &self,
         partition: Partition,
         record: EventRecord,
-    ) -> BoxFuture<'static, Result<u64, LogError>>;
+    ) -> BoxFuture<'static, Result<Appended, LogError>>;
 
     /// A reader of `partition` from the first record after position `after` (0: the start).
     async fn reader(

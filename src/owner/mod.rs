@@ -231,6 +231,8 @@ pub struct OwnerContext {
     pub checkpoint: CheckpointPolicy,
     /// Batches queued per owner before ingest waits.
     pub queue: usize,
+    /// Appends an owner keeps in flight before it stops taking work and waits for them.
+    pub in_flight: usize,
     /// Where serving owners register.
     pub owners: Arc<Owners>,
 }

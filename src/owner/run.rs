@@ -15,16 +15,17 @@ use super::checkpoint;
 use super::state::{ApplyReport, OutcomeCounts, PartitionState, Saved};
 use super::{Command, OwnerContext, OwnerHandle};
 use crate::debounce::dedup::EventIdWindow;
-use crate::domain::{Alert, DeviceEvent, UtcMillis};
+use crate::domain::{Alert, AlertKind, DeviceEvent, UtcMillis};
 use crate::error::RelayError;
 use crate::log::{
-    AlertHeads, Checkpoint, EventReader, EventRecord, Lease, LogError, Logged, OwnerAnswer,
-    OwnerQuery, Partition, Sequencing, Stored,
+    AlertHeads, Appended, Checkpoint, EventReader, EventRecord, Lease, LogError, Logged,
+    OwnerAnswer, OwnerQuery, Partition, Sequencing, Stored,
 };
 use crate::route::{ParkReason, Registry, Route};
 
-/// Appends in flight before the owner stops taking new work and waits for them.
-const IN_FLIGHT: usize = 64;
+/// Timers fired, and their alerts appended, at a time: the writer commits one chunk while the
+/// owner fires the next.
+const FIRE_CHUNK: usize = 4096;
 /// Log-sequenced partitions ask for a mark (to fire due timers) at most this often.
 const MARK_INTERVAL: Duration = Duration::from_millis(20);
 /// Bound on storing what is in flight when an owner stops.
@@ -38,15 +39,15 @@ enum Done {
         reply: oneshot::Sender<Result<ApplyReport, RelayError>>,
         report: ApplyReport,
     },
-    /// Routed alerts.
+    /// Routed alerts: their kinds and when each could first have been emitted.
     Alerts {
         result: Result<Vec<Stored>, LogError>,
-        alerts: Vec<(Alert, Route)>,
+        alerts: Vec<(AlertKind, UtcMillis)>,
     },
     /// Parked alerts.
     Parked(Result<(), LogError>),
     /// A mark (log-sequenced partitions).
-    Mark(Result<u64, LogError>),
+    Mark(Result<Appended, LogError>),
 }
 
 type Pending = FuturesOrdered<BoxFuture<'static, Done>>;
@@ -155,7 +156,7 @@ impl Owner {
         let mut pending = Pending::new();
         while let Some(logged) = reader.next().await? {
             owner.apply_logged(&logged, &mut pending);
-            if pending.len() >= IN_FLIGHT {
+            if pending.len() >= owner.ctx.in_flight {
                 owner.drain(&mut pending).await?;
             }
         }
@@ -185,6 +186,12 @@ impl Owner {
         let ended = lease.ended();
         tokio::pin!(ended);
         loop {
+            if self.sequencing == Sequencing::Log && !self.lease.valid() {
+                return Err(LogError::Unavailable(format!(
+                    "partition {}: the lease window has passed; stopping",
+                    self.partition
+                )));
+            }
             if !Arc::ptr_eq(&self.registry, &self.ctx.router.registry()) {
                 self.move_parked(&mut pending).await?;
             }
@@ -194,7 +201,7 @@ impl Owner {
                 sleep.as_mut().reset(wake);
                 armed = wake;
             }
-            let room = pending.len() < IN_FLIGHT;
+            let room = pending.len() < self.ctx.in_flight;
             tokio::select! {
                 biased;
                 () = &mut ended => break,
@@ -268,10 +275,18 @@ impl Owner {
     fn on_timers(&mut self, pending: &mut Pending) {
         match self.sequencing {
             Sequencing::Owner => {
+                // What is due by now, a chunk at a time, while appends have room; the rest
+                // (a storm's million) on the next turns of the loop.
                 let now = self.ctx.clock.now();
-                self.state.advance(now);
+                let chunks = self.ctx.in_flight.saturating_sub(pending.len()).max(1);
+                for _ in 0..chunks {
+                    let more = self.state.advance_at_most(now, FIRE_CHUNK);
+                    self.flush(pending);
+                    if !more {
+                        break;
+                    }
+                }
                 self.changed_since_checkpoint = true;
-                self.flush(pending);
             }
             Sequencing::Log => {
                 if !self.lease.valid() {
@@ -332,6 +347,7 @@ impl Owner {
             return;
         }
         let arrival = self.ctx.clock.now().max(self.state.log_time());
+        self.fire_due(arrival, pending);
         let record = EventRecord {
             arrival,
             received,
@@ -357,7 +373,7 @@ impl Owner {
                     events: accepted,
                 },
             );
-            async move { append.await.map(Some) }.boxed()
+            async move { append.await.map(|appended| Some(appended.position)) }.boxed()
         };
         pending.push_back(
             async move {
@@ -372,8 +388,18 @@ impl Owner {
         self.flush(pending);
     }
 
+    /// Fires the timers due by `to` a chunk at a time, so that the record applied next does
+    /// not carry them all in one append.
+    fn fire_due(&mut self, to: UtcMillis, pending: &mut Pending) {
+        while self.state.next_due().is_some_and(|due| due <= to) {
+            self.state.advance_at_most(to, FIRE_CHUNK);
+            self.flush(pending);
+        }
+    }
+
     /// A record read from the log (replay, or log-sequenced serving).
     fn apply_logged(&mut self, logged: &Logged, pending: &mut Pending) {
+        self.fire_due(logged.record.arrival, pending);
         self.state.apply(&logged.record, None, &mut self.counts);
         self.position = logged.position;
         self.events_since_checkpoint += logged.record.events.len() as u64;
@@ -419,12 +445,16 @@ impl Owner {
             pending.push_back(async move { Done::Parked(park.await) }.boxed());
         }
         if !routed.is_empty() {
-            let append = self.ctx.alerts.append(routed.clone());
+            let alerts = routed
+                .iter()
+                .map(|(alert, _)| (alert.kind, alert.due_at.max(alert.received_at)))
+                .collect();
+            let append = self.ctx.alerts.append(routed);
             pending.push_back(
                 async move {
                     Done::Alerts {
                         result: append.await,
-                        alerts: routed,
+                        alerts,
                     }
                 }
                 .boxed(),
@@ -483,16 +513,15 @@ impl Owner {
         }
     }
 
-    fn count_stored(&self, alerts: &[(Alert, Route)], stored: &[Stored]) {
+    fn count_stored(&self, alerts: &[(AlertKind, UtcMillis)], stored: &[Stored]) {
         let now = self.ctx.clock.now();
-        for ((alert, _), stored) in alerts.iter().zip(stored) {
+        for ((kind, could_emit_at), stored) in alerts.iter().zip(stored) {
             if stored.duplicate {
-                self.ctx.metrics.alert_deduplicated(alert.kind);
+                self.ctx.metrics.alert_deduplicated(*kind);
             } else {
-                let could_emit_at = alert.due_at.max(alert.received_at);
                 self.ctx
                     .metrics
-                    .alert_emitted(alert.kind, now.seconds_since(could_emit_at));
+                    .alert_emitted(*kind, now.seconds_since(*could_emit_at));
             }
         }
     }

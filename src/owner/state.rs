@@ -8,19 +8,16 @@
 //!    after its debounce and the restoration showing it short, in one record, give nothing.
 //!
 //! Between records, [`PartitionState::advance`] fires timers up to a log time the caller
-//! knows no earlier record can still follow. The timers are a binary heap keyed by
-//! `(due time, supply point)`: they fire by log time, not by a runtime's clock, so a replay
-//! decides what the live run decided; a heap entry is 24 bytes where a tokio `DelayQueue`
-//! slot is about 56 (`benches/timing_wheel.rs` measures both).
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+//! knows no earlier record can still follow. The timers are a [`DueQueue`] keyed by due
+//! time: they fire by log time, not by a runtime's clock, and always in `(due time, supply
+//! point)` order, so a replay decides what the live run decided.
 
 use crate::debounce::dedup::EventIdWindow;
 use crate::debounce::{Arrival, Debouncer, Effects, OpenOutage, Outcome, Settings, Tombstone};
 use crate::domain::event::EventKey;
 use crate::domain::{Alert, DeviceEvent, DeviceId, EventKind, SupplyPoint, UtcMillis};
 use crate::log::EventRecord;
+use crate::timers::DueQueue;
 
 /// What applying a record did, for the publisher's ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,7 +58,7 @@ pub struct Saved {
 #[derive(Debug)]
 pub struct PartitionState {
     machine: Debouncer,
-    timers: BinaryHeap<Reverse<(UtcMillis, SupplyPoint)>>,
+    timers: DueQueue<SupplyPoint>,
     dedup: EventIdWindow,
     log_time: UtcMillis,
     effects: Effects,
@@ -72,7 +69,7 @@ impl PartitionState {
     pub fn new(settings: Settings, dedup: EventIdWindow) -> Self {
         Self {
             machine: Debouncer::new(settings),
-            timers: BinaryHeap::new(),
+            timers: DueQueue::new(),
             dedup,
             log_time: UtcMillis(i64::MIN),
             effects: Effects::default(),
@@ -83,13 +80,11 @@ impl PartitionState {
     pub fn restore(settings: Settings, dedup: EventIdWindow, saved: Saved) -> Self {
         let mut state = Self::new(settings, dedup);
         state.log_time = saved.log_time;
-        let mut timers = Vec::with_capacity(saved.outages.len());
         for (point, outage) in saved.outages {
             if let Some(due_at) = state.machine.restore(point, outage) {
-                timers.push(Reverse((due_at, point)));
+                state.timers.insert(due_at, point);
             }
         }
-        state.timers = BinaryHeap::from(timers);
         for tombstone in saved.tombstones {
             state.machine.restore_tombstone(tombstone);
         }
@@ -156,21 +151,30 @@ impl PartitionState {
 
     /// Fires every timer due at or before `to`; log time moves to `to` (never back).
     pub fn advance(&mut self, to: UtcMillis) {
+        self.advance_at_most(to, usize::MAX);
+    }
+
+    /// Like [`PartitionState::advance`], firing at most `max` timers (in the same order, so
+    /// firing in several steps decides what firing at once does); whether timers due by
+    /// `to` are left.
+    pub fn advance_at_most(&mut self, to: UtcMillis, max: usize) -> bool {
         self.log_time = self.log_time.max(to);
-        while let Some(Reverse((due_at, point))) = self.timers.peek().copied() {
-            if due_at > self.log_time {
-                break;
-            }
-            self.timers.pop();
+        for _ in 0..max {
+            let Some((due_at, point)) = self.timers.pop_due(self.log_time) else {
+                return false;
+            };
             let fired_at = self.log_time;
             self.machine
                 .on_timer(point, due_at, fired_at, &mut self.effects);
         }
+        self.timers
+            .next_due()
+            .is_some_and(|due| due <= self.log_time)
     }
 
     /// Due time of the earliest timer still armed.
     pub fn next_due(&self) -> Option<UtcMillis> {
-        self.timers.peek().map(|Reverse((due_at, _))| *due_at)
+        self.timers.next_due()
     }
 
     /// Alerts emitted since the last call, in emission order.
@@ -210,14 +214,11 @@ impl PartitionState {
         self.machine.open_count()
     }
 
-    /// Timers the machine asked for, into the heap.
+    /// Timers the machine asked for, into the queue.
     fn arm(&mut self) {
-        self.timers.extend(
-            self.effects
-                .timers
-                .drain(..)
-                .map(|(point, due_at)| Reverse((due_at, point))),
-        );
+        for (point, due_at) in self.effects.timers.drain(..) {
+            self.timers.insert(due_at, point);
+        }
     }
 }
 

@@ -20,7 +20,8 @@
 //! 36 M devices. Loading adds 8 bytes per row while it runs (see `Loader`), and a reload
 //! holds the old registry until the new one is swapped in.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::fs::File;

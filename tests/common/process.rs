@@ -34,6 +34,11 @@ impl Running {
         self.child.id()
     }
 
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -16,7 +16,6 @@ fn table() -> RoutingTable {
 fn options() -> Options {
     Options {
         segment_bytes: 4096,
-        queue: 64,
     }
 }
 
@@ -30,6 +29,7 @@ fn subject(local: &Local) -> Subject {
         alerts: local.alerts(),
         checkpoints: local.checkpoints(),
         partitions: local.partitions(),
+        retention: true,
     }
 }
 
@@ -52,7 +52,8 @@ async fn records_alerts_cursors_and_parked_alerts_survive_a_reopen() {
         let position = events
             .append(1, record(0, vec![loss(device, 0)]))
             .await
-            .expect("append");
+            .expect("append")
+            .position;
         alerts
             .append(
                 (0..4)
@@ -128,7 +129,8 @@ async fn a_torn_record_at_the_end_of_an_event_log_is_cut_and_the_log_goes_on() {
     let next = events
         .append(0, record(9, vec![loss(device, 9)]))
         .await
-        .expect("append after the cut");
+        .expect("append after the cut")
+        .position;
     let mut reader = events.reader(0, 0).await.expect("reader");
     assert_eq!(
         reader.next().await.expect("read").map(|r| r.position),

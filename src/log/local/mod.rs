@@ -55,8 +55,8 @@ use self::segment::{Recovery, SegmentError, SegmentLog, SegmentOptions, SegmentR
 use self::writer::{EventPartition, ParkedLog, Published, Request, SubscriberLog, Writer};
 use super::codec::{decode_entry, decode_record};
 use super::{
-    AlertHeads, AlertLog, AlertReader, Checkpoints, EventLog, EventReader, EventRecord, Expired,
-    LogEntry, LogError, LogStatus, Logged, Parked, Partition, Sequencing, SlaMark, Stored,
+    AlertHeads, AlertLog, AlertReader, Appended, Checkpoints, EventLog, EventReader, EventRecord,
+    Expired, LogEntry, LogError, LogStatus, Logged, Parked, Partition, Sequencing, SlaMark, Stored,
 };
 use crate::config::Config;
 use crate::domain::{Alert, UtcMillis};
@@ -77,8 +77,6 @@ const READ_BYTES: usize = 4 << 20;
 pub struct Options {
     /// Size of one segment file.
     pub segment_bytes: u64,
-    /// Requests queued for the writer.
-    pub queue: usize,
 }
 
 impl Options {
@@ -86,7 +84,6 @@ impl Options {
     pub fn from_config(config: &Config) -> Self {
         Self {
             segment_bytes: config.store.segment_bytes,
-            queue: config.store.commit_queue,
         }
     }
 }
@@ -176,7 +173,9 @@ impl Local {
             )?);
         }
         let checkpoints = Arc::new(CheckpointFiles::open(&dir.join("checkpoints"))?);
-        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        // Unbounded: appends are sent the moment they are made, so the writer sees them in
+        // call order; the callers bound what they keep in flight (owners, acks, watches).
+        let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             events,
             subscribers,
@@ -231,12 +230,7 @@ impl Local {
     /// elsewhere fail from then on.
     pub fn close(mut self) {
         let writer = self.writer.take();
-        let mut close = Request::Close;
-        // Not `blocking_send`: this may run on a runtime thread (tests); the queue drains fast.
-        while let Err(mpsc::error::TrySendError::Full(back)) = self.events.tx.try_send(close) {
-            close = back;
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let _ = self.events.tx.send(Request::Close);
         drop(self);
         if let Some(writer) = writer
             && writer.join().is_err()
@@ -424,14 +418,16 @@ fn open_parked(dir: &Path, meta: SegmentOptions) -> Result<ParkedLog, LogError> 
     })
 }
 
-/// Sends `request` to the writer and waits for its answer.
-async fn ask<T>(
-    tx: &mpsc::Sender<Request>,
+/// Sends `request` to the writer now; the future resolves with its answer.
+fn ask<T: Send + 'static>(
+    tx: &mpsc::UnboundedSender<Request>,
     request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
-) -> Result<T, LogError> {
+) -> BoxFuture<'static, Result<T, LogError>> {
     let (reply, answer) = oneshot::channel();
-    tx.send(request(reply)).await.map_err(|_| stopped())?;
-    answer.await.map_err(|_| stopped())?
+    if tx.send(request(reply)).is_err() {
+        return futures::future::ready(Err(stopped())).boxed();
+    }
+    async move { answer.await.map_err(|_| stopped())? }.boxed()
 }
 
 fn stopped() -> LogError {
@@ -440,7 +436,7 @@ fn stopped() -> LogError {
 
 /// The event logs: appends go to the writer; reads go straight to the segment files.
 struct LocalEvents {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Request>,
     readers: Vec<SegmentReader>,
 }
 
@@ -454,17 +450,12 @@ impl EventLog for LocalEvents {
         &self,
         partition: Partition,
         record: EventRecord,
-    ) -> BoxFuture<'static, Result<u64, LogError>> {
-        let tx = self.tx.clone();
-        async move {
-            ask(&tx, |reply| Request::Events {
-                partition,
-                record,
-                reply,
-            })
-            .await
-        }
-        .boxed()
+    ) -> BoxFuture<'static, Result<Appended, LogError>> {
+        ask(&self.tx, |reply| Request::Events {
+            partition,
+            record,
+            reply,
+        })
     }
 
     async fn reader(
@@ -541,7 +532,7 @@ impl EventReader for LocalEventReader {
 
 /// The alert logs: writes go to the writer; status and reads come from what it published.
 struct LocalAlerts {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Request>,
     /// Per subscriber: its entries and what the writer published of it.
     logs: Vec<(SegmentReader, watch::Receiver<Published>)>,
     names: Vec<String>,
@@ -608,8 +599,7 @@ impl AlertLog for LocalAlerts {
         &self,
         alerts: Vec<(Alert, Route)>,
     ) -> BoxFuture<'static, Result<Vec<Stored>, LogError>> {
-        let tx = self.tx.clone();
-        async move { ask(&tx, |reply| Request::Alerts { alerts, reply }).await }.boxed()
+        ask(&self.tx, |reply| Request::Alerts { alerts, reply })
     }
 
     fn park(
@@ -617,16 +607,11 @@ impl AlertLog for LocalAlerts {
         partition: Partition,
         alerts: Vec<(Alert, ParkReason)>,
     ) -> BoxFuture<'static, Result<(), LogError>> {
-        let tx = self.tx.clone();
-        async move {
-            ask(&tx, |reply| Request::Park {
-                partition,
-                alerts,
-                reply,
-            })
-            .await
-        }
-        .boxed()
+        ask(&self.tx, |reply| Request::Park {
+            partition,
+            alerts,
+            reply,
+        })
     }
 
     async fn reader(&self, log: SubscriberId, from: u64) -> Result<Box<dyn AlertReader>, LogError> {
@@ -674,7 +659,6 @@ impl AlertLog for LocalAlerts {
                 partition: Some(partition),
                 reply,
             })
-            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())
     }
@@ -699,7 +683,6 @@ impl AlertLog for LocalAlerts {
                 partition: None,
                 reply,
             })
-            .await
             .map_err(|_| stopped())?;
         let mut parked = answer.await.map_err(|_| stopped())?;
         parked.sort_by_key(|parked| (parked.entry.alert.emitted_at, parked.key));
@@ -756,10 +739,7 @@ impl AlertLog for LocalAlerts {
     }
 
     fn replayed(&self, partition: Partition) {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(Request::Replayed { partition }).await;
-        });
+        let _ = self.tx.send(Request::Replayed { partition });
     }
 }
 

@@ -24,7 +24,7 @@ use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
 use crate::log::codec::{decode_entry, encode_entry, encode_record};
 use crate::log::{
-    AlertHeads, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
+    AlertHeads, Appended, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
     Partition, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, SubscriberId};
@@ -42,7 +42,7 @@ pub(super) enum Request {
     Events {
         partition: Partition,
         record: EventRecord,
-        reply: oneshot::Sender<Result<u64, LogError>>,
+        reply: oneshot::Sender<Result<Appended, LogError>>,
     },
     /// Append routed alerts to their subscribers' logs.
     Alerts {
@@ -208,7 +208,7 @@ fn answer<T: Send + 'static>(reply: oneshot::Sender<Result<T, LogError>>, value:
 
 impl Writer {
     /// Serves requests until told to close, or every sender is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    pub(super) fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut closing = false;
         while !closing && let Some(first) = rx.blocking_recv() {
@@ -390,7 +390,11 @@ impl Writer {
                     if !touched.events.contains(&partition) {
                         touched.events.push(partition);
                     }
-                    replies.push(answer(reply, position));
+                    let appended = Appended {
+                        position,
+                        duplicates: 0,
+                    };
+                    replies.push(answer(reply, appended));
                 }
                 Err(err) => {
                     let _ = reply.send(Err(err));

@@ -1,54 +1,40 @@
 //! The JetStream backend: several relay instances on several hosts share one NATS JetStream
-//! cluster (Raft-replicated streams and key-value buckets) instead of the embedded store.
+//! cluster (Raft-replicated streams and key-value buckets). It implements the seam of
+//! `crate::log`; every stage above it is the one the embedded backend runs.
 //!
 //! ```text
-//!  publisher ─▶ any instance: validate ─▶ {P}_EVENTS  subject {P}.events.<partition>
-//!                   (ack after JetStream stored every event; Nats-Msg-Id = event key)
-//!                                             │ ordered consumer, one per owned partition
-//!                                             ▼
-//!        owner of the partition (lease in {P}_LEASES): the debounce state machine + timers
-//!                                             │ alerts, Nats-Msg-Id = alert id
-//!                                             ▼
-//!      {P}_ALERTS_<subscriber> (stream sequence = the DNO's sequence), or {P}_PARKED
-//!                                             │
-//!        any instance: AlertFeed.Subscribe from any sequence; acks in {P}_CURSORS
+//!  publisher ─▶ any instance: ingest ─▶ {P}_EVENTS   subject {P}.events.<partition>
+//!                 (EventLog: a message per event, Nats-Msg-Id = event key; acked once stored)
+//!                                         │ ordered consumer, one per owned partition
+//!                                         ▼
+//!          owner of the partition (lease in {P}_LEASES): the owner loop of crate::owner
+//!                                         │ alerts, Nats-Msg-Id = alert id
+//!                                         ▼
+//!    {P}_ALERTS_<subscriber> (stream sequence = the DNO's sequence), or {P}_PARKED
+//!                                         │
+//!    any instance: AlertFeed from any sequence; cursors and SLA marks in {P}_CURSORS
 //! ```
 //!
-//! - **Partitions.** A device belongs to partition `hash(device) mod partitions`; every event
-//!   of a supply point is in one subject, in order.
-//! - **Ownership** ([`leases`]): an instance owns a partition while it holds its lease, a key
-//!   in a bucket whose entries expire `lease_ttl` after their last write, renewed by
-//!   compare-and-set. An owner stops acting on a partition well before its lease can expire
-//!   (it counts from before its last renewal was sent), so a new owner, which can only create
-//!   the key once it has expired, never overlaps with the old one. Instances balance the
-//!   partitions among the live ones (heartbeats in `{P}_INSTANCES`).
-//! - **State** ([`partition`]): the owner rebuilds a partition from its last snapshot (stream
-//!   `{P}_SNAPSHOTS`, one message per partition) and replays the events after it; debounce
-//!   timers come back at their original due times, with each event's arrival taken from the
-//!   JetStream timestamp, so a replay decides exactly what the first owner decided.
-//! - **Exactly one copy of each alert.** Alert ids are deterministic; the alert streams drop a
-//!   re-publish of the same id within their duplicate window, so a new owner re-emitting what
-//!   its predecessor already stored adds nothing.
-//! - **Delivery** ([`feed`]): any instance serves `Subscribe` from a sequence of the
-//!   subscriber's stream and records acks in a shared bucket by compare-and-set. A push
-//!   subscriber is pushed by the one instance holding its push lease ([`push`]).
-//! - **Admin** ([`admin`], [`query`]): device state and open outages are asked of the
-//!   partition owners over NATS request/reply; the rest reads the shared streams.
+//! - [`events`]: the event log. JetStream stamps each message's arrival; marks (empty
+//!   messages) appended by an owner carry the log time up to which it fires its timers, so
+//!   a new owner's replay fires them at the same places.
+//! - [`alerts`]: the alert logs: a stream per subscriber (alert ids as message ids, so a
+//!   re-emission after a take-over is stored once), cursors and SLA marks by compare-and-set,
+//!   parked alerts on a subject per partition.
+//! - [`checkpoints`]: partition checkpoints, in chunks under a checksummed manifest.
+//! - [`ownership`]: partitions and subscribers held through leases, balanced among the live
+//!   instances.
+//! - [`peers`]: questions for other instances' owners and registry reloads, over NATS
+//!   request/reply.
 //!
 //! Names start with `store.jetstream.prefix` (`{P}` above), so several relays can share a
 //! cluster. nats-server 2.9 is enough; see `provision` for a client workaround it needs.
 
-pub mod admin;
+pub mod alerts;
+pub mod checkpoints;
 pub mod events;
-pub mod feed;
-pub mod leases;
-pub mod partition;
-pub mod push;
-pub mod query;
-pub mod registry;
-pub mod run;
-pub mod sla;
-pub mod snapshot;
+pub mod ownership;
+pub mod peers;
 
 use std::time::Duration;
 
@@ -74,6 +60,11 @@ impl Names {
     /// The stream of device events.
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.prefix)
+    }
+
+    /// Every partition's event subject.
+    pub fn event_subjects(&self) -> String {
+        format!("{}.events.*", self.prefix)
     }
 
     /// The subject of partition `partition`'s events.
@@ -116,14 +107,14 @@ impl Names {
         format!("{}.snapshots.{partition}", self.prefix)
     }
 
-    /// The subject on which partition `partition`'s owner answers queries of `kind`.
-    pub fn query_subject(&self, partition: u16, kind: &str) -> String {
-        format!("{}.query.{partition}.{kind}", self.prefix)
+    /// The subject on which partition `partition`'s owner answers queries.
+    pub fn query_subject(&self, partition: u16) -> String {
+        format!("{}.query.{partition}", self.prefix)
     }
 
-    /// Every query subject of partition `partition`.
-    pub fn query_subjects(&self, partition: u16) -> String {
-        format!("{}.query.{partition}.*", self.prefix)
+    /// Every partition's query subject.
+    pub fn query_subjects(&self) -> String {
+        format!("{}.query.*", self.prefix)
     }
 
     /// The subject of registry reload requests to every instance.

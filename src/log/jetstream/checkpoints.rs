@@ -1,21 +1,27 @@
-//! Partition snapshots in chunks, so a partition holding many open outages (a big storm)
-//! still snapshots: a NATS message is at most the server's `max_payload` (1 MiB by default),
-//! about 25,000 open outages.
+//! Partition checkpoints on JetStream, in chunks, so a partition holding many open outages (a
+//! big storm) still checkpoints: a NATS message is at most the server's `max_payload` (1 MiB
+//! by default), about 25,000 open outages.
 //!
-//! A snapshot is its encoded bytes cut into chunks of `store.jetstream.snapshot_chunk_bytes`,
-//! stored on `{P}.snapshots.<partition>.<generation>.<i>`, then a manifest on
-//! `{P}.snapshots.<partition>` naming the generation (the event sequence the snapshot covers),
-//! the chunk count, the length and an xxh3 checksum. The manifest is written last, so a
-//! snapshot cut short by a crash is never read; chunks of other generations are purged after
-//! each manifest is stored. A reader that finds chunks missing or not matching the checksum
-//! (an old owner's late manifest naming purged chunks) gets an error, and the partition then
-//! replays from the start of the events stream instead.
+//! A checkpoint's state is cut into chunks of `store.jetstream.snapshot_chunk_bytes`, stored
+//! on `{P}.snapshots.<partition>.<generation>.<i>`, then a manifest on
+//! `{P}.snapshots.<partition>` naming the generation (the event sequence the checkpoint
+//! covers), the chunk count, the length and an xxh3 checksum. The manifest is written last,
+//! and only while the owner's lease is valid, so a checkpoint cut short by a crash is never
+//! read; chunks of other generations are purged after each manifest is stored. A manifest
+//! whose chunks are missing or do not match (an old owner's late manifest naming purged
+//! chunks) is counted (`snapshot_read`) and the partition replays from the start of the
+//! events stream instead.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use metrics::counter;
 
 use super::Cluster;
-use crate::log::codec::{Snapshot, decode_snapshot, encode_snapshot};
+use crate::log::{Checkpoint, Checkpoints, Lease, LogError, Partition};
+use crate::telemetry;
 
 /// The start of every manifest.
 const MAGIC: &[u8; 4] = b"ORS1";
@@ -94,18 +100,18 @@ fn chunk_subject(cluster: &Cluster, partition: u16, generation: u64, index: u32)
     format!("{}{generation}.{index}", chunk_prefix(cluster, partition))
 }
 
-/// Stores `snapshot` of `partition`: chunks (publishes pipelined, all acknowledged), then the
-/// manifest, then purges other generations' chunks. `may_finish` is asked before the manifest
-/// is written (the lease window).
-pub async fn write(
+/// Stores `checkpoint` of `partition`: chunks (publishes pipelined, all acknowledged), then
+/// the manifest, then purges other generations' chunks. `may_finish` is asked before the
+/// manifest is written (the lease window).
+async fn write(
     cluster: &Cluster,
     partition: u16,
-    snapshot: &Snapshot,
+    checkpoint: &Checkpoint,
     may_finish: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let encoded = encode_snapshot(snapshot);
+    let encoded = &checkpoint.state;
     let chunk = cluster.settings.snapshot_chunk_bytes;
-    let manifest = Manifest::of(snapshot.applied, &encoded, chunk);
+    let manifest = Manifest::of(checkpoint.position, encoded, chunk);
     let mut acks = Vec::new();
     for (index, part) in (0u32..).zip(encoded.chunks(chunk.max(1))) {
         let subject = chunk_subject(cluster, partition, manifest.generation, index);
@@ -168,17 +174,17 @@ async fn purge_other_generations(
     Ok(())
 }
 
-/// A snapshot read back.
+/// A checkpoint read back.
 #[derive(Debug)]
-pub enum Restored {
-    /// The last snapshot (empty when the partition never had one).
-    Snapshot(Snapshot),
+enum Restored {
+    /// The last checkpoint (none when the partition never had one).
+    Found(Option<Checkpoint>),
     /// The manifest names chunks that are gone or do not match it; the reason.
     Unusable(String),
 }
 
-/// Reads `partition`'s last snapshot. Errors are the cluster's (worth trying again).
-pub async fn read(cluster: &Cluster, partition: u16) -> anyhow::Result<Restored> {
+/// Reads `partition`'s last checkpoint. Errors are the cluster's (worth trying again).
+async fn read(cluster: &Cluster, partition: u16) -> anyhow::Result<Restored> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let stream = cluster
         .js
@@ -191,7 +197,7 @@ pub async fn read(cluster: &Cluster, partition: u16) -> anyhow::Result<Restored>
         Ok(message) => Manifest::decode(&message.payload)
             .ok_or_else(|| anyhow::anyhow!("partition {partition}: not a snapshot manifest"))?,
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
-            return Ok(Restored::Snapshot(Snapshot::default()));
+            return Ok(Restored::Found(None));
         }
         Err(err) => anyhow::bail!("reading partition {partition}'s snapshot manifest: {err}"),
     };
@@ -226,10 +232,55 @@ pub async fn read(cluster: &Cluster, partition: u16) -> anyhow::Result<Restored>
             manifest.generation
         )));
     }
-    Ok(match decode_snapshot(&joined) {
-        Ok(snapshot) => Restored::Snapshot(snapshot),
-        Err(err) => Restored::Unusable(format!("snapshot {}: {err}", manifest.generation)),
-    })
+    Ok(Restored::Found(Some(Checkpoint {
+        position: manifest.generation,
+        state: joined,
+    })))
+}
+
+/// The checkpoints of a cluster's partitions.
+#[derive(Debug, Clone)]
+pub struct JsCheckpoints {
+    cluster: Arc<Cluster>,
+}
+
+impl JsCheckpoints {
+    /// The checkpoints in `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+#[async_trait]
+impl Checkpoints for JsCheckpoints {
+    async fn save(
+        &self,
+        partition: Partition,
+        checkpoint: &Checkpoint,
+        lease: &Lease,
+    ) -> Result<(), LogError> {
+        write(&self.cluster, partition, checkpoint, || lease.valid())
+            .await
+            .map_err(|err| {
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "snapshot").increment(1);
+                LogError::Unavailable(format!("partition {partition}'s checkpoint: {err:#}"))
+            })
+    }
+
+    async fn load(&self, partition: Partition) -> Result<Option<Checkpoint>, LogError> {
+        match read(&self.cluster, partition).await {
+            Ok(Restored::Found(found)) => Ok(found),
+            Ok(Restored::Unusable(why)) => {
+                // Correct but slow: every retained event of the partition is replayed.
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "snapshot_read").increment(1);
+                tracing::warn!(partition, %why, "checkpoint unusable; replaying the partition from its first retained event");
+                Ok(None)
+            }
+            Err(err) => Err(LogError::Unavailable(format!(
+                "reading partition {partition}'s checkpoint: {err:#}"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,580 @@
+//! The alert logs on JetStream: a stream per subscriber (`{P}_ALERTS_<name>`, whose stream
+//! sequence is the DNO's sequence), cursors and SLA marks in the `{P}_CURSORS` bucket, and
+//! parked alerts on a subject per partition of `{P}_PARKED`.
+//!
+//! - An alert's id is its `Nats-Msg-Id`: the stream drops a re-publish within its duplicate
+//!   window (30 minutes) and acks it with the first sequence, so an alert a new owner emits
+//!   again is stored once and reported as a duplicate. Sequences stay contiguous.
+//! - Alerts are stored in the order appended: the appends of one partition (its owner's) take
+//!   the partition's lock in call order (an owner polls its appends in the order it made
+//!   them) and run one after the other; within one, a second alert of a point is published
+//!   only once the earlier ones are acknowledged. A publish that fails (a stream electing a
+//!   leader) is sent again with backoff, for up to [`STORE_WITHIN`].
+//! - Acks move the cursor by compare-and-set, never back, so instances acking for the same
+//!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
+//!   them (`store.retention_max_age`, `store.retention_max_alerts` are the stream's limits).
+//! - SLA marks (`sla.<name>`: entries seen, checked through, breaches) move by compare-and-set.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::publish::PublishAck;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use metrics::counter;
+
+use super::{Cluster, EMITTED_BY};
+use crate::domain::{Alert, UtcMillis};
+use crate::log::codec::{decode_entry, encode_entry};
+use crate::log::{
+    AlertHeads, AlertLog, AlertReader, Destination, Expired, LogEntry, LogError, LogStatus, Parked,
+    Partition, SlaMark, Stored, partition_of,
+};
+use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
+use crate::telemetry;
+
+/// Alert publishes in flight before an append waits for their acks.
+const PUBLISH_WINDOW: usize = 1024;
+/// How long an append keeps sending an alert JetStream did not store.
+pub const STORE_WITHIN: Duration = Duration::from_secs(20);
+/// First and longest wait before an alert is sent again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Bound on waiting for the next message while listing a stream.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unavailable(what: impl std::fmt::Display, err: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("{what}: {err}"))
+}
+
+/// The subscribers' streams, the cursors and the parked alerts.
+#[derive(Debug, Clone)]
+pub struct JsAlerts {
+    cluster: Arc<Cluster>,
+    table: Arc<RoutingTable>,
+    /// One per partition: its appends run one at a time, in call order.
+    order: Arc<[Arc<tokio::sync::Mutex<()>>]>,
+}
+
+impl JsAlerts {
+    /// The alert logs of `table`'s subscribers in `cluster`.
+    pub fn new(cluster: Arc<Cluster>, table: Arc<RoutingTable>) -> Self {
+        let order = (0..cluster.settings.partitions.max(1))
+            .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+            .collect();
+        Self {
+            cluster,
+            table,
+            order,
+        }
+    }
+
+    /// The lock ordering the appends of `alert`'s partition.
+    fn order_of(&self, alert: &Alert) -> Arc<tokio::sync::Mutex<()>> {
+        let partition = partition_of(alert.point.device, self.cluster.settings.partitions);
+        Arc::clone(&self.order[usize::from(partition) % self.order.len()])
+    }
+
+    fn name(&self, log: SubscriberId) -> &str {
+        self.table.name(log)
+    }
+
+    /// First retained and last stored sequence of `subscriber`'s stream.
+    async fn bounds(&self, log: SubscriberId) -> Result<(u64, u64), LogError> {
+        let name = self.name(log);
+        let what = format!("alert stream of {name}");
+        let mut stream = self
+            .cluster
+            .js
+            .get_stream(self.cluster.names.alerts_stream(name))
+            .await
+            .map_err(|err| unavailable(&what, err))?;
+        let info = stream.info().await.map_err(|err| unavailable(&what, err))?;
+        Ok((info.state.first_sequence.max(1), info.state.last_sequence))
+    }
+}
+
+/// A number kept as decimal text under `key`, and the entry's revision (0 and none when the
+/// key was never written or was deleted).
+async fn read_text(store: &kv::Store, key: &str) -> Result<(String, Option<u64>), LogError> {
+    let entry = store
+        .entry(key)
+        .await
+        .map_err(|err| unavailable(format!("bucket entry {key}"), err))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => (
+            String::from_utf8_lossy(&entry.value).into_owned(),
+            Some(entry.revision),
+        ),
+        _ => (String::new(), None),
+    })
+}
+
+/// Writes `value` under `key` if its revision is still `revision`; `Ok(false)` when another
+/// instance wrote it meanwhile.
+async fn compare_and_set(
+    store: &kv::Store,
+    key: &str,
+    value: String,
+    revision: Option<u64>,
+) -> Result<bool, LogError> {
+    let value = Bytes::from(value);
+    let written = match revision {
+        Some(revision) => store
+            .update(key, value, revision)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.kind() == kv::UpdateErrorKind::WrongLastRevision),
+        None => store
+            .create(key, value)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.kind() == kv::CreateErrorKind::AlreadyExists),
+    };
+    match written {
+        Ok(()) => Ok(true),
+        Err(true) => Ok(false),
+        Err(false) => Err(LogError::Unavailable(format!("cannot store {key}"))),
+    }
+}
+
+fn cursor_key(name: &str) -> String {
+    name.to_owned()
+}
+
+fn sla_key(name: &str) -> String {
+    format!("sla.{name}")
+}
+
+fn parse_mark(text: &str) -> SlaMark {
+    let mut fields = text.split(',').map(|f| f.parse::<i64>().unwrap_or(0));
+    let (seen, through, breaches) = (
+        fields.next().unwrap_or(0),
+        fields.next().unwrap_or(i64::MIN),
+        fields.next().unwrap_or(0),
+    );
+    SlaMark {
+        seen: u64::try_from(seen).unwrap_or(0),
+        checked_through: UtcMillis(through),
+        breaches: u64::try_from(breaches).unwrap_or(0),
+    }
+}
+
+/// Publishes one alert; its id is the message id, so sending it again is harmless.
+async fn send(
+    cluster: &Cluster,
+    subject: String,
+    alert: &Alert,
+    destination: &Destination,
+) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        alert.id().to_string().as_str(),
+    );
+    headers.insert(EMITTED_BY, cluster.instance.as_str());
+    cluster
+        .js
+        .publish_with_headers(
+            subject,
+            headers,
+            Bytes::from(encode_entry(alert, destination)),
+        )
+        .await
+}
+
+/// Stores one alert whose publish or ack failed: sends it again, with backoff, for up to
+/// [`STORE_WITHIN`].
+async fn store_again(
+    cluster: &Cluster,
+    subject: &str,
+    alert: &Alert,
+    destination: &Destination,
+) -> Result<PublishAck, LogError> {
+    let give_up = tokio::time::Instant::now() + STORE_WITHIN;
+    let mut delay = RETRY_FIRST;
+    loop {
+        counter!(telemetry::JETSTREAM_ERRORS, "operation" => "publish").increment(1);
+        if tokio::time::Instant::now() + delay > give_up {
+            return Err(LogError::Unavailable(format!(
+                "alert {} not stored within {STORE_WITHIN:?}",
+                alert.id()
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
+        if let Ok(ack) = send(cluster, subject.to_owned(), alert, destination).await
+            && let Ok(ack) = ack.await
+        {
+            return Ok(ack);
+        }
+    }
+}
+
+/// Stores alerts in order per point, pipelined; one ack per alert.
+async fn store_all(
+    cluster: Arc<Cluster>,
+    alerts: Vec<(String, Alert, Destination)>,
+) -> Result<Vec<PublishAck>, LogError> {
+    let mut acks = Vec::with_capacity(alerts.len());
+    let mut in_flight: VecDeque<(usize, PublishAckFuture)> = VecDeque::new();
+    let mut points = HashSet::new();
+    for (index, (subject, alert, destination)) in alerts.iter().enumerate() {
+        if !points.insert(alert.point) || in_flight.len() >= PUBLISH_WINDOW {
+            drain(&cluster, &alerts, &mut in_flight, &mut acks).await?;
+            points.clear();
+            points.insert(alert.point);
+        }
+        match send(&cluster, subject.clone(), alert, destination).await {
+            Ok(ack) => in_flight.push_back((index, ack)),
+            Err(err) => {
+                tracing::debug!(%err, "alert publish failed; retrying");
+                drain(&cluster, &alerts, &mut in_flight, &mut acks).await?;
+                acks.push(store_again(&cluster, subject, alert, destination).await?);
+            }
+        }
+    }
+    drain(&cluster, &alerts, &mut in_flight, &mut acks).await?;
+    Ok(acks)
+}
+
+async fn drain(
+    cluster: &Cluster,
+    alerts: &[(String, Alert, Destination)],
+    in_flight: &mut VecDeque<(usize, PublishAckFuture)>,
+    acks: &mut Vec<PublishAck>,
+) -> Result<(), LogError> {
+    while let Some((index, ack)) = in_flight.pop_front() {
+        let ack = match ack.await {
+            Ok(ack) => ack,
+            Err(err) => {
+                tracing::debug!(%err, "alert not acknowledged; retrying");
+                let (subject, alert, destination) = &alerts[index];
+                store_again(cluster, subject, alert, destination).await?
+            }
+        };
+        acks.push(ack);
+    }
+    Ok(())
+}
+
+/// Reads a stream from a sequence with an ordered consumer.
+async fn open_reader(
+    cluster: &Cluster,
+    stream: String,
+    filter: Option<String>,
+    from: u64,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, LogError> {
+    let what = format!("stream {stream}");
+    let stream = cluster
+        .js
+        .get_stream(&stream)
+        .await
+        .map_err(|err| unavailable(&what, err))?;
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.unwrap_or_default(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| unavailable(&what, err))?
+        .messages()
+        .await
+        .map_err(|err| unavailable(&what, err))
+}
+
+/// An entry from a stream message.
+fn entry_of(message: &async_nats::jetstream::Message) -> Result<LogEntry, LogError> {
+    let info = message
+        .info()
+        .map_err(|err| LogError::Unavailable(format!("alert metadata: {err}")))?;
+    let (alert, destination) = decode_entry(&message.payload)?;
+    Ok(LogEntry {
+        sequence: info.stream_sequence,
+        alert,
+        destination,
+        emitted_by: message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(EMITTED_BY))
+            .map(|value| value.as_str().into()),
+    })
+}
+
+/// Every message of `subject` in the parked stream, oldest first.
+async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, LogError> {
+    let what = "parked alerts";
+    let mut stream = cluster
+        .js
+        .get_stream(cluster.names.parked_stream())
+        .await
+        .map_err(|err| unavailable(what, err))?;
+    let info = stream.info().await.map_err(|err| unavailable(what, err))?;
+    if info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| unavailable(what, err))?;
+    let mut left = consumer.cached_info().num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|err| unavailable(what, err))?;
+    let mut parked = Vec::new();
+    while left > 0 {
+        let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| unavailable(what, "the stream stopped answering"))?
+            .ok_or_else(|| unavailable(what, "the consumer ended"))?
+            .map_err(|err| unavailable(what, err))?;
+        left = message
+            .info()
+            .map_err(|err| unavailable(what, err))?
+            .pending;
+        let entry = entry_of(&message)?;
+        parked.push(Parked {
+            key: entry.sequence,
+            entry,
+        });
+    }
+    Ok(parked)
+}
+
+/// Follows a subscriber's stream.
+struct JsAlertReader {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+}
+
+#[async_trait]
+impl AlertReader for JsAlertReader {
+    async fn next(&mut self, max: usize) -> Result<Vec<LogEntry>, LogError> {
+        let first = self
+            .messages
+            .next()
+            .await
+            .ok_or_else(|| LogError::Unavailable("the alert consumer ended".into()))?
+            .map_err(|err| LogError::Unavailable(format!("reading alerts: {err}")))?;
+        let mut entries = vec![entry_of(&first)?];
+        while entries.len() < max {
+            match self.messages.next().now_or_never() {
+                Some(Some(Ok(message))) => entries.push(entry_of(&message)?),
+                Some(Some(Err(err))) => {
+                    return Err(LogError::Unavailable(format!("reading alerts: {err}")));
+                }
+                _ => break,
+            }
+        }
+        Ok(entries)
+    }
+}
+
+#[async_trait]
+impl AlertLog for JsAlerts {
+    fn append(
+        &self,
+        alerts: Vec<(Alert, Route)>,
+    ) -> BoxFuture<'static, Result<Vec<Stored>, LogError>> {
+        let cluster = Arc::clone(&self.cluster);
+        let order = alerts.first().map(|(alert, _)| self.order_of(alert));
+        let alerts: Vec<(String, Alert, Destination)> = alerts
+            .into_iter()
+            .map(|(alert, route)| {
+                let subject = cluster
+                    .names
+                    .alert_subject(self.table.name(route.subscriber));
+                (subject, alert, Destination::Routed(route))
+            })
+            .collect();
+        async move {
+            let _turn = match &order {
+                Some(order) => Some(order.lock().await),
+                None => None,
+            };
+            let acks = store_all(cluster, alerts).await?;
+            Ok(acks
+                .into_iter()
+                .map(|ack| Stored {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn park(
+        &self,
+        partition: Partition,
+        alerts: Vec<(Alert, ParkReason)>,
+    ) -> BoxFuture<'static, Result<(), LogError>> {
+        let cluster = Arc::clone(&self.cluster);
+        let order = alerts.first().map(|(alert, _)| self.order_of(alert));
+        let subject = cluster.names.parked_subject(partition);
+        let alerts = alerts
+            .into_iter()
+            .map(|(alert, reason)| (subject.clone(), alert, Destination::Parked(reason)))
+            .collect();
+        async move {
+            let _turn = match &order {
+                Some(order) => Some(order.lock().await),
+                None => None,
+            };
+            store_all(cluster, alerts).await.map(|_| ())
+        }
+        .boxed()
+    }
+
+    async fn reader(&self, log: SubscriberId, from: u64) -> Result<Box<dyn AlertReader>, LogError> {
+        let stream = self.cluster.names.alerts_stream(self.name(log));
+        let messages = open_reader(&self.cluster, stream, None, from).await?;
+        Ok(Box::new(JsAlertReader { messages }))
+    }
+
+    async fn status(&self, log: SubscriberId) -> Result<LogStatus, LogError> {
+        let (first, last) = self.bounds(log).await?;
+        let (acked, _) = read_text(&self.cluster.cursors, &cursor_key(self.name(log))).await?;
+        Ok(LogStatus {
+            head: last,
+            acked: acked.parse().unwrap_or(0),
+            first_retained: first,
+        })
+    }
+
+    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
+        let (first, head) = self.bounds(log).await?;
+        if upto > head {
+            return Err(LogError::BeyondHead {
+                requested: upto,
+                head,
+            });
+        }
+        let key = cursor_key(self.name(log));
+        loop {
+            let (text, revision) = read_text(&self.cluster.cursors, &key).await?;
+            let acked: u64 = text.parse().unwrap_or(0);
+            if upto <= acked
+                || compare_and_set(&self.cluster.cursors, &key, upto.to_string(), revision).await?
+            {
+                return Ok(LogStatus {
+                    head,
+                    acked: acked.max(upto),
+                    first_retained: first,
+                });
+            }
+        }
+    }
+
+    async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
+        let (text, _) = read_text(&self.cluster.cursors, &sla_key(self.name(log))).await?;
+        Ok(parse_mark(&text))
+    }
+
+    async fn record_sla(
+        &self,
+        log: SubscriberId,
+        seen: u64,
+        checked_through: UtcMillis,
+        new_breaches: u64,
+    ) -> Result<SlaMark, LogError> {
+        let key = sla_key(self.name(log));
+        loop {
+            let (text, revision) = read_text(&self.cluster.cursors, &key).await?;
+            let mut mark = parse_mark(&text);
+            mark.seen = mark.seen.max(seen);
+            mark.checked_through = mark.checked_through.max(checked_through);
+            mark.breaches += new_breaches;
+            let value = format!("{},{},{}", mark.seen, mark.checked_through.0, mark.breaches);
+            if compare_and_set(&self.cluster.cursors, &key, value, revision).await? {
+                return Ok(mark);
+            }
+        }
+    }
+
+    async fn parked(&self, partition: Partition) -> Result<Vec<Parked>, LogError> {
+        read_parked(&self.cluster, self.cluster.names.parked_subject(partition)).await
+    }
+
+    async fn move_parked(
+        &self,
+        partition: Partition,
+        moves: Vec<(u64, Alert, Route)>,
+    ) -> Result<Vec<Stored>, LogError> {
+        let _ = partition;
+        let keys: Vec<u64> = moves.iter().map(|(key, _, _)| *key).collect();
+        let stored = self
+            .append(
+                moves
+                    .into_iter()
+                    .map(|(_, alert, route)| (alert, route))
+                    .collect(),
+            )
+            .await?;
+        let what = "parked alerts";
+        let stream = self
+            .cluster
+            .js
+            .get_stream(self.cluster.names.parked_stream())
+            .await
+            .map_err(|err| unavailable(what, err))?;
+        for key in keys {
+            // Already gone (an earlier move that stopped half way): nothing to do.
+            let _ = stream.delete_message(key).await;
+        }
+        Ok(stored)
+    }
+
+    async fn list_parked(&self, limit: usize) -> Result<(Vec<LogEntry>, u64), LogError> {
+        let parked = read_parked(&self.cluster, self.cluster.names.parked_subjects()).await?;
+        let total = parked.len() as u64;
+        Ok((
+            parked
+                .into_iter()
+                .take(limit)
+                .map(|parked| parked.entry)
+                .collect(),
+            total,
+        ))
+    }
+
+    async fn maintain(
+        &self,
+        _now: UtcMillis,
+        _max_alerts: u64,
+        _max_age: Duration,
+    ) -> Result<Vec<Expired>, LogError> {
+        // The streams' own limits (max age, max messages) do retention.
+        Ok(Vec::new())
+    }
+
+    fn heads(&self) -> AlertHeads {
+        // Re-emitted alerts are recognised by their message id: nothing to record.
+        AlertHeads::default()
+    }
+
+    async fn guard_replay(
+        &self,
+        _partition: Partition,
+        _partitions: u16,
+        _heads: &AlertHeads,
+    ) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn replayed(&self, _partition: Partition) {}
+}
