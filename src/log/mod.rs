@@ -259,6 +259,20 @@ pub struct Parked {
     pub entry: LogEntry,
 }
 
+impl Parked {
+    /// The first `limit` entries of `parked` (oldest first already), and how many there are:
+    /// what `list_parked` answers.
+    pub fn oldest(parked: Vec<Parked>, limit: usize) -> (Vec<LogEntry>, u64) {
+        let total = parked.len() as u64;
+        let entries = parked
+            .into_iter()
+            .take(limit)
+            .map(|parked| parked.entry)
+            .collect();
+        (entries, total)
+    }
+}
+
 /// Unacknowledged alerts retention removed from one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {

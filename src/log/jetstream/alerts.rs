@@ -541,15 +541,7 @@ impl AlertLog for JsAlerts {
 
     async fn list_parked(&self, limit: usize) -> Result<(Vec<LogEntry>, u64), LogError> {
         let parked = read_parked(&self.cluster, self.cluster.names.parked_subjects()).await?;
-        let total = parked.len() as u64;
-        Ok((
-            parked
-                .into_iter()
-                .take(limit)
-                .map(|parked| parked.entry)
-                .collect(),
-            total,
-        ))
+        Ok(Parked::oldest(parked, limit))
     }
 
     async fn maintain(

@@ -326,8 +326,8 @@ fn report_cut(log: &'static str, recovery: &Recovery) {
     }
 }
 
-/// Every record of a small bookkeeping log, in order.
-fn read_all(log: &SegmentLog) -> Result<Vec<Vec<u8>>, LogError> {
+/// Every record of a small bookkeeping log, in order, with its position.
+fn read_all(log: &SegmentLog) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
     let reader = log.reader();
     let mut next = reader.first();
     let mut records = Vec::new();
@@ -339,7 +339,7 @@ fn read_all(log: &SegmentLog) -> Result<Vec<Vec<u8>>, LogError> {
             break;
         };
         next = last + 1;
-        records.extend(frames.into_iter().map(|(_, payload)| payload));
+        records.extend(frames);
     }
     Ok(records)
 }
@@ -355,7 +355,7 @@ fn open_subscriber(
     let (cursors, recovery) = open_segments(&dir.join("cursor"), meta)?;
     report_cut("cursor", &recovery);
     let cursor = match read_all(&cursors)?.last() {
-        Some(record) => decode_cursor(record)?,
+        Some((_, record)) => decode_cursor(record)?,
         None => Cursor {
             acked: entries.first() - 1,
             first_retained: entries.first(),
@@ -378,37 +378,26 @@ fn open_parked(dir: &Path, meta: SegmentOptions) -> Result<ParkedLog, LogError> 
     report_cut("parked", &recovery);
     let mut entries = BTreeMap::new();
     let mut moving = None;
-    let reader = log.reader();
-    let mut next = reader.first();
-    while next < reader.next() {
-        let frames = reader
-            .read(next, usize::MAX, READ_BYTES)
-            .map_err(segment_error)?;
-        let Some((last, _)) = frames.last() else {
-            break;
-        };
-        next = last + 1;
-        for (key, payload) in frames {
-            match decode_parked(&payload)? {
-                ParkedRecord::Parked(alert, destination) => {
-                    entries.insert(
-                        key,
-                        LogEntry {
-                            sequence: key,
-                            alert,
-                            destination,
-                            emitted_by: None,
-                        },
-                    );
-                }
-                ParkedRecord::Unparked(keys) => {
-                    for key in keys {
-                        entries.remove(&key);
-                    }
-                }
-                ParkedRecord::Moving(heads) => moving = Some(heads),
-                ParkedRecord::Moved => moving = None,
+    for (key, payload) in read_all(&log)? {
+        match decode_parked(&payload)? {
+            ParkedRecord::Parked(alert, destination) => {
+                entries.insert(
+                    key,
+                    LogEntry {
+                        sequence: key,
+                        alert,
+                        destination,
+                        emitted_by: None,
+                    },
+                );
             }
+            ParkedRecord::Unparked(keys) => {
+                for key in keys {
+                    entries.remove(&key);
+                }
+            }
+            ParkedRecord::Moving(heads) => moving = Some(heads),
+            ParkedRecord::Moved => moving = None,
         }
     }
     Ok(ParkedLog {
@@ -686,15 +675,7 @@ impl AlertLog for LocalAlerts {
             .map_err(|_| stopped())?;
         let mut parked = answer.await.map_err(|_| stopped())?;
         parked.sort_by_key(|parked| (parked.entry.alert.emitted_at, parked.key));
-        let total = parked.len() as u64;
-        Ok((
-            parked
-                .into_iter()
-                .take(limit)
-                .map(|parked| parked.entry)
-                .collect(),
-            total,
-        ))
+        Ok(Parked::oldest(parked, limit))
     }
 
     async fn maintain(
