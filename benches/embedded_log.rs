@@ -50,6 +50,7 @@ fn open(dir: &std::path::Path) -> Local {
     let table = RoutingTable::from_config(&RoutingConfig::default());
     let options = Options {
         segment_bytes: 64 << 20,
+        cache_bytes: 16 << 20,
     };
     Local::open(dir, &table, 2, &options).unwrap_or_else(|err| panic!("open: {err}"))
 }

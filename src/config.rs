@@ -54,8 +54,8 @@ pub const DEFAULT_PUSH_WINDOW: usize = 1024;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Ingest pauses while the data directory has less free space than this.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
-/// Kept for configuration files written for the redb store; unused.
-pub const DEFAULT_STORE_CACHE_BYTES: usize = 128 * 1024 * 1024;
+/// Memory for the newest alerts of the embedded alert logs, kept decoded for readers.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Appends (records, alert batches) each partition owner keeps in flight to the log.
 pub const DEFAULT_COMMIT_QUEUE: usize = 64;
 /// How often a partition's owner checkpoints its state, when it changed.
@@ -295,8 +295,9 @@ pub struct StoreConfig {
     pub backend: Backend,
     /// Ingest answers `RESOURCE_EXHAUSTED` while the data directory has less free space.
     pub min_free_disk_bytes: u64,
-    /// Unused: the page cache of the redb store earlier versions kept. The embedded log reads
-    /// through the kernel's page cache. Accepted so existing configuration files still load.
+    /// Memory for the newest alerts of the embedded alert logs, kept decoded for readers at
+    /// the head (feeds, SLA watches), split among the subscribers; older entries are read
+    /// from the files.
     pub cache_bytes: usize,
     /// Appends (records, alert batches) each partition owner keeps in flight to the log
     /// before it stops taking batches and waits for them.

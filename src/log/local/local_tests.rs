@@ -16,6 +16,7 @@ fn table() -> RoutingTable {
 fn options() -> Options {
     Options {
         segment_bytes: 4096,
+        cache_bytes: 1 << 20,
     }
 }
 

@@ -34,6 +34,7 @@
 
 pub mod checkpoints;
 pub mod meta;
+pub mod recent;
 pub mod segment;
 mod writer;
 
@@ -51,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::checkpoints::CheckpointFiles;
 use self::meta::{Cursor, ParkedRecord, decode_cursor, decode_parked};
+use self::recent::Recent;
 use self::segment::{Recovery, SegmentError, SegmentLog, SegmentOptions, SegmentReader};
 use self::writer::{EventPartition, ParkedLog, Published, Request, SubscriberLog, Writer};
 use super::codec::{decode_entry, decode_record};
@@ -77,6 +79,8 @@ const READ_BYTES: usize = 4 << 20;
 pub struct Options {
     /// Size of one segment file.
     pub segment_bytes: u64,
+    /// Memory for the newest alerts of the subscribers' logs, kept decoded for readers.
+    pub cache_bytes: usize,
 }
 
 impl Options {
@@ -84,6 +88,7 @@ impl Options {
     pub fn from_config(config: &Config) -> Self {
         Self {
             segment_bytes: config.store.segment_bytes,
+            cache_bytes: config.store.cache_bytes,
         }
     }
 }
@@ -160,9 +165,19 @@ impl Local {
         }
         let mut subscribers = Vec::with_capacity(table.len());
         let mut statuses = Vec::with_capacity(table.len());
+        let recent = options.cache_bytes / size_of::<LogEntry>() / table.len().max(1);
         for (_, name) in table.iter() {
-            let log = open_subscriber(&dir.join("alerts").join(name), name, segments, meta)?;
-            statuses.push((log.entries_reader.clone(), log.status.subscribe()));
+            let log = open_subscriber(
+                &dir.join("alerts").join(name),
+                name,
+                (segments, meta),
+                recent,
+            )?;
+            statuses.push((
+                log.entries_reader.clone(),
+                log.status.subscribe(),
+                Arc::clone(&log.recent),
+            ));
             subscribers.push(log);
         }
         let mut parked = Vec::with_capacity(usize::from(partitions));
@@ -347,8 +362,8 @@ fn read_all(log: &SegmentLog) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
 fn open_subscriber(
     dir: &Path,
     name: &str,
-    segments: SegmentOptions,
-    meta: SegmentOptions,
+    (segments, meta): (SegmentOptions, SegmentOptions),
+    recent: usize,
 ) -> Result<SubscriberLog, LogError> {
     let (entries, recovery) = open_segments(&dir.join("entries"), segments)?;
     report_cut("alerts", &recovery);
@@ -370,6 +385,8 @@ fn open_subscriber(
         cursors,
         cursor,
         status: watch::Sender::new(Published::of(&cursor, head)),
+        recent: Arc::new(Recent::new(recent)),
+        fresh: Vec::new(),
     })
 }
 
@@ -522,8 +539,8 @@ impl EventReader for LocalEventReader {
 /// The alert logs: writes go to the writer; status and reads come from what it published.
 struct LocalAlerts {
     tx: mpsc::UnboundedSender<Request>,
-    /// Per subscriber: its entries and what the writer published of it.
-    logs: Vec<(SegmentReader, watch::Receiver<Published>)>,
+    /// Per subscriber: its entries, what the writer published of it, its newest entries.
+    logs: Vec<(SegmentReader, watch::Receiver<Published>, Arc<Recent>)>,
     names: Vec<String>,
 }
 
@@ -531,7 +548,7 @@ impl LocalAlerts {
     fn log(
         &self,
         log: SubscriberId,
-    ) -> Result<&(SegmentReader, watch::Receiver<Published>), LogError> {
+    ) -> Result<&(SegmentReader, watch::Receiver<Published>, Arc<Recent>), LogError> {
         self.logs
             .get(usize::from(log.0))
             .ok_or_else(|| LogError::Unavailable(format!("no subscriber log {}", log.0)))
@@ -542,6 +559,7 @@ impl LocalAlerts {
 struct LocalAlertReader {
     reader: SegmentReader,
     status: watch::Receiver<Published>,
+    recent: Arc<Recent>,
     next: u64,
 }
 
@@ -552,6 +570,12 @@ impl AlertReader for LocalAlertReader {
             let status = self.status.borrow_and_update().status;
             self.next = self.next.max(status.first_retained);
             if self.next <= status.head {
+                if let Some(entries) = self.recent.read(self.next, max.max(1)) {
+                    if let Some(last) = entries.last() {
+                        self.next = last.sequence + 1;
+                    }
+                    return Ok(entries);
+                }
                 match self.reader.read(self.next, max.max(1), READ_BYTES) {
                     Ok(frames) if !frames.is_empty() => {
                         let mut entries = Vec::with_capacity(frames.len());
@@ -604,10 +628,11 @@ impl AlertLog for LocalAlerts {
     }
 
     async fn reader(&self, log: SubscriberId, from: u64) -> Result<Box<dyn AlertReader>, LogError> {
-        let (reader, status) = self.log(log)?;
+        let (reader, status, recent) = self.log(log)?;
         Ok(Box::new(LocalAlertReader {
             reader: reader.clone(),
             status: status.clone(),
+            recent: Arc::clone(recent),
             next: from,
         }))
     }
@@ -698,7 +723,7 @@ impl AlertLog for LocalAlerts {
             self.names
                 .iter()
                 .zip(&self.logs)
-                .map(|(name, (_, published))| (name.clone(), published.borrow().status.head))
+                .map(|(name, (_, published, _))| (name.clone(), published.borrow().status.head))
                 .collect(),
         )
     }

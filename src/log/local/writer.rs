@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use std::sync::Arc;
+
 use super::meta::{Cursor, ParkedRecord, encode_cursor, encode_parked};
+use super::recent::Recent;
 use super::segment::{SegmentLog, SegmentReader};
 use super::segment_error;
 use crate::domain::alert::AlertId;
@@ -122,6 +125,10 @@ pub(super) struct SubscriberLog {
     pub(super) cursor: Cursor,
     /// Published to readers after each sync.
     pub(super) status: watch::Sender<Published>,
+    /// The newest entries, for readers at the head.
+    pub(super) recent: Arc<Recent>,
+    /// Entries appended in the group being written, for `recent` once synced.
+    pub(super) fresh: Vec<LogEntry>,
 }
 
 /// What readers see of a subscriber log: durable state only.
@@ -286,6 +293,9 @@ impl Writer {
             self.failed.get_or_insert_with(|| err.clone());
         } else {
             for &index in &touched.entries {
+                if let Some(log) = self.subscribers.get_mut(index) {
+                    log.recent.push(std::mem::take(&mut log.fresh));
+                }
                 self.publish(index);
             }
             for &index in &touched.cursors {
@@ -509,10 +519,17 @@ impl Writer {
                 .subscribers
                 .get_mut(index)
                 .ok_or_else(|| LogError::Unavailable(format!("no subscriber log {index}")))?;
+            let destination = Destination::Routed(route);
             let sequence = log
                 .entries
-                .push(&encode_entry(&alert, &Destination::Routed(route)))
+                .push(&encode_entry(&alert, &destination))
                 .map_err(segment_error)?;
+            log.fresh.push(LogEntry {
+                sequence,
+                alert,
+                destination,
+                emitted_by: None,
+            });
             Touched::add(&mut touched.entries, index);
             stored.push(Stored {
                 sequence,
@@ -772,8 +789,11 @@ impl Writer {
         self.sync(&touched).inspect_err(|err| {
             self.failed.get_or_insert_with(|| err.clone());
         })?;
-        for &entry in &touched.entries {
-            self.publish(entry);
+        for &index in &touched.entries {
+            if let Some(log) = self.subscribers.get_mut(index) {
+                log.recent.push(std::mem::take(&mut log.fresh));
+            }
+            self.publish(index);
         }
         self.parked_record(index, &ParkedRecord::Unparked(keys.clone()))?;
         self.parked_record(index, &ParkedRecord::Moved)?;
