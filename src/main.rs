@@ -8,12 +8,6 @@ use outage_relay::config::Config;
 use outage_relay::route::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc: the relay allocates and frees small objects at a high rate (protobuf strings,
-/// batches, alerts) on two threads' worth of cores; glibc's allocator spent about a tenth of
-/// the relay's CPU on it in a million-outage benchmark.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a configuration that cannot run (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

@@ -131,8 +131,11 @@ pub struct Model {
     pub outages: Vec<Outage>,
     /// Every send, ordered by `send_at`.
     pub events: Vec<Event>,
-    /// `(device, lost_at, outage)`, sorted, to find an alert's outage.
-    index: Vec<(u32, i64, u32)>,
+    /// `(lost_at, outage)` of every outage, by device then `lost_at`, to find an alert's
+    /// outage: a device's are `index[starts[device]..starts[device + 1]]` (two memory reads
+    /// per alert received, where a binary search over a million made twenty).
+    index: Vec<(i64, u32)>,
+    starts: Vec<u32>,
 }
 
 impl Model {
@@ -172,28 +175,43 @@ impl Model {
             outages.push(outage);
         }
         events.sort_by_key(|e| (e.send_at, e.outage, e.kind == EventKind::Restored, !e.first));
-        let mut index: Vec<(u32, i64, u32)> = (0u32..)
+        let mut sorted: Vec<(u32, i64, u32)> = (0u32..)
             .zip(&outages)
             .map(|(n, o)| (o.device, o.lost_at, n))
             .collect();
-        index.sort_unstable();
+        sorted.sort_unstable();
+        let devices = sorted
+            .last()
+            .map_or(0, |(device, _, _)| *device as usize + 1);
+        let mut starts = vec![0u32; devices + 1];
+        for (device, _, _) in &sorted {
+            starts[*device as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let index = sorted
+            .into_iter()
+            .map(|(_, lost_at, n)| (lost_at, n))
+            .collect();
         Self {
             timing,
             outages,
             events,
             index,
+            starts,
         }
     }
 
     /// The outage of `device` that started at `lost_at`, if the scenario has one.
     pub fn find(&self, device: u32, lost_at: i64) -> Option<u32> {
-        let at = self
-            .index
-            .partition_point(|(d, l, _)| (*d, *l) < (device, lost_at));
+        let device = device as usize;
+        let (start, end) = (*self.starts.get(device)?, *self.starts.get(device + 1)?);
         self.index
-            .get(at)
-            .filter(|(d, l, _)| (*d, *l) == (device, lost_at))
-            .map(|(_, _, n)| *n)
+            .get(start as usize..end as usize)?
+            .iter()
+            .find(|(at, _)| *at == lost_at)
+            .map(|(_, n)| *n)
     }
 
     /// The POA expectation of `outage`, given when its restoration was acknowledged.

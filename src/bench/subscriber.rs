@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -20,6 +19,8 @@ use crate::proto::{AckRequest, Alert, SubscribeRequest};
 
 /// Receipts that match no scripted outage, described for the report, at most.
 const UNKNOWN_KEPT: usize = 20;
+/// How often a subscriber acknowledges what it received.
+const ACK_EVERY: Duration = Duration::from_millis(5);
 /// Wait before reconnecting a broken subscription.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Marks a receipt that matches no scripted outage.
@@ -103,11 +104,11 @@ pub async fn run(
 ) -> anyhow::Result<Received> {
     let mut received = Received::default();
     let mut from = from_sequence;
-    let (latest, watcher) = watch::channel(0u64);
+    let latest = Arc::new(AtomicU64::new(0));
     let acker = tokio::spawn(acker(
         shared.url.clone(),
         subscriber.clone(),
-        watcher,
+        Arc::clone(&latest),
         stop.clone(),
     ));
     while !stop.is_cancelled() {
@@ -134,7 +135,7 @@ async fn session(
     shared: &Shared,
     subscriber: &str,
     from_sequence: u64,
-    latest: &watch::Sender<u64>,
+    latest: &AtomicU64,
     received: &mut Received,
     stop: &CancellationToken,
 ) -> Result<(), tonic::Status> {
@@ -146,22 +147,21 @@ async fn session(
         from_sequence,
     };
     let mut stream = client.subscribe(request).await?.into_inner();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let alert = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
+            biased;
             message = stream.message() => match message? {
                 Some(alert) => alert,
                 None => return Err(tonic::Status::unavailable("the relay ended the stream")),
             },
+            () = &mut stopped => return Ok(()),
         };
         let at = i64::try_from(shared.start.elapsed().as_millis()).unwrap_or(i64::MAX);
         let receipt = shared.receipt(&alert, at, received);
         shared.count(&receipt);
-        latest.send_if_modified(|seq| {
-            let newer = alert.sequence > *seq;
-            *seq = (*seq).max(alert.sequence);
-            newer
-        });
+        latest.fetch_max(alert.sequence, Ordering::Relaxed);
         received.receipts.push(receipt);
     }
 }
@@ -220,21 +220,19 @@ impl Shared {
     }
 }
 
-/// Acknowledges the latest received sequence whenever it moves; a last ack at `stop`.
-async fn acker(
-    url: String,
-    subscriber: String,
-    mut latest: watch::Receiver<u64>,
-    stop: CancellationToken,
-) {
+/// Acknowledges the latest received sequence every [`ACK_EVERY`] when it moved (acks are
+/// cumulative; receiving never waits for them); a last ack at `stop`.
+async fn acker(url: String, subscriber: String, latest: Arc<AtomicU64>, stop: CancellationToken) {
     let mut client = None;
     let mut acked = 0u64;
+    let mut tick = tokio::time::interval(ACK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             () = stop.cancelled() => true,
-            changed = latest.changed() => changed.is_err(),
+            _ = tick.tick() => false,
         };
-        let sequence = *latest.borrow_and_update();
+        let sequence = latest.load(Ordering::Relaxed);
         if sequence > acked {
             if client.is_none() {
                 client = AlertFeedClient::connect(url.clone()).await.ok();

@@ -115,15 +115,16 @@ impl Delivery {
     /// (of what this instance sent) and the backlog.
     pub fn acked(&self, log: SubscriberId, status: LogStatus) {
         let Some(state) = self.state(log) else { return };
-        let delivered = {
-            let mut sent = state.sent.lock();
-            let rest = sent.split_off(&(status.acked + 1));
-            std::mem::replace(&mut *sent, rest)
-        };
         let now = self.clock.now();
-        for (kind, due_at) in delivered.into_values() {
+        // Only what the ack covers is taken out (the map may hold many more sent since).
+        let mut sent = state.sent.lock();
+        while let Some(first) = sent.first_entry()
+            && *first.key() <= status.acked
+        {
+            let (kind, due_at) = first.remove();
             state.metrics.delivered(kind, now.seconds_since(due_at));
         }
+        drop(sent);
         state.metrics.backlog.set(status.backlog() as f64);
     }
 
