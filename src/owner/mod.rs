@@ -8,8 +8,8 @@
 //!
 //! - **Owner-sequenced logs** (embedded): ingest hands it batches ([`OwnerHandle::submit`]);
 //!   it stamps each with the log time, applies it, appends the record of the events that were
-//!   new, and answers the publisher once that record is durable. Timers fire by its own clock
-//!   between batches.
+//!   new, and answers the publisher once that record, and the alerts it caused, are durable.
+//!   Timers fire by its own clock between batches.
 //! - **Log-sequenced logs** (JetStream): it reads the records ingest appended. Timers fire
 //!   when a record's arrival passes them, or a mark it appends comes back.
 //!

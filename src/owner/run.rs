@@ -334,7 +334,8 @@ impl Owner {
     }
 
     /// An ingest batch (owner-sequenced): stamped with the log time, applied, and its new
-    /// events logged; the publisher is answered once that record is durable.
+    /// events logged; the publisher is answered once that record, and the alerts the batch
+    /// emitted, are durable.
     fn submit(
         &mut self,
         events: Vec<DeviceEvent>,
@@ -375,6 +376,9 @@ impl Owner {
             );
             async move { append.await.map(|appended| Some(appended.position)) }.boxed()
         };
+        // The alerts the batch caused are appended first in the queue, so the publisher's
+        // answer also waits for them: once it is answered, they are stored and visible.
+        self.flush(pending);
         pending.push_back(
             async move {
                 Done::Record {
@@ -385,7 +389,6 @@ impl Owner {
             }
             .boxed(),
         );
-        self.flush(pending);
     }
 
     /// Fires the timers due by `to` a chunk at a time, so that the record applied next does
