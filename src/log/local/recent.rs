@@ -16,15 +16,23 @@ use crate::log::LogEntry;
 /// A subscriber log's newest entries; see the module doc.
 #[derive(Debug)]
 pub struct Recent {
-    chunks: Mutex<VecDeque<Arc<[LogEntry]>>>,
+    chunks: Mutex<Chunks>,
     capacity: usize,
+}
+
+/// The groups held, oldest first, each a run of consecutive sequences following the one
+/// before, and how many entries they hold together.
+#[derive(Debug, Default)]
+struct Chunks {
+    groups: VecDeque<Arc<[LogEntry]>>,
+    held: usize,
 }
 
 impl Recent {
     /// Keeps at most `capacity` entries (0: none).
     pub fn new(capacity: usize) -> Self {
         Self {
-            chunks: Mutex::new(VecDeque::new()),
+            chunks: Mutex::new(Chunks::default()),
             capacity,
         }
     }
@@ -37,6 +45,7 @@ impl Recent {
         }
         let mut chunks = self.chunks.lock();
         let contiguous = chunks
+            .groups
             .back()
             .and_then(|chunk| chunk.last())
             .is_none_or(|last| {
@@ -45,27 +54,33 @@ impl Recent {
                     .is_some_and(|e| e.sequence == last.sequence + 1)
             });
         if !contiguous {
-            chunks.clear();
+            chunks.groups.clear();
+            chunks.held = 0;
         }
-        chunks.push_back(entries.into());
-        let mut held: usize = chunks.iter().map(|chunk| chunk.len()).sum();
-        while held > self.capacity
-            && let Some(oldest) = chunks.pop_front()
+        chunks.held += entries.len();
+        chunks.groups.push_back(entries.into());
+        while chunks.held > self.capacity
+            && let Some(oldest) = chunks.groups.pop_front()
         {
-            held -= oldest.len();
+            chunks.held -= oldest.len();
         }
     }
 
     /// Up to `max` entries from sequence `from`, if `from` is among those held.
     pub fn read(&self, from: u64, max: usize) -> Option<Vec<LogEntry>> {
         let chunks = self.chunks.lock();
-        let first = chunks.front()?.first()?.sequence;
+        let first = chunks.groups.front()?.first()?.sequence;
         if from < first {
             return None;
         }
+        // Groups are consecutive and non-empty: the first one ending at or after `from`
+        // holds it (readers follow the head, so this is usually one of the last).
+        let start_at = chunks
+            .groups
+            .partition_point(|chunk| chunk.last().is_some_and(|end| end.sequence < from));
         let mut entries = Vec::new();
         let mut next = from;
-        for chunk in chunks.iter() {
+        for chunk in chunks.groups.range(start_at..) {
             let (Some(start), Some(end)) = (chunk.first(), chunk.last()) else {
                 continue;
             };
@@ -137,6 +152,26 @@ mod tests {
         assert_eq!(
             recent.read(4, 10).as_deref().map(sequences),
             Some(vec![4, 5, 6])
+        );
+    }
+
+    #[test]
+    fn a_read_starts_in_the_group_that_holds_its_sequence() {
+        let recent = Recent::new(1_000);
+        for sequence in (1..=200).step_by(2) {
+            recent.push(entries(sequence, 2));
+        }
+        assert_eq!(
+            recent.read(57, 3).as_deref().map(sequences),
+            Some(vec![57, 58, 59])
+        );
+        assert_eq!(
+            recent.read(200, 5).as_deref().map(sequences),
+            Some(vec![200])
+        );
+        assert_eq!(
+            recent.read(1, 2).as_deref().map(sequences),
+            Some(vec![1, 2])
         );
     }
 
