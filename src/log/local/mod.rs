@@ -67,6 +67,10 @@ use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
 /// What the `FORMAT` file starts with.
 const FORMAT: &str = "outage-relay embedded log";
 const FORMAT_VERSION: u32 = 1;
+/// Threads the writer syncs a group's logs on, side by side (fdatasync blocks each for the
+/// disk's flush; a group touches up to two logs per subscriber plus each partition's log).
+const SYNC_THREADS: usize = 8;
+
 /// The file of the redb store earlier versions kept.
 const REDB_FILE: &str = "outage-relay.redb";
 /// Segments of the bookkeeping logs (cursors, parked alerts) are small.
@@ -198,6 +202,13 @@ impl Local {
             guards: Default::default(),
             failed: None,
             commit_seconds: metrics::histogram!(crate::telemetry::STORE_COMMIT_LATENCY),
+            syncs: rayon::ThreadPoolBuilder::new()
+                .num_threads(SYNC_THREADS)
+                .thread_name(|index| format!("log-sync-{index}"))
+                .build()
+                .map_err(|err| {
+                    LogError::Unavailable(format!("cannot start the log sync threads: {err}"))
+                })?,
         };
         let thread = std::thread::Builder::new()
             .name("log-writer".into())

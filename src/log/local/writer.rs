@@ -12,6 +12,7 @@
 //! A failed write or sync poisons the writer: the group and every later request fail (the
 //! owners then fence ingest), and only a restart, which recovers the logs, lifts it.
 
+use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -205,6 +206,9 @@ pub(super) struct Writer {
     pub(super) failed: Option<LogError>,
     /// Duration of each group commit.
     pub(super) commit_seconds: metrics::Histogram,
+    /// Threads that sync a group's logs side by side, started once (a thread per sync per
+    /// group cost more than the syncs themselves when groups are small).
+    pub(super) syncs: rayon::ThreadPool,
 }
 
 fn answer<T: Send + 'static>(reply: oneshot::Sender<Result<T, LogError>>, value: T) -> Reply {
@@ -369,16 +373,9 @@ impl Writer {
         match logs.as_mut_slice() {
             [] => Ok(()),
             [only] => only.sync().map_err(segment_error),
-            many => std::thread::scope(|scope| {
-                let syncs: Vec<_> = many
-                    .iter_mut()
-                    .map(|log| scope.spawn(move || log.sync().map_err(segment_error)))
-                    .collect();
-                syncs.into_iter().try_for_each(|sync| {
-                    sync.join().unwrap_or_else(|_| {
-                        Err(LogError::Unavailable("a sync thread panicked".into()))
-                    })
-                })
+            many => self.syncs.install(|| {
+                many.par_iter_mut()
+                    .try_for_each(|log| log.sync().map_err(segment_error))
             }),
         }
     }
