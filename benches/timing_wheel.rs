@@ -1,11 +1,13 @@
-//! The debounce timers at fleet scale: `tokio_util::time::DelayQueue` (the hierarchical timing
-//! wheel each shard uses) against a `std::collections::BinaryHeap` baseline, with 1,000,000
-//! timers.
+//! The debounce timers at fleet scale, with 1,000,000 timers: the relay's
+//! `outage_relay::timers::DueQueue` (a B-tree of per-millisecond buckets, keyed by log time)
+//! against `tokio_util::time::DelayQueue` (tokio's hierarchical timing wheel, which the relay
+//! used before timers moved to log time) and a `std::collections::BinaryHeap` baseline.
 //!
 //! The workload is the relay's: every timer has the same 3-minute duration and timers arrive
 //! in time order, so they are inserted in deadline order (180 s + i µs, about 1,000 per 1 ms
 //! wheel slot), never cancelled (the state machine ignores stale timers), and expire in bulk.
-//! Each timer carries the shard's payload, `(SupplyPoint, UtcMillis)`.
+//! Each timer carries the owner's payload, `(SupplyPoint, UtcMillis)`. `DueQueue` is keyed by
+//! the millisecond, so it sees the same deadlines rounded down to theirs.
 //!
 //! - `insert`: a fresh queue (pre-sized) takes all the timers;
 //! - `expire`: a full queue, the clock moved past every deadline (untimed), is drained.
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use outage_relay::domain::{DeviceId, Phase, SupplyPoint, UtcMillis};
+use outage_relay::timers::DueQueue;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
@@ -87,9 +90,35 @@ fn filled_heap(count: usize) -> BinaryHeap<HeapEntry> {
     heap
 }
 
-/// Drains every expired timer; returns how many there were. Like the shard, it goes back to
-/// the runtime whenever the queue is pending: the queue re-arms one tokio `Sleep` per 1 ms
-/// slot, and each has to pass through the time driver before its slot is read.
+/// Log time (ms) at which the batch is armed.
+const ARMED_AT_MS: i64 = 1_764_000_000_000;
+
+/// Due millisecond of timer `i` of a batch armed at [`ARMED_AT_MS`].
+fn due_ms(i: usize) -> UtcMillis {
+    UtcMillis(ARMED_AT_MS + DEBOUNCE.as_millis() as i64 + i as i64 / 1_000)
+}
+
+fn filled_due_queue(count: usize) -> DueQueue<Payload> {
+    let mut queue = DueQueue::new();
+    for i in 0..count {
+        queue.insert(due_ms(i), payload(i));
+    }
+    queue
+}
+
+/// Pops every timer due by `to`; returns how many there were.
+fn drain_due_queue(queue: &mut DueQueue<Payload>, to: UtcMillis) -> usize {
+    let mut expired = 0;
+    while let Some(item) = queue.pop_due(to) {
+        black_box(item);
+        expired += 1;
+    }
+    expired
+}
+
+/// Drains every expired timer; returns how many there were. Like a task polling it, it goes
+/// back to the runtime whenever the queue is pending: the queue re-arms one tokio `Sleep` per
+/// 1 ms slot, and each has to pass through the time driver before its slot is read.
 async fn drain_wheel(wheel: &mut DelayQueue<Payload>) -> usize {
     let mut expired = 0;
     while let Some(item) = futures::future::poll_fn(|cx| wheel.poll_expired(cx)).await {
@@ -128,6 +157,34 @@ fn bench_timing_wheel(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
+
+    group.bench_function("due_queue/insert", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = std::time::Instant::now();
+                let queue = filled_due_queue(count);
+                total += started.elapsed();
+                assert_eq!(queue.len(), count);
+                drop(black_box(queue));
+            }
+            total
+        });
+    });
+
+    group.bench_function("due_queue/expire", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut queue = filled_due_queue(count);
+                let started = std::time::Instant::now();
+                let expired = drain_due_queue(&mut queue, due_ms(count));
+                total += started.elapsed();
+                assert_eq!(expired, count);
+            }
+            total
+        });
+    });
 
     group.bench_function("delay_queue/insert", |b| {
         b.iter_custom(|iters| {
