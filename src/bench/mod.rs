@@ -399,12 +399,13 @@ fn resources(
         return resources;
     };
     resources.measured = true;
-    resources.note = "From /proc of the child relay. RSS includes the embedded store's page \
-                      cache (store.cache_bytes, up to 128 MiB) and allocator slack; idle RSS is \
-                      taken once the registry is loaded, before any event; bytes per open \
-                      outage = (peak − idle RSS) / most outages open at once, an upper bound \
-                      (it also counts alert logs, event-id dedup and buffers). The benchmark \
-                      shares the machine's CPUs with the relay."
+    resources.note = "From /proc of the child relay. RSS includes the embedded alert logs' \
+                      cache of recent alerts (store.cache_bytes, 16 MiB by default) and \
+                      allocator slack; idle RSS is taken once the registry is loaded, before \
+                      any event; bytes per open outage = (peak − idle RSS) / most outages \
+                      open at once, an upper bound (it also counts alerts in flight, event-id \
+                      dedup and buffers). The benchmark shares the machine's CPUs with the \
+                      relay."
         .to_owned();
     resources.relay_cpu_seconds = Some(end.cpu_seconds - idle.cpu_seconds);
     resources.relay_peak_rss_bytes = Some(end.peak_rss_bytes);
