@@ -26,6 +26,9 @@ use crate::route::{ParkReason, Registry, Route};
 /// Timers fired, and their alerts appended, at a time: the writer commits one chunk while the
 /// owner fires the next.
 const FIRE_CHUNK: usize = 4096;
+/// Appends an owner keeps in flight while it fires a backlog of due timers: enough for the
+/// writer to group several chunks, few enough that the alerts waiting for it stay small.
+const FIRE_AHEAD: usize = 4;
 /// Log-sequenced partitions ask for a mark (to fire due timers) at most this often.
 const MARK_INTERVAL: Duration = Duration::from_millis(20);
 /// Bound on storing what is in flight when an owner stops.
@@ -210,7 +213,7 @@ impl Owner {
                     saving = None;
                     self.saved(Some(saved));
                 }
-                () = &mut sleep, if wake != far => self.on_timers(&mut pending),
+                () = &mut sleep, if wake != far && room => self.on_timers(&mut pending),
                 command = rx.recv(), if room => match command {
                     Some(command) => self.on_command(command, &mut pending).await?,
                     None => break,
@@ -275,10 +278,16 @@ impl Owner {
     fn on_timers(&mut self, pending: &mut Pending) {
         match self.sequencing {
             Sequencing::Owner => {
-                // What is due by now, a chunk at a time, while appends have room; the rest
-                // (a storm's million) on the next turns of the loop.
+                // What is due by now, a chunk at a time, up to FIRE_AHEAD chunks in flight;
+                // the rest (a storm's million) on the next turns of the loop, as appends
+                // complete, so the alerts waiting for the log stay bounded.
                 let now = self.ctx.clock.now();
-                let chunks = self.ctx.in_flight.saturating_sub(pending.len()).max(1);
+                let chunks = self
+                    .ctx
+                    .in_flight
+                    .min(FIRE_AHEAD)
+                    .saturating_sub(pending.len())
+                    .max(1);
                 for _ in 0..chunks {
                     let more = self.state.advance_at_most(now, FIRE_CHUNK);
                     self.flush(pending);
