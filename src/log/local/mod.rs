@@ -763,3 +763,6 @@ impl AlertLog for LocalAlerts {
 #[cfg(test)]
 #[path = "local_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod model_props;
