@@ -20,7 +20,27 @@ pub struct EventIdWindow {
     window: Duration,
     capacity: usize,
     seen: HashSet<u128>,
-    order: VecDeque<(UtcMillis, u128)>,
+    order: VecDeque<Seen>,
+}
+
+/// When a key was seen, in 24 bytes (a `u128` field would align the pair to 32).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: UtcMillis,
+    key: [u64; 2],
+}
+
+impl Seen {
+    fn new(at: UtcMillis, key: u128) -> Self {
+        Self {
+            at,
+            key: [(key >> 64) as u64, key as u64],
+        }
+    }
+
+    fn key(self) -> u128 {
+        u128::from(self.key[0]) << 64 | u128::from(self.key[1])
+    }
 }
 
 impl EventIdWindow {
@@ -41,11 +61,11 @@ impl EventIdWindow {
             return self.capacity == 0;
         }
         if self.order.len() == self.capacity
-            && let Some((_, oldest)) = self.order.pop_front()
+            && let Some(oldest) = self.order.pop_front()
         {
-            self.seen.remove(&oldest);
+            self.seen.remove(&oldest.key());
         }
-        self.order.push_back((now, key.0));
+        self.order.push_back(Seen::new(now, key.0));
         true
     }
 
@@ -56,7 +76,9 @@ impl EventIdWindow {
 
     /// Keys remembered, with when each was seen, oldest first (what a checkpoint keeps).
     pub fn entries(&self) -> impl ExactSizeIterator<Item = (UtcMillis, EventKey)> + '_ {
-        self.order.iter().map(|&(at, key)| (at, EventKey(key)))
+        self.order
+            .iter()
+            .map(|seen| (seen.at, EventKey(seen.key())))
     }
 
     /// Keys currently remembered.
@@ -70,12 +92,12 @@ impl EventIdWindow {
     }
 
     fn forget_before(&mut self, now: UtcMillis) {
-        while let Some(&(at, key)) = self.order.front() {
-            if at.plus(self.window) > now {
+        while let Some(&oldest) = self.order.front() {
+            if oldest.at.plus(self.window) > now {
                 break;
             }
             self.order.pop_front();
-            self.seen.remove(&key);
+            self.seen.remove(&oldest.key());
         }
     }
 }

@@ -1,11 +1,13 @@
 //! MPAN cores (13 digits, check digit validated), distributor IDs and GSP groups.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 
-/// A validated 13-digit MPAN core, stored as its numeric value.
+/// A validated 13-digit MPAN core, stored as its numeric value plus one: never zero, so an
+/// `Option<MpanCore>` takes 8 bytes (every open outage holds one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MpanCore(u64);
+pub struct MpanCore(NonZeroU64);
 
 /// Why an MPAN core was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,17 +50,24 @@ impl MpanCore {
             *digit = u8::try_from(rest % 10).unwrap_or(0);
             rest /= 10;
         }
-        Some(Self(first_twelve * 10 + u64::from(check_digit(&digits))))
+        Some(Self::from_digits(
+            first_twelve * 10 + u64::from(check_digit(&digits)),
+        ))
     }
 
     /// The distributor ID: the first two digits.
     pub fn distributor(self) -> DistributorId {
-        DistributorId(u8::try_from(self.0 / 100_000_000_000).unwrap_or(0))
+        DistributorId(u8::try_from(self.value() / 100_000_000_000).unwrap_or(0))
     }
 
     /// The numeric value of all 13 digits.
     pub fn value(self) -> u64 {
-        self.0
+        self.0.get() - 1
+    }
+
+    /// The core whose 13 digits have the value `digits` (below 10^13, so `+ 1` cannot wrap).
+    fn from_digits(digits: u64) -> Self {
+        Self(NonZeroU64::MIN.saturating_add(digits))
     }
 
     /// Rebuilds an MPAN core from [`MpanCore::value`], re-checking it (for stored data).
@@ -66,7 +75,7 @@ impl MpanCore {
         if value >= 10_000_000_000_000 {
             return None;
         }
-        Self::with_check_digit(value / 10).filter(|mpan| mpan.0 == value)
+        Self::with_check_digit(value / 10).filter(|mpan| mpan.value() == value)
     }
 }
 
@@ -92,13 +101,13 @@ impl FromStr for MpanCore {
         let value = bytes
             .iter()
             .fold(0u64, |acc, byte| acc * 10 + u64::from(byte - b'0'));
-        Ok(Self(value))
+        Ok(Self::from_digits(value))
     }
 }
 
 impl fmt::Display for MpanCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:013}", self.0)
+        write!(f, "{:013}", self.value())
     }
 }
 
