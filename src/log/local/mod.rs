@@ -36,6 +36,7 @@ pub mod checkpoints;
 pub mod meta;
 pub mod recent;
 pub mod segment;
+mod sync_pool;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -202,13 +203,9 @@ impl Local {
             guards: Default::default(),
             failed: None,
             commit_seconds: metrics::histogram!(crate::telemetry::STORE_COMMIT_LATENCY),
-            syncs: rayon::ThreadPoolBuilder::new()
-                .num_threads(SYNC_THREADS)
-                .thread_name(|index| format!("log-sync-{index}"))
-                .build()
-                .map_err(|err| {
-                    LogError::Unavailable(format!("cannot start the log sync threads: {err}"))
-                })?,
+            syncs: sync_pool::SyncPool::start(SYNC_THREADS).map_err(|err| {
+                LogError::Unavailable(format!("cannot start the log sync threads: {err}"))
+            })?,
         };
         let thread = std::thread::Builder::new()
             .name("log-writer".into())

@@ -196,7 +196,7 @@ pub struct SegmentLog {
     shared: Arc<Shared>,
     options: SegmentOptions,
     /// The directory, open: fsynced after segment files come or go; carries the writer's lock.
-    dir: File,
+    dir: Arc<File>,
     /// The segments before the active one, oldest first.
     closed: VecDeque<Closed>,
     /// The segment being appended to.
@@ -221,7 +221,7 @@ struct Closed {
 /// The segment the writer appends to.
 struct Active {
     base: u64,
-    file: File,
+    file: Arc<File>,
     /// Bytes written.
     len: u64,
     /// Records written.
@@ -250,7 +250,7 @@ impl SegmentLog {
         let log = Self {
             shared: Arc::new(Shared::new(dir, loaded.index)),
             options,
-            dir: dir_file,
+            dir: Arc::new(dir_file),
             closed,
             tail: Chunk::after(&loaded.active),
             active: loaded.active,
@@ -307,9 +307,33 @@ impl SegmentLog {
     /// Makes everything written durable (`fdatasync` of the active segment, `fsync` of the
     /// directory when a segment was created), then shows it to readers.
     pub fn sync(&mut self) -> Result<(), SegmentError> {
+        let job = self.sync_job()?;
+        let result = job.run();
+        self.finish_sync(result)
+    }
+
+    /// [`sync`](Self::sync) in two halves, so that the fdatasync can run on another thread
+    /// (a writer syncing several logs side by side): the job makes what was written durable;
+    /// its result goes to [`finish_sync`](Self::finish_sync). Nothing may be written to the
+    /// log in between.
+    pub fn sync_job(&self) -> Result<SyncJob, SegmentError> {
         self.usable()?;
-        let result = self.flush();
+        Ok(SyncJob {
+            shared: Arc::clone(&self.shared),
+            segment: self
+                .active
+                .dirty
+                .then(|| (Arc::clone(&self.active.file), self.active.base)),
+            dir: self.dir_dirty.then(|| Arc::clone(&self.dir)),
+        })
+    }
+
+    /// Ends a sync begun with [`sync_job`](Self::sync_job): on success the records written
+    /// are shown to readers; a failure poisons the log.
+    pub fn finish_sync(&mut self, result: Result<(), SegmentError>) -> Result<(), SegmentError> {
         self.poison_on_error(result)?;
+        self.active.dirty = false;
+        self.dir_dirty = false;
         self.shared.publish(self.unpublished.drain(..));
         Ok(())
     }
@@ -404,15 +428,9 @@ impl SegmentLog {
     }
 
     fn flush(&mut self) -> Result<(), SegmentError> {
-        if self.active.dirty {
-            let path = segment_path(&self.shared.dir, self.active.base);
-            self.active.file.sync_data().map_err(io_at(&path))?;
-            self.active.dirty = false;
-        }
-        if self.dir_dirty {
-            self.dir.sync_all().map_err(io_at(&self.shared.dir))?;
-            self.dir_dirty = false;
-        }
+        self.sync_job()?.run()?;
+        self.active.dirty = false;
+        self.dir_dirty = false;
         Ok(())
     }
 
@@ -428,11 +446,35 @@ impl SegmentLog {
     }
 }
 
+/// What one sync of a [`SegmentLog`] must make durable, detached from the log so that it
+/// can run on another thread; see [`SegmentLog::sync_job`].
+pub struct SyncJob {
+    shared: Arc<Shared>,
+    /// The active segment and its base, when written since its last fdatasync.
+    segment: Option<(Arc<File>, u64)>,
+    /// The directory, when a segment file was created since its last fsync.
+    dir: Option<Arc<File>>,
+}
+
+impl SyncJob {
+    /// `fdatasync` of the segment, then `fsync` of the directory, as needed.
+    pub fn run(&self) -> Result<(), SegmentError> {
+        if let Some((file, base)) = &self.segment {
+            file.sync_data()
+                .map_err(io_at(&segment_path(&self.shared.dir, *base)))?;
+        }
+        if let Some(dir) = &self.dir {
+            dir.sync_all().map_err(io_at(&self.shared.dir))?;
+        }
+        Ok(())
+    }
+}
+
 impl Active {
     fn new(base: u64, file: File) -> Self {
         Self {
             base,
-            file,
+            file: Arc::new(file),
             len: 0,
             records: 0,
             dirty: false,

@@ -12,7 +12,6 @@
 //! A failed write or sync poisons the writer: the group and every later request fail (the
 //! owners then fence ingest), and only a restart, which recovers the logs, lifts it.
 
-use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use super::meta::{Cursor, ParkedRecord, encode_cursor, encode_parked};
 use super::recent::Recent;
 use super::segment::{SegmentLog, SegmentReader};
 use super::segment_error;
+use super::sync_pool::SyncPool;
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
 use crate::log::codec::{decode_entry, encode_entry, encode_record};
@@ -206,9 +206,8 @@ pub(super) struct Writer {
     pub(super) failed: Option<LogError>,
     /// Duration of each group commit.
     pub(super) commit_seconds: metrics::Histogram,
-    /// Threads that sync a group's logs side by side, started once (a thread per sync per
-    /// group cost more than the syncs themselves when groups are small).
-    pub(super) syncs: rayon::ThreadPool,
+    /// Threads that sync a group's logs side by side.
+    pub(super) syncs: SyncPool,
 }
 
 fn answer<T: Send + 'static>(reply: oneshot::Sender<Result<T, LogError>>, value: T) -> Reply {
@@ -373,10 +372,23 @@ impl Writer {
         match logs.as_mut_slice() {
             [] => Ok(()),
             [only] => only.sync().map_err(segment_error),
-            many => self.syncs.install(|| {
-                many.par_iter_mut()
-                    .try_for_each(|log| log.sync().map_err(segment_error))
-            }),
+            many => {
+                let jobs = many
+                    .iter()
+                    .map(|log| log.sync_job())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(segment_error)?;
+                let results = self.syncs.run_all(jobs);
+                let mut outcome = Ok(());
+                for (log, result) in many.iter_mut().zip(results) {
+                    if let Err(err) = log.finish_sync(result)
+                        && outcome.is_ok()
+                    {
+                        outcome = Err(segment_error(err));
+                    }
+                }
+                outcome
+            }
         }
     }
 

@@ -174,7 +174,7 @@ fn load_last(
     let reader = File::open(&path).map_err(io_at(&path))?;
     let active = Active {
         base,
-        file,
+        file: Arc::new(file),
         len: scan.len,
         records: scan.records,
         dirty: false,
