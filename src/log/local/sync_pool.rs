@@ -87,7 +87,9 @@ mod tests {
                 let (mut log, _) = SegmentLog::open(
                     &dir.join(index.to_string()),
                     1,
-                    SegmentOptions { segment_bytes: 4096 },
+                    SegmentOptions {
+                        segment_bytes: 4096,
+                    },
                 )
                 .expect("open");
                 log.push(format!("record of log {index}").as_bytes())
