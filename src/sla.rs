@@ -10,8 +10,8 @@
 //! passed while no watch ran is reported once, at once (cause `relay` when its event had
 //! arrived in time), and one already checked is not reported again.
 //!
-//! Deadlines wait in a [`DueQueue`] of `(sequence, kind and cause)` packed in a `u64`; an alert already
-//! acknowledged when the watch reads it is not queued at all.
+//! Deadlines wait in a [`DueQueue`] of `(sequence, kind and cause)` packed in a `u64`; an
+//! alert already acknowledged when the watch reads it is not queued at all.
 
 use std::sync::Arc;
 use std::time::Duration;

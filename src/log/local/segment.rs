@@ -332,8 +332,7 @@ impl SegmentLog {
     /// are shown to readers; a failure poisons the log.
     pub fn finish_sync(&mut self, result: Result<(), SegmentError>) -> Result<(), SegmentError> {
         self.poison_on_error(result)?;
-        self.active.dirty = false;
-        self.dir_dirty = false;
+        self.mark_synced();
         self.shared.publish(self.unpublished.drain(..));
         Ok(())
     }
@@ -429,9 +428,14 @@ impl SegmentLog {
 
     fn flush(&mut self) -> Result<(), SegmentError> {
         self.sync_job()?.run()?;
+        self.mark_synced();
+        Ok(())
+    }
+
+    /// After a sync succeeded: nothing written is waiting for one.
+    fn mark_synced(&mut self) {
         self.active.dirty = false;
         self.dir_dirty = false;
-        Ok(())
     }
 
     fn delete_segments(&mut self, bases: &[u64]) -> Result<(), SegmentError> {
