@@ -15,7 +15,8 @@ use crate::deliver::convert::alert_to_proto;
 use crate::domain::{DeviceId, SupplyPoint};
 use crate::error::RelayError;
 use crate::log::{
-    Destination, LogEntry, OwnerAnswer, OwnerQuery, Ownership, Partition, Peers, partition_of,
+    AlertLog, Destination, LogEntry, LogError, LogStatus, OwnerAnswer, OwnerQuery, Ownership,
+    Partition, Peers, partition_of,
 };
 use crate::owner::Owners;
 use crate::proto::{self, admin_server::Admin};
@@ -79,17 +80,9 @@ impl AdminService {
         let table = self.delivery.table();
         let alerts = self.delivery.alerts();
         let status = alerts.status(log).await?;
-        let oldest = if status.backlog() > 0 {
-            let from = (status.acked + 1).max(status.first_retained);
-            let mut reader = alerts.reader(log, from).await?;
-            reader
-                .next(1)
-                .await?
-                .first()
-                .map(|e| e.alert.due_at.to_proto())
-        } else {
-            None
-        };
+        let oldest = oldest_unacked(alerts.as_ref(), log, status)
+            .await?
+            .map(|entry| entry.alert.due_at.to_proto());
         Ok(proto::SubscriberStatus {
             subscriber: table.name(log).to_owned(),
             distributor_ids: table
@@ -111,6 +104,37 @@ impl AdminService {
             last_error: self.delivery.last_error(log),
             sla_breaches: alerts.sla_mark(log).await?.breaches,
         })
+    }
+}
+
+/// How often [`oldest_unacked`] looks again whether the backlog it is reading has cleared.
+const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The oldest unacknowledged entry of `log`, whose cursors were `status`; `None` when there is
+/// no backlog. The backlog may clear while the entry is read (a subscriber acknowledges it,
+/// or retention removes it), and a reader waits for the next entry: the read is raced
+/// against a fresh look at the cursors, so an answer never waits on the next alert.
+async fn oldest_unacked(
+    alerts: &dyn AlertLog,
+    log: SubscriberId,
+    mut status: LogStatus,
+) -> Result<Option<LogEntry>, LogError> {
+    if status.backlog() == 0 {
+        return Ok(None);
+    }
+    let mut reader = alerts
+        .reader(log, (status.acked + 1).max(status.first_retained))
+        .await?;
+    loop {
+        tokio::select! {
+            entries = reader.next(1) => return Ok(entries?.into_iter().next()),
+            () = tokio::time::sleep(BACKLOG_RECHECK) => {
+                status = alerts.status(log).await?;
+                if status.backlog() == 0 {
+                    return Ok(None);
+                }
+            }
+        }
     }
 }
 
@@ -341,4 +365,70 @@ pub fn reload_here(
             Ok(proto::ReloadRegistryResponse { devices, unparked })
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RoutingConfig;
+    use crate::domain::{Alert, AlertKind, DeviceId, Phase, UtcMillis};
+    use crate::log::conformance::route;
+    use crate::log::memory::MemoryAlerts;
+    use crate::route::RoutingTable;
+
+    const LOG: SubscriberId = SubscriberId(0);
+    const AT: UtcMillis = UtcMillis(1_764_000_000_000);
+
+    fn alert(device: u64) -> Alert {
+        Alert {
+            kind: AlertKind::Outage,
+            point: SupplyPoint {
+                device: DeviceId(device),
+                phase: Phase::Whole,
+            },
+            lost_at: AT,
+            restored_at: None,
+            due_at: AT.plus(std::time::Duration::from_secs(device)),
+            deadline: AT.plus(std::time::Duration::from_secs(60)),
+            emitted_at: AT,
+            received_at: AT,
+            learned_late: false,
+            event_mpan: None,
+        }
+    }
+
+    async fn log_with_two_alerts() -> MemoryAlerts {
+        let table = RoutingTable::from_config(&RoutingConfig::default());
+        let alerts = MemoryAlerts::new(&table);
+        alerts
+            .append(vec![(alert(1), route(LOG)), (alert(2), route(LOG))])
+            .await
+            .expect("append");
+        alerts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_unacknowledged_alert_is_the_one_after_the_cursor() {
+        let alerts = log_with_two_alerts().await;
+        alerts.ack(LOG, 1).await.expect("ack");
+        let status = alerts.status(LOG).await.expect("status");
+        let oldest = oldest_unacked(&alerts, LOG, status)
+            .await
+            .expect("read")
+            .expect("a backlog of one");
+        assert_eq!(
+            (oldest.sequence, oldest.alert.point.device),
+            (2, DeviceId(2))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_acknowledged_while_it_is_read_answers_none_instead_of_waiting() {
+        let alerts = log_with_two_alerts().await;
+        let before = alerts.status(LOG).await.expect("status");
+        assert_eq!(before.backlog(), 2);
+        alerts.ack(LOG, 2).await.expect("ack");
+        let oldest = oldest_unacked(&alerts, LOG, before).await.expect("read");
+        assert!(oldest.is_none(), "{oldest:?}");
+    }
 }
