@@ -24,6 +24,7 @@ use foldhash::HashMap;
 use foldhash::HashMapExt as _;
 use std::time::Duration;
 
+use super::open_table::OpenOutages;
 use crate::domain::{Alert, AlertKind, DeviceEvent, EventKind, MpanCore, SupplyPoint, UtcMillis};
 
 /// When an event reached the relay, and the log time at which it is applied.
@@ -156,7 +157,7 @@ impl Effects {
 #[derive(Debug)]
 pub struct Debouncer {
     settings: Settings,
-    open: HashMap<SupplyPoint, OpenOutage>,
+    open: OpenOutages,
     tombstones: HashMap<SupplyPoint, UtcMillis>,
     tombstone_expiry: VecDeque<(UtcMillis, SupplyPoint, UtcMillis)>,
     pending: usize,
@@ -167,7 +168,7 @@ impl Debouncer {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
-            open: HashMap::new(),
+            open: OpenOutages::new(),
             tombstones: HashMap::new(),
             tombstone_expiry: VecDeque::new(),
             pending: 0,
@@ -212,7 +213,7 @@ impl Debouncer {
         now: UtcMillis,
         effects: &mut Effects,
     ) -> bool {
-        let Some(outage) = self.open.get_mut(&point) else {
+        let Some(mut outage) = self.open.get(&point) else {
             return false;
         };
         if outage.state != OutageState::Pending
@@ -221,7 +222,7 @@ impl Debouncer {
             return false;
         }
         outage.state = OutageState::Alerted;
-        let outage = *outage;
+        self.open.set_state(&point, OutageState::Alerted);
         self.pending -= 1;
         effects.alerts.push(self.poa(point, &outage, now, false));
         true
@@ -241,7 +242,7 @@ impl Debouncer {
     }
 
     /// The open outage of `point`, if any.
-    pub fn outage(&self, point: &SupplyPoint) -> Option<&OpenOutage> {
+    pub fn outage(&self, point: &SupplyPoint) -> Option<OpenOutage> {
         self.open.get(point)
     }
 
@@ -258,8 +259,13 @@ impl Debouncer {
     }
 
     /// Every open outage, in no particular order.
-    pub fn outages(&self) -> impl ExactSizeIterator<Item = (&SupplyPoint, &OpenOutage)> {
+    pub fn outages(&self) -> impl ExactSizeIterator<Item = (SupplyPoint, OpenOutage)> + '_ {
         self.open.iter()
+    }
+
+    /// Makes room for `outages` more open outages at once (a restore knows how many).
+    pub fn reserve(&mut self, outages: usize) {
+        self.open.reserve(outages);
     }
 
     /// Outages whose timer is running.
@@ -281,7 +287,7 @@ impl Debouncer {
         effects: &mut Effects,
     ) -> Outcome {
         let now = at.now;
-        if self.open.contains_key(&point) {
+        if self.open.contains(&point) {
             return Outcome::AlreadyOpen;
         }
         if self
@@ -325,7 +331,7 @@ impl Debouncer {
         {
             return Outcome::Stale;
         }
-        let Some(outage) = self.open.get(&point).copied() else {
+        let Some(outage) = self.open.get(&point) else {
             return self.on_restored_idle(point, restored_at, reported_lost_at, mpan, at, effects);
         };
         if restored_at < outage.lost_at {

@@ -36,8 +36,8 @@ pub fn encode_state(state: &PartitionState, heads: &AlertHeads) -> Vec<u8> {
     out.extend_from_slice(&state.log_time().0.to_le_bytes());
     push_count(&mut out, outages.len());
     for (point, outage) in outages {
-        push_point(&mut out, *point);
-        out.extend_from_slice(&encode_outage(outage));
+        push_point(&mut out, point);
+        out.extend_from_slice(&encode_outage(&outage));
     }
     let count_at = out.len();
     push_count(&mut out, 0);

@@ -80,6 +80,8 @@ impl PartitionState {
     pub fn restore(settings: Settings, dedup: EventIdWindow, saved: Saved) -> Self {
         let mut state = Self::new(settings, dedup);
         state.log_time = saved.log_time;
+        state.machine.reserve(saved.outages.len());
+        state.dedup.reserve(saved.seen.len());
         for (point, outage) in saved.outages {
             if let Some(due_at) = state.machine.restore(point, outage) {
                 state.timers.insert(due_at, point);
@@ -95,7 +97,7 @@ impl PartitionState {
     }
 
     /// Every open outage, in no particular order (a checkpoint keeps them).
-    pub fn open_outages(&self) -> impl ExactSizeIterator<Item = (&SupplyPoint, &OpenOutage)> {
+    pub fn open_outages(&self) -> impl ExactSizeIterator<Item = (SupplyPoint, OpenOutage)> + '_ {
         self.machine.outages()
     }
 
@@ -193,7 +195,6 @@ impl PartitionState {
             .machine
             .outages()
             .filter(|(point, _)| device.is_none_or(|d| point.device == d))
-            .map(|(point, outage)| (*point, *outage))
             .collect();
         let total = matching.len() as u64;
         if matching.len() > limit {

@@ -182,7 +182,7 @@ fn a_restored_state_decides_like_the_state_it_was_saved_from() {
     );
     let saved = Saved {
         log_time: live.log_time(),
-        outages: live.open_outages().map(|(p, o)| (*p, *o)).collect(),
+        outages: live.open_outages().collect(),
         tombstones: live.tombstones().collect(),
         seen: live.seen().collect(),
     };
