@@ -40,7 +40,7 @@ use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
-use crate::security::limits::{OversizeLayer, StreamLimiter};
+use crate::security::limits::{DecodeRefusalLayer, StreamLimiter};
 use crate::security::tls::ServerTls;
 use crate::security::{Guard, IdentityMap, Principal, Role};
 use crate::telemetry::Metrics;
@@ -388,10 +388,12 @@ where
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
+    let limit = config.limits.max_message_bytes;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(limit);
     let local = listener.local_addr()?;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
@@ -420,12 +422,11 @@ where
             tracing::warn!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC in PLAINTEXT: no TLS, no identities, every caller may publish, read every feed and use Admin");
         }
     }
-    let limit = config.limits.max_message_bytes;
     let guard = edge.guard;
     let stopping = shutdown.clone();
     let serve = builder
-        .layer(OversizeLayer { limit })
-        .add_service(health)
+        .layer(DecodeRefusalLayer { limit })
+        .add_service(health.max_decoding_message_size(limit))
         .add_service(reflection)
         .add_service(InterceptedService::new(
             proto::ingest_server::IngestServer::new(ingest).max_decoding_message_size(limit),

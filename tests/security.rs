@@ -1,10 +1,14 @@
 //! Who may see what, over real mutual TLS on loopback with certificates made at test time:
 //! each role allowed and refused, no DNO reading another's alerts by any call, expired and
-//! untrusted certificates refused, push receivers verified.
+//! untrusted certificates refused, push receivers verified. And what the relay answers the
+//! callers it serves: oversized and unreadable requests refused alike on every service, and
+//! counted.
 
 mod common;
 
 use std::path::Path;
+
+use bytes::{Buf as _, BufMut as _};
 
 use common::pki::{PemPair, Pki, SERVER_NAME, tls_channel};
 use common::{LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, now_ms, valid_mpan};
@@ -22,6 +26,8 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, Channel, ServerTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -480,5 +486,159 @@ async fn push_delivers_only_to_a_receiver_with_a_trusted_certificate() {
         .into_inner();
     assert_eq!(status.subscribers[0].acked_sequence, 0, "{status:?}");
     stop.cancel();
+    relay.stop().await;
+}
+
+/// Requests as bytes, sent as they are, and answers read as bytes: what a typed client
+/// cannot send.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawBytes;
+
+impl Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `path` with `request` as its one request message and returns the status the call
+/// ends with; an answer instead of a refusal fails the test.
+async fn raw_call(channel: Channel, path: &'static str, request: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    bounded("the channel to be ready", grpc.ready())
+        .await
+        .expect("the channel is ready");
+    let call = grpc.streaming(
+        tonic::Request::new(futures::stream::iter([request])),
+        PathAndQuery::from_static(path),
+        RawBytes,
+    );
+    match bounded(path, call).await {
+        Err(status) => status,
+        Ok(response) => match bounded(path, response.into_inner().message()).await {
+            Err(status) => status,
+            Ok(answer) => panic!("{path} answered {answer:?} instead of refusing"),
+        },
+    }
+}
+
+/// Every method the relay hosts, with the certificate allowed to call it (health needs
+/// none). Reflection is left out: its service ends its stream without a status when it
+/// cannot read a request, so there is no refusal to see.
+fn every_method(certs: &Certs) -> Vec<(&'static str, Option<&PemPair>)> {
+    let (publisher, ukpn, admin) = (
+        Some(&certs.publisher),
+        Some(&certs.ukpn),
+        Some(&certs.admin),
+    );
+    vec![
+        ("/outage_relay.v1.Ingest/Publish", publisher),
+        ("/outage_relay.v1.Ingest/PublishBatch", publisher),
+        ("/outage_relay.v1.AlertFeed/Subscribe", ukpn),
+        ("/outage_relay.v1.AlertFeed/Ack", ukpn),
+        ("/outage_relay.v1.Admin/GetDeviceState", admin),
+        ("/outage_relay.v1.Admin/ListOpenOutages", admin),
+        ("/outage_relay.v1.Admin/ListParkedAlerts", admin),
+        ("/outage_relay.v1.Admin/ReloadRegistry", admin),
+        ("/outage_relay.v1.Admin/GetDeliveryStatus", admin),
+        ("/outage_relay.v1.Admin/GetClusterStatus", admin),
+        ("/grpc.health.v1.Health/Check", None),
+        ("/grpc.health.v1.Health/Watch", None),
+    ]
+}
+
+// The two tests below are the only ones in this binary whose calls count as `too_large` or
+// `malformed`, so each can expect exact counts.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_resource_exhausted_on_every_service_and_counted() {
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    let limit = relay.config.limits.max_message_bytes;
+    assert_eq!(limit, 4 * 1024 * 1024, "the default limit");
+    let before = common::calls_refused("too_large").await;
+    let methods = every_method(&certs);
+    for (path, client) in &methods {
+        let channel = channel(&relay, &certs.pki.ca, *client).await;
+        let refused = raw_call(channel, path, vec![0; 5 * 1024 * 1024]).await;
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .contains(&format!("limit of {limit} bytes")),
+            "{path}: {refused}"
+        );
+        assert_eq!(
+            refused.message().contains("send smaller batches"),
+            path.starts_with("/outage_relay.v1.Ingest/"),
+            "{path}: {refused}"
+        );
+    }
+    // The feed's own OUT_OF_RANGE (a sequence beyond the head) is left as it is, uncounted.
+    let ukpn = channel(&relay, &certs.pki.ca, Some(&certs.ukpn)).await;
+    let beyond = AlertFeedClient::new(ukpn)
+        .subscribe(SubscribeRequest {
+            subscriber: "ukpn".into(),
+            from_sequence: 5,
+        })
+        .await
+        .expect_err("nothing is at sequence 5 yet");
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond}");
+    assert_eq!(
+        common::calls_refused("too_large").await - before,
+        methods.len() as u64
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_protobuf_are_invalid_argument_on_every_service_and_counted() {
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    let before = common::calls_refused("malformed").await;
+    let methods = every_method(&certs);
+    for (path, client) in &methods {
+        let channel = channel(&relay, &certs.pki.ca, *client).await;
+        // 'n' is field 13 with wire type 6, which does not exist: no message type reads it.
+        let refused = raw_call(channel, path, b"not protobuf".to_vec()).await;
+        assert_eq!(refused.code(), Code::InvalidArgument, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .starts_with("the request is not a valid protobuf message"),
+            "{path}: {refused}"
+        );
+    }
+    assert_eq!(
+        common::calls_refused("malformed").await - before,
+        methods.len() as u64
+    );
     relay.stop().await;
 }
