@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::{AdminService, reload_here};
+use crate::admin::{AdminService, RegistrySource, reload_here};
 use crate::config::{Backend, Config};
 use crate::debounce::Settings;
 use crate::deliver::feed::FeedService;
@@ -191,10 +191,11 @@ pub async fn run(
     });
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
+    let registry_source = RegistrySource::from_config(&config);
     let reload = reload_here(
         Arc::clone(&owners),
         Arc::clone(&router),
-        config.registry.clone(),
+        registry_source.clone(),
     );
     let peers: Arc<dyn Peers> = match &parts.cluster {
         Some(cluster) => {
@@ -268,6 +269,7 @@ pub async fn run(
         delivery,
         router,
         config.debounce,
+        registry_source,
     );
     let edge = Edge {
         tls: server_tls,

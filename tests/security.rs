@@ -1,8 +1,8 @@
 //! Who may see what, over real mutual TLS on loopback with certificates made at test time:
 //! each role allowed and refused, no DNO reading another's alerts by any call, expired and
 //! untrusted certificates refused, push receivers verified. And what the relay answers the
-//! callers it serves: oversized and unreadable requests refused alike on every service, and
-//! counted.
+//! callers it serves: oversized and unreadable requests refused alike on every service and
+//! counted, and registry reloads kept to the registry directory and never quoting a file.
 
 mod common;
 
@@ -640,5 +640,171 @@ async fn bytes_that_are_not_protobuf_are_invalid_argument_on_every_service_and_c
         common::calls_refused("malformed").await - before,
         methods.len() as u64
     );
+    relay.stop().await;
+}
+
+/// The first line of `/etc/passwd`: what a reload must never show.
+const PASSWD_LINE: &str = "root:x:0:0:root:/root:/bin/bash";
+
+/// A relay under mutual TLS whose registry is `registries/registry.csv` in its temporary
+/// directory (one device, `device(1)`), beside `outside/`: a valid registry listing
+/// `device(2)` and a password file.
+async fn relay_with_a_registry_directory(certs: &Certs) -> TestRelay {
+    TestRelay::start_with(|config, dir| {
+        certs.configure(config);
+        let registries = dir.join("registries");
+        let outside = dir.join("outside");
+        for made in [&registries, &outside, &registries.join("sub")] {
+            std::fs::create_dir(made).expect("make a directory");
+        }
+        let mpan = valid_mpan(12, 1);
+        config.registry = Some(common::write_registry(
+            &registries,
+            "registry.csv",
+            &[(&device(1), &mpan, "_C")],
+        ));
+        let mpan = valid_mpan(12, 2);
+        common::write_registry(&outside, "registry.csv", &[(&device(2), &mpan, "_C")]);
+        std::fs::write(outside.join("passwd"), format!("{PASSWD_LINE}\n")).expect("write");
+    })
+    .await
+}
+
+async fn reload(admin: &mut AdminClient<Channel>, path: &str) -> Result<u64, tonic::Status> {
+    bounded(
+        "ReloadRegistry",
+        admin.reload_registry(ReloadRegistryRequest { path: path.into() }),
+    )
+    .await
+    .map(|response| response.into_inner().devices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_reload_loads_only_from_the_registry_directory() {
+    let certs = Certs::new();
+    let relay = relay_with_a_registry_directory(&certs).await;
+    let dir = relay.dir.path().to_owned();
+    let registries = dir.join("registries");
+    let outside = dir.join("outside");
+    std::os::unix::fs::symlink(outside.join("registry.csv"), registries.join("link.csv"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(outside.join("passwd"), registries.join("passwd")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, registries.join("out")).expect("symlink");
+    let show = |path: &std::path::Path| path.display().to_string();
+    let mut admin = AdminClient::new(channel(&relay, &certs.pki.ca, Some(&certs.admin)).await);
+
+    let outside_the_directory = [
+        "/etc/passwd".to_owned(),
+        show(&registries.join("../../../../../../../../../../../../etc/passwd")),
+        "../../../../../../../../../../../../etc/passwd".to_owned(),
+        show(&outside.join("passwd")),
+        show(&outside.join("registry.csv")),
+        show(&registries.join("../outside/registry.csv")),
+        "../outside/registry.csv".to_owned(),
+        "link.csv".to_owned(),
+        "passwd".to_owned(),
+        "out/registry.csv".to_owned(),
+        // Missing files outside answer the same: a reload cannot probe the file system.
+        "/nonexistent/registry.csv".to_owned(),
+        "../outside/missing.csv".to_owned(),
+    ];
+    for path in &outside_the_directory {
+        let refused = reload(&mut admin, path).await.expect_err(path);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .contains("not a file in the registry directory"),
+            "{path}: {refused}"
+        );
+        assert!(!refused.message().contains("root:"), "{path}: {refused}");
+    }
+    // Nothing was loaded: device 2 (listed only outside) is still unknown.
+    let state = admin
+        .get_device_state(GetDeviceStateRequest {
+            device_id: device(2),
+        })
+        .await
+        .expect("GetDeviceState")
+        .into_inner();
+    assert_eq!(state.mpan_core, "", "{state:?}");
+
+    // Inside the directory: by relative name, by absolute path, in a subdirectory, and the
+    // configured file when the request names none.
+    common::write_registry(&registries, "next.csv", &[]);
+    let mpan = valid_mpan(12, 3);
+    common::write_registry(
+        &registries.join("sub"),
+        "more.csv",
+        &[(&device(3), &mpan, "_C")],
+    );
+    for (path, devices) in [
+        ("next.csv".to_owned(), 0),
+        (show(&registries.join("next.csv")), 0),
+        ("sub/more.csv".to_owned(), 1),
+        ("sub/../registry.csv".to_owned(), 1),
+        (String::new(), 1),
+    ] {
+        let loaded = reload(&mut admin, &path).await;
+        assert_eq!(
+            loaded.as_ref().map_err(tonic::Status::code),
+            Ok(&devices),
+            "{path:?}: {loaded:?}"
+        );
+    }
+    let missing = reload(&mut admin, "missing.csv")
+        .await
+        .expect_err("no such file");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing}");
+    assert!(missing.message().contains("cannot read"), "{missing}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registry_names_the_line_and_the_reason_never_the_content() {
+    let certs = Certs::new();
+    let relay = relay_with_a_registry_directory(&certs).await;
+    let registries = relay.dir.path().join("registries");
+    std::fs::write(
+        registries.join("passwd.csv"),
+        format!("{PASSWD_LINE}\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        registries.join("bad.csv"),
+        format!(
+            "device_id,mpan_core,gsp_group\n{PASSWD_LINE}\n{PASSWD_LINE},{},_C\n{},{PASSWD_LINE},_C\n",
+            valid_mpan(12, 4),
+            device(4)
+        ),
+    )
+    .expect("write");
+    let mut admin = AdminClient::new(channel(&relay, &certs.pki.ca, Some(&certs.admin)).await);
+
+    let named = |file: &str| registries.join(file).display().to_string();
+    let refused = reload(&mut admin, &named("passwd.csv"))
+        .await
+        .expect_err("not a registry");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("line 1: not the header \"device_id,mpan_core,gsp_group\""),
+        "{refused}"
+    );
+    assert!(!refused.message().contains("root"), "{refused}");
+
+    let refused = reload(&mut admin, &named("bad.csv"))
+        .await
+        .expect_err("bad rows");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    for reason in [
+        "line 2: expected 3 fields (device_id,mpan_core,gsp_group), found 1",
+        "line 3: device_id is not an EUI-64",
+        "line 4: mpan_core is not 13 digits",
+    ] {
+        assert!(refused.message().contains(reason), "{reason}: {refused}");
+    }
+    assert!(!refused.message().contains("root"), "{refused}");
     relay.stop().await;
 }
