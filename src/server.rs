@@ -364,8 +364,8 @@ pub(crate) struct Edge {
 /// (unary calls in flight).
 const UNARY_STREAMS_PER_CONNECTION: usize = 256;
 
-/// Serves the gRPC services (with health and reflection) on `listener` until `shutdown`,
-/// bounded by `shutdown_grace` once it is cancelled.
+/// Serves the gRPC services (with health, and reflection v1 and v1alpha) on `listener` until
+/// `shutdown`, bounded by `shutdown_grace` once it is cancelled.
 pub(crate) async fn serve<F, A>(
     config: &Config,
     listener: TcpListener,
@@ -391,10 +391,13 @@ where
             .await;
     }
     let limit = config.limits.max_message_bytes;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection v1, and v1alpha for the clients that ask only for it (grpcio's, older
+    // grpcurl and grpcui).
+    let reflection = reflection_builder()
         .build_v1()?
+        .max_decoding_message_size(limit);
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()?
         .max_decoding_message_size(limit);
     let local = listener.local_addr()?;
     let mut builder = Server::builder()
@@ -430,6 +433,7 @@ where
         .layer(DecodeRefusalLayer { limit })
         .add_service(health.max_decoding_message_size(limit))
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             proto::ingest_server::IngestServer::new(ingest).max_decoding_message_size(limit),
             guard.require(Role::Publisher),
@@ -458,6 +462,13 @@ where
             Ok(())
         }
     }
+}
+
+/// Server reflection over the relay's protos and health's.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// How early before the relay's certificate expires the log warns.

@@ -2,7 +2,8 @@
 //! each role allowed and refused, no DNO reading another's alerts by any call, expired and
 //! untrusted certificates refused, push receivers verified. And what the relay answers the
 //! callers it serves: oversized and unreadable requests refused alike on every service and
-//! counted, and registry reloads kept to the registry directory and never quoting a file.
+//! counted, registry reloads kept to the registry directory and never quoting a file, and
+//! reflection in both of its versions.
 
 mod common;
 
@@ -806,5 +807,111 @@ async fn a_refused_registry_names_the_line_and_the_reason_never_the_content() {
         assert!(refused.message().contains(reason), "{reason}: {refused}");
     }
     assert!(!refused.message().contains("root"), "{refused}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    // Like health, reflection answers anyone who completes the handshake.
+    let probe = channel(&relay, &certs.pki.ca, None).await;
+    let expected = [
+        "outage_relay.v1.Ingest",
+        "outage_relay.v1.AlertFeed",
+        "outage_relay.v1.Admin",
+        "grpc.health.v1.Health",
+    ];
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(probe.clone());
+    let requests = [
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "outage_relay.v1.Admin".into(),
+        ),
+    ]
+    .map(|request| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut answers = bounded(
+        "v1 ServerReflectionInfo",
+        client.server_reflection_info(futures::stream::iter(requests)),
+    )
+    .await
+    .expect("v1 reflection answers")
+    .into_inner();
+    let listed = bounded("a v1 answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = listed
+    else {
+        panic!("expected a service list, got {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        expected.iter().all(|name| names.contains(name)),
+        "{names:?}"
+    );
+    let described = bounded("a v1 answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    assert!(
+        matches!(
+            described,
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{described:?}"
+    );
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(probe);
+    let requests = [
+        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "outage_relay.v1.Admin".into(),
+        ),
+    ]
+    .map(|request| v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut answers = bounded(
+        "v1alpha ServerReflectionInfo",
+        client.server_reflection_info(futures::stream::iter(requests)),
+    )
+    .await
+    .expect("v1alpha reflection answers")
+    .into_inner();
+    let listed = bounded("a v1alpha answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed
+    else {
+        panic!("expected a service list, got {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        expected.iter().all(|name| names.contains(name)),
+        "{names:?}"
+    );
+    let described = bounded("a v1alpha answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    assert!(
+        matches!(
+            described,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{described:?}"
+    );
     relay.stop().await;
 }
