@@ -257,13 +257,14 @@ fn malformed(decoder: &str) -> Status {
 /// Reverses gRPC's percent-encoding of `grpc-message`; anything not a valid escape stays as
 /// is.
 fn percent_decode(text: &[u8]) -> String {
+    let hex = |digit: u8| char::from(digit).to_digit(16);
     let mut out = Vec::with_capacity(text.len());
     let mut rest = text;
     while let Some((&byte, tail)) = rest.split_first() {
         let escaped = match tail {
-            [high, low, ..] if byte == b'%' => std::str::from_utf8(&[*high, *low])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok()),
+            [high, low, ..] if byte == b'%' => hex(*high)
+                .zip(hex(*low))
+                .and_then(|(high, low)| u8::try_from(high * 16 + low).ok()),
             _ => None,
         };
         match escaped {
@@ -373,6 +374,6 @@ mod tests {
             .expect("a message")
             .as_bytes();
         assert_eq!(percent_decode(encoded), "a b%c\né");
-        assert_eq!(percent_decode(b"100% %zz %4"), "100% %zz %4");
+        assert_eq!(percent_decode(b"100% %zz %+1 %4"), "100% %zz %+1 %4");
     }
 }
