@@ -3,12 +3,13 @@
 //! or through [`Peers`] on another); delivery status, parked alerts and breach counts from
 //! the alert log; ownership from [`Ownership`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::config::Config;
 use crate::debounce::{OpenOutage, OutageState};
 use crate::deliver::Delivery;
 use crate::deliver::convert::alert_to_proto;
@@ -33,6 +34,7 @@ pub struct AdminService {
     delivery: Arc<Delivery>,
     router: Arc<Router>,
     debounce: std::time::Duration,
+    registry: RegistrySource,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -42,7 +44,8 @@ impl std::fmt::Debug for AdminService {
 }
 
 impl AdminService {
-    /// An admin service over this instance's owners, its peers and the delivery side.
+    /// An admin service over this instance's owners, its peers and the delivery side,
+    /// reloading registries from where `registry` allows.
     pub fn new(
         owners: Arc<Owners>,
         peers: Arc<dyn Peers>,
@@ -50,6 +53,7 @@ impl AdminService {
         delivery: Arc<Delivery>,
         router: Arc<Router>,
         debounce: std::time::Duration,
+        registry: RegistrySource,
     ) -> Self {
         Self {
             owners,
@@ -58,6 +62,7 @@ impl AdminService {
             delivery,
             router,
             debounce,
+            registry,
         }
     }
 
@@ -203,23 +208,127 @@ pub(crate) fn outage_to_proto(
     }
 }
 
+/// Where `ReloadRegistry` may load a registry from: the configured file (`registry`) when the
+/// request names none, else the file it names, which must resolve (symlinks and `..`
+/// followed) to a file in the registry directory (`registry_dir`, else the directory of
+/// `registry`) or to the configured file. A relative name is taken in the registry directory.
+/// Anything else is `PERMISSION_DENIED`, the same whether the file exists or not.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySource {
+    configured: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl RegistrySource {
+    /// The registry file and directory of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        let dir = config.registry_dir.clone().or_else(|| {
+            config.registry.as_deref().map(|file| match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+                _ => PathBuf::from("."),
+            })
+        });
+        Self {
+            configured: config.registry.clone(),
+            dir,
+        }
+    }
+
+    /// The file a reload naming `requested` loads (see the type's doc). Blocking: it reads
+    /// the file system.
+    pub fn resolve(&self, requested: &str) -> Result<PathBuf, RelayError> {
+        if requested.is_empty() {
+            return self.configured.clone().ok_or_else(|| {
+                RelayError::InvalidArgument(
+                    "no registry file is configured; name one in `path`".into(),
+                )
+            });
+        }
+        let Some(dir) = &self.dir else {
+            return Err(refused(
+                requested,
+                "no registry directory is configured (`registry_dir`, or `registry`)".into(),
+            ));
+        };
+        let root = std::fs::canonicalize(dir).map_err(|err| {
+            refused(
+                requested,
+                format!(
+                    "the registry directory {} cannot be resolved: {err}",
+                    dir.display()
+                ),
+            )
+        })?;
+        let outside = || {
+            refused(
+                requested,
+                format!(
+                    "it is not a file in the registry directory {}",
+                    dir.display()
+                ),
+            )
+        };
+        let candidate = root.join(requested);
+        match std::fs::canonicalize(&candidate) {
+            Ok(resolved) if resolved.starts_with(&root) || self.is_configured(&resolved) => {
+                Ok(resolved)
+            }
+            Ok(_) => Err(outside()),
+            Err(err) => {
+                // A missing file is named as such only inside the directory, so that a reload
+                // cannot tell which files exist elsewhere.
+                let in_dir = candidate
+                    .parent()
+                    .and_then(|parent| std::fs::canonicalize(parent).ok())
+                    .is_some_and(|parent| parent.starts_with(&root));
+                if in_dir {
+                    Err(RelayError::InvalidArgument(format!(
+                        "cannot read registry {requested:?}: {err}"
+                    )))
+                } else {
+                    Err(outside())
+                }
+            }
+        }
+    }
+
+    /// Whether `resolved` is the configured registry file.
+    fn is_configured(&self, resolved: &Path) -> bool {
+        self.configured
+            .as_deref()
+            .and_then(|file| std::fs::canonicalize(file).ok())
+            .is_some_and(|file| file == resolved)
+    }
+
+    /// Refuses, off the async runtime, a reload of `requested` that [`Self::resolve`]
+    /// refuses.
+    pub async fn check(&self, requested: &str) -> Result<(), RelayError> {
+        let (source, requested) = (self.clone(), requested.to_owned());
+        tokio::task::spawn_blocking(move || source.resolve(&requested).map(drop))
+            .await
+            .map_err(|err| RelayError::Unavailable(format!("registry path task failed: {err}")))?
+    }
+}
+
+/// A reload of `requested` refused, logged as such.
+fn refused(requested: &str, why: String) -> RelayError {
+    tracing::warn!(path = ?requested, %why, "registry reload refused");
+    RelayError::PermissionDenied(format!("ReloadRegistry may not load {requested:?}: {why}"))
+}
+
 /// Loads the registry a `ReloadRegistry` names (`requested`), or the configured one when it
-/// names none, off the async runtime.
+/// names none, from where `source` allows, off the async runtime.
 pub async fn load_registry(
     requested: &str,
-    configured: Option<&std::path::Path>,
+    source: &RegistrySource,
 ) -> Result<Registry, RelayError> {
-    let path = if requested.is_empty() {
-        configured.map(PathBuf::from).ok_or_else(|| {
-            RelayError::InvalidArgument("no registry file is configured; name one in `path`".into())
-        })?
-    } else {
-        PathBuf::from(requested)
-    };
-    let loaded = tokio::task::spawn_blocking(move || Registry::load(&path))
-        .await
-        .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?;
-    loaded.map_err(|err| RelayError::InvalidArgument(err.to_string()))
+    let (source, requested) = (source.clone(), requested.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let path = source.resolve(&requested)?;
+        Registry::load(&path).map_err(|err| RelayError::InvalidArgument(err.to_string()))
+    })
+    .await
+    .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?
 }
 
 #[tonic::async_trait]
@@ -287,9 +396,11 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ReloadRegistryRequest>,
     ) -> Result<Response<proto::ReloadRegistryResponse>, Status> {
-        Ok(Response::new(
-            self.peers.reload(request.into_inner()).await?,
-        ))
+        let request = request.into_inner();
+        // Refused here before any instance is asked; each instance checks again against its
+        // own configuration when it loads.
+        self.registry.check(&request.path).await?;
+        Ok(Response::new(self.peers.reload(request).await?))
     }
 
     async fn get_delivery_status(
@@ -340,18 +451,17 @@ impl Admin for AdminService {
 }
 
 /// Reloads the registry on this instance: loads the file a request names (or the configured
-/// one), swaps it in, and has every owner here route its parked alerts again; answers with
-/// the device count and how many parked alerts found a subscriber.
+/// one) from where `source` allows, swaps it in, and has every owner here route its parked
+/// alerts again; answers with the device count and how many parked alerts found a subscriber.
 pub fn reload_here(
     owners: Arc<Owners>,
     router: Arc<Router>,
-    configured: Option<PathBuf>,
+    source: RegistrySource,
 ) -> crate::log::single::ReloadHere {
     Arc::new(move |request: proto::ReloadRegistryRequest| {
-        let (owners, router, configured) =
-            (Arc::clone(&owners), Arc::clone(&router), configured.clone());
+        let (owners, router, source) = (Arc::clone(&owners), Arc::clone(&router), source.clone());
         Box::pin(async move {
-            let registry = load_registry(&request.path, configured.as_deref()).await?;
+            let registry = load_registry(&request.path, &source).await?;
             let devices = router.replace_registry(registry) as u64;
             let moved = futures::future::try_join_all(
                 owners
@@ -430,5 +540,64 @@ mod tests {
         alerts.ack(LOG, 2).await.expect("ack");
         let oldest = oldest_unacked(&alerts, LOG, before).await.expect("read");
         assert!(oldest.is_none(), "{oldest:?}");
+    }
+
+    fn source(registry: Option<&Path>, dir: Option<&Path>) -> RegistrySource {
+        RegistrySource::from_config(&Config {
+            registry: registry.map(Path::to_owned),
+            registry_dir: dir.map(Path::to_owned),
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn the_registry_directory_is_registry_dir_else_the_registry_files_own() {
+        let (etc, srv) = (Path::new("/etc/relay"), Path::new("/srv/registries"));
+        let file = etc.join("registry.csv");
+        assert_eq!(source(Some(&file), None).dir.as_deref(), Some(etc));
+        assert_eq!(source(Some(&file), Some(srv)).dir.as_deref(), Some(srv));
+        assert_eq!(source(None, Some(srv)).dir.as_deref(), Some(srv));
+        let bare = source(Some(Path::new("registry.csv")), None);
+        assert_eq!(bare.dir.as_deref(), Some(Path::new(".")));
+        assert_eq!(source(None, None).dir, None);
+    }
+
+    #[test]
+    fn without_a_registry_directory_only_the_configured_file_reloads() {
+        let none = source(None, None);
+        assert!(matches!(
+            none.resolve(""),
+            Err(RelayError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            none.resolve("registry.csv"),
+            Err(RelayError::PermissionDenied(_))
+        ));
+        let file = Path::new("/etc/relay/registry.csv");
+        assert_eq!(
+            source(Some(file), None).resolve("").ok().as_deref(),
+            Some(file)
+        );
+    }
+
+    #[test]
+    fn the_configured_file_may_be_named_even_when_it_links_elsewhere() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (registries, elsewhere) = (dir.path().join("registries"), dir.path().join("data"));
+        for made in [&registries, &elsewhere] {
+            std::fs::create_dir(made).expect("make a directory");
+        }
+        std::fs::write(
+            elsewhere.join("registry.csv"),
+            "device_id,mpan_core,gsp_group\n",
+        )
+        .expect("write");
+        let configured = registries.join("registry.csv");
+        std::os::unix::fs::symlink(elsewhere.join("registry.csv"), &configured).expect("link");
+        let source = source(Some(&configured), None);
+        let real = std::fs::canonicalize(elsewhere.join("registry.csv")).expect("resolves");
+        assert_eq!(source.resolve("registry.csv").ok(), Some(real.clone()));
+        let named = real.display().to_string();
+        assert_eq!(source.resolve(&named).ok(), Some(real));
     }
 }

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Device registry CSV (device_id,mpan_core,gsp_group).
     #[arg(long, env = "OUTAGE_RELAY_REGISTRY")]
     pub registry: Option<PathBuf>,
+    /// Directory Admin.ReloadRegistry may load a file it names from [default: the directory
+    /// of --registry].
+    #[arg(long, env = "OUTAGE_RELAY_REGISTRY_DIR")]
+    pub registry_dir: Option<PathBuf>,
     /// Debounce, e.g. 3m [default: 3m].
     #[arg(long, env = "OUTAGE_RELAY_DEBOUNCE", value_parser = duration)]
     pub debounce: Option<Duration>,
@@ -138,6 +142,9 @@ impl ServeArgs {
         }
         if self.registry.is_some() {
             config.registry = self.registry;
+        }
+        if self.registry_dir.is_some() {
+            config.registry_dir = self.registry_dir;
         }
         if let Some(debounce) = self.debounce {
             config.debounce = debounce;

@@ -95,6 +95,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Device registry CSV (`device_id,mpan_core,gsp_group`).
     pub registry: Option<PathBuf>,
+    /// The directory `Admin.ReloadRegistry` may load a file it names from; unset: the
+    /// directory of `registry`.
+    pub registry_dir: Option<PathBuf>,
     /// Debounce: outages shorter than this produce no alert.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
@@ -439,6 +442,7 @@ impl Default for Config {
             metrics_listen: parse_addr(DEFAULT_METRICS_LISTEN),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             registry: None,
+            registry_dir: None,
             debounce: DEFAULT_DEBOUNCE,
             poa_sla: DEFAULT_POA_SLA,
             pra_sla: DEFAULT_PRA_SLA,

@@ -16,6 +16,9 @@ pub enum RelayError {
     /// No such subscriber or device.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this, whoever it is (a registry outside the registry directory).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit was exceeded; retry after the hint.
     #[error("{message}")]
     Exhausted {
@@ -38,6 +41,7 @@ impl From<RelayError> for Status {
         match err {
             RelayError::InvalidArgument(_) => Status::invalid_argument(message),
             RelayError::NotFound(_) => Status::not_found(message),
+            RelayError::PermissionDenied(_) => Status::permission_denied(message),
             RelayError::Exhausted { retry_after, .. } => {
                 if retry_after.is_zero() {
                     return Status::resource_exhausted(message);
@@ -97,6 +101,10 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (RelayError::NotFound("x".into()), Code::NotFound),
+            (
+                RelayError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
             (RelayError::Unavailable("x".into()), Code::Unavailable),
             (
                 RelayError::Log(LogError::Gone {

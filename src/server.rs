@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::{AdminService, reload_here};
+use crate::admin::{AdminService, RegistrySource, reload_here};
 use crate::config::{Backend, Config};
 use crate::debounce::Settings;
 use crate::deliver::feed::FeedService;
@@ -40,7 +40,7 @@ use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
-use crate::security::limits::{OversizeLayer, StreamLimiter};
+use crate::security::limits::{DecodeRefusalLayer, StreamLimiter};
 use crate::security::tls::ServerTls;
 use crate::security::{Guard, IdentityMap, Principal, Role};
 use crate::telemetry::Metrics;
@@ -191,10 +191,11 @@ pub async fn run(
     });
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
+    let registry_source = RegistrySource::from_config(&config);
     let reload = reload_here(
         Arc::clone(&owners),
         Arc::clone(&router),
-        config.registry.clone(),
+        registry_source.clone(),
     );
     let peers: Arc<dyn Peers> = match &parts.cluster {
         Some(cluster) => {
@@ -268,6 +269,7 @@ pub async fn run(
         delivery,
         router,
         config.debounce,
+        registry_source,
     );
     let edge = Edge {
         tls: server_tls,
@@ -362,8 +364,8 @@ pub(crate) struct Edge {
 /// (unary calls in flight).
 const UNARY_STREAMS_PER_CONNECTION: usize = 256;
 
-/// Serves the gRPC services (with health and reflection) on `listener` until `shutdown`,
-/// bounded by `shutdown_grace` once it is cancelled.
+/// Serves the gRPC services (with health, and reflection v1 and v1alpha) on `listener` until
+/// `shutdown`, bounded by `shutdown_grace` once it is cancelled.
 pub(crate) async fn serve<F, A>(
     config: &Config,
     listener: TcpListener,
@@ -388,10 +390,15 @@ where
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let limit = config.limits.max_message_bytes;
+    // Reflection v1, and v1alpha for the clients that ask only for it (grpcio's, older
+    // grpcurl and grpcui).
+    let reflection = reflection_builder()
+        .build_v1()?
+        .max_decoding_message_size(limit);
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()?
+        .max_decoding_message_size(limit);
     let local = listener.local_addr()?;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
@@ -420,13 +427,13 @@ where
             tracing::warn!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC in PLAINTEXT: no TLS, no identities, every caller may publish, read every feed and use Admin");
         }
     }
-    let limit = config.limits.max_message_bytes;
     let guard = edge.guard;
     let stopping = shutdown.clone();
     let serve = builder
-        .layer(OversizeLayer { limit })
-        .add_service(health)
+        .layer(DecodeRefusalLayer { limit })
+        .add_service(health.max_decoding_message_size(limit))
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             proto::ingest_server::IngestServer::new(ingest).max_decoding_message_size(limit),
             guard.require(Role::Publisher),
@@ -455,6 +462,13 @@ where
             Ok(())
         }
     }
+}
+
+/// Server reflection over the relay's protos and health's.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// How early before the relay's certificate expires the log warns.

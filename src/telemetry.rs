@@ -73,12 +73,13 @@ pub const OWNER_ERRORS: &str = "outage_relay_owner_errors_total";
 pub const LOG_TORN_TAILS: &str = "outage_relay_log_torn_tails_total";
 
 /// Why a call was refused at the edge, the `reason` label of [`CALLS_REFUSED`].
-pub const REFUSE_REASONS: [&str; 5] = [
+pub const REFUSE_REASONS: [&str; 6] = [
     "unauthenticated",
     "permission_denied",
     "rate_limited",
     "too_many_streams",
     "too_large",
+    "malformed",
 ];
 
 /// Subscriber label used for parked alerts.
@@ -182,7 +183,7 @@ fn describe() {
     );
     describe_counter!(
         CALLS_REFUSED,
-        "Calls refused at the edge (identity, role, rate, streams, size), by reason"
+        "Calls refused at the edge (identity, role, rate, streams, size, malformed), by reason"
     );
     describe_gauge!(
         PARTITIONS_OWNED,

@@ -198,8 +198,11 @@ async fn parked_alerts(admin: &AdminClient<Channel>, total: u64) -> ListParkedAl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     let prefix = unique_prefix("handover");
-    let a = instance(&prefix, "a").await;
-    let b = instance(&prefix, "b").await;
+    // Each instance loads a registry from its own registry directory: here, the same one.
+    let registries = tempfile::tempdir().expect("a registry directory");
+    let shared = |config: &mut Config| config.registry_dir = Some(registries.path().to_owned());
+    let a = instance_with(&prefix, "a", shared).await;
+    let b = instance_with(&prefix, "b", shared).await;
     wait_owned_by(&a, &["a", "b"]).await;
     let devices: Vec<String> = (1..=8).map(|n| device(100 + n)).collect();
     let lost_at = now_ms() - LONG_AGO_MS;
@@ -227,7 +230,11 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
     // A registry naming its supply, reloaded through a: every live instance reloads, and the
     // owner of its partition routes the parked alert to its DNO.
     let mpan = valid_mpan(12, 190);
-    let registry = a.write_registry("registry.csv", &[(&nowhere, &mpan, "_C")]);
+    let registry = common::write_registry(
+        registries.path(),
+        "registry.csv",
+        &[(&nowhere, &mpan, "_C")],
+    );
     let reloaded = admin
         .reload_registry(ReloadRegistryRequest {
             path: registry.display().to_string(),
@@ -253,8 +260,15 @@ async fn a_stopped_instance_hands_its_partitions_and_open_outages_over() {
             path: "/nonexistent/registry.csv".into(),
         })
         .await
+        .expect_err("a registry outside the registry directory");
+    assert_eq!(missing.code(), Code::PermissionDenied, "{missing}");
+    let unreadable = admin
+        .reload_registry(ReloadRegistryRequest {
+            path: "missing.csv".into(),
+        })
+        .await
         .expect_err("a registry no instance can read");
-    assert_eq!(missing.code(), Code::InvalidArgument, "{missing}");
+    assert_eq!(unreadable.code(), Code::InvalidArgument, "{unreadable}");
 
     a.stop().await;
     wait_owned_by(&b, &["b"]).await;

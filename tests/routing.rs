@@ -113,7 +113,11 @@ async fn each_alert_goes_to_the_owner_of_its_distributor_and_no_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_alert_is_parked_until_a_registry_reload_routes_it() {
-    let relay = TestRelay::start().await;
+    // No registry file; reloads may load files from the relay's directory.
+    let relay = TestRelay::start_with(|config, dir| {
+        config.registry_dir = Some(dir.to_owned());
+    })
+    .await;
     let stray = device(0x2001);
     let mpan = valid_mpan(19, 2001);
     let lost_at = now_ms() - LONG_AGO_MS;

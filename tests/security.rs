@@ -1,10 +1,15 @@
 //! Who may see what, over real mutual TLS on loopback with certificates made at test time:
 //! each role allowed and refused, no DNO reading another's alerts by any call, expired and
-//! untrusted certificates refused, push receivers verified.
+//! untrusted certificates refused, push receivers verified. And what the relay answers the
+//! callers it serves: oversized and unreadable requests refused alike on every service and
+//! counted, registry reloads kept to the registry directory and never quoting a file, and
+//! reflection in both of its versions.
 
 mod common;
 
 use std::path::Path;
+
+use bytes::{Buf as _, BufMut as _};
 
 use common::pki::{PemPair, Pki, SERVER_NAME, tls_channel};
 use common::{LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, now_ms, valid_mpan};
@@ -22,6 +27,8 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, Channel, ServerTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -480,5 +487,431 @@ async fn push_delivers_only_to_a_receiver_with_a_trusted_certificate() {
         .into_inner();
     assert_eq!(status.subscribers[0].acked_sequence, 0, "{status:?}");
     stop.cancel();
+    relay.stop().await;
+}
+
+/// Requests as bytes, sent as they are, and answers read as bytes: what a typed client
+/// cannot send.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawBytes;
+
+impl Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `path` with `request` as its one request message and returns the status the call
+/// ends with; an answer instead of a refusal fails the test.
+async fn raw_call(channel: Channel, path: &'static str, request: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    bounded("the channel to be ready", grpc.ready())
+        .await
+        .expect("the channel is ready");
+    let call = grpc.streaming(
+        tonic::Request::new(futures::stream::iter([request])),
+        PathAndQuery::from_static(path),
+        RawBytes,
+    );
+    match bounded(path, call).await {
+        Err(status) => status,
+        Ok(response) => match bounded(path, response.into_inner().message()).await {
+            Err(status) => status,
+            Ok(answer) => panic!("{path} answered {answer:?} instead of refusing"),
+        },
+    }
+}
+
+/// Every method the relay hosts, with the certificate allowed to call it (health needs
+/// none). Reflection is left out: its service ends its stream without a status when it
+/// cannot read a request, so there is no refusal to see.
+fn every_method(certs: &Certs) -> Vec<(&'static str, Option<&PemPair>)> {
+    let (publisher, ukpn, admin) = (
+        Some(&certs.publisher),
+        Some(&certs.ukpn),
+        Some(&certs.admin),
+    );
+    vec![
+        ("/outage_relay.v1.Ingest/Publish", publisher),
+        ("/outage_relay.v1.Ingest/PublishBatch", publisher),
+        ("/outage_relay.v1.AlertFeed/Subscribe", ukpn),
+        ("/outage_relay.v1.AlertFeed/Ack", ukpn),
+        ("/outage_relay.v1.Admin/GetDeviceState", admin),
+        ("/outage_relay.v1.Admin/ListOpenOutages", admin),
+        ("/outage_relay.v1.Admin/ListParkedAlerts", admin),
+        ("/outage_relay.v1.Admin/ReloadRegistry", admin),
+        ("/outage_relay.v1.Admin/GetDeliveryStatus", admin),
+        ("/outage_relay.v1.Admin/GetClusterStatus", admin),
+        ("/grpc.health.v1.Health/Check", None),
+        ("/grpc.health.v1.Health/Watch", None),
+    ]
+}
+
+// The two tests below are the only ones in this binary whose calls count as `too_large` or
+// `malformed`, so each can expect exact counts.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_resource_exhausted_on_every_service_and_counted() {
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    let limit = relay.config.limits.max_message_bytes;
+    assert_eq!(limit, 4 * 1024 * 1024, "the default limit");
+    let before = common::calls_refused("too_large").await;
+    let methods = every_method(&certs);
+    for (path, client) in &methods {
+        let channel = channel(&relay, &certs.pki.ca, *client).await;
+        let refused = raw_call(channel, path, vec![0; 5 * 1024 * 1024]).await;
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .contains(&format!("limit of {limit} bytes")),
+            "{path}: {refused}"
+        );
+        assert_eq!(
+            refused.message().contains("send smaller batches"),
+            path.starts_with("/outage_relay.v1.Ingest/"),
+            "{path}: {refused}"
+        );
+    }
+    // The feed's own OUT_OF_RANGE (a sequence beyond the head) is left as it is, uncounted.
+    let ukpn = channel(&relay, &certs.pki.ca, Some(&certs.ukpn)).await;
+    let beyond = AlertFeedClient::new(ukpn)
+        .subscribe(SubscribeRequest {
+            subscriber: "ukpn".into(),
+            from_sequence: 5,
+        })
+        .await
+        .expect_err("nothing is at sequence 5 yet");
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond}");
+    assert_eq!(
+        common::calls_refused("too_large").await - before,
+        methods.len() as u64
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_protobuf_are_invalid_argument_on_every_service_and_counted() {
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    let before = common::calls_refused("malformed").await;
+    let methods = every_method(&certs);
+    for (path, client) in &methods {
+        let channel = channel(&relay, &certs.pki.ca, *client).await;
+        // 'n' is field 13 with wire type 6, which does not exist: no message type reads it.
+        let refused = raw_call(channel, path, b"not protobuf".to_vec()).await;
+        assert_eq!(refused.code(), Code::InvalidArgument, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .starts_with("the request is not a valid protobuf message"),
+            "{path}: {refused}"
+        );
+    }
+    assert_eq!(
+        common::calls_refused("malformed").await - before,
+        methods.len() as u64
+    );
+    relay.stop().await;
+}
+
+/// The first line of `/etc/passwd`: what a reload must never show.
+const PASSWD_LINE: &str = "root:x:0:0:root:/root:/bin/bash";
+
+/// A relay under mutual TLS whose registry is `registries/registry.csv` in its temporary
+/// directory (one device, `device(1)`), beside `outside/`: a valid registry listing
+/// `device(2)` and a password file.
+async fn relay_with_a_registry_directory(certs: &Certs) -> TestRelay {
+    TestRelay::start_with(|config, dir| {
+        certs.configure(config);
+        let registries = dir.join("registries");
+        let outside = dir.join("outside");
+        for made in [&registries, &outside, &registries.join("sub")] {
+            std::fs::create_dir(made).expect("make a directory");
+        }
+        let mpan = valid_mpan(12, 1);
+        config.registry = Some(common::write_registry(
+            &registries,
+            "registry.csv",
+            &[(&device(1), &mpan, "_C")],
+        ));
+        let mpan = valid_mpan(12, 2);
+        common::write_registry(&outside, "registry.csv", &[(&device(2), &mpan, "_C")]);
+        std::fs::write(outside.join("passwd"), format!("{PASSWD_LINE}\n")).expect("write");
+    })
+    .await
+}
+
+async fn reload(admin: &mut AdminClient<Channel>, path: &str) -> Result<u64, tonic::Status> {
+    bounded(
+        "ReloadRegistry",
+        admin.reload_registry(ReloadRegistryRequest { path: path.into() }),
+    )
+    .await
+    .map(|response| response.into_inner().devices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_reload_loads_only_from_the_registry_directory() {
+    let certs = Certs::new();
+    let relay = relay_with_a_registry_directory(&certs).await;
+    let dir = relay.dir.path().to_owned();
+    let registries = dir.join("registries");
+    let outside = dir.join("outside");
+    std::os::unix::fs::symlink(outside.join("registry.csv"), registries.join("link.csv"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(outside.join("passwd"), registries.join("passwd")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, registries.join("out")).expect("symlink");
+    let show = |path: &std::path::Path| path.display().to_string();
+    let mut admin = AdminClient::new(channel(&relay, &certs.pki.ca, Some(&certs.admin)).await);
+
+    let outside_the_directory = [
+        "/etc/passwd".to_owned(),
+        show(&registries.join("../../../../../../../../../../../../etc/passwd")),
+        "../../../../../../../../../../../../etc/passwd".to_owned(),
+        show(&outside.join("passwd")),
+        show(&outside.join("registry.csv")),
+        show(&registries.join("../outside/registry.csv")),
+        "../outside/registry.csv".to_owned(),
+        "link.csv".to_owned(),
+        "passwd".to_owned(),
+        "out/registry.csv".to_owned(),
+        // Missing files outside answer the same: a reload cannot probe the file system.
+        "/nonexistent/registry.csv".to_owned(),
+        "../outside/missing.csv".to_owned(),
+    ];
+    for path in &outside_the_directory {
+        let refused = reload(&mut admin, path).await.expect_err(path);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{path}: {refused}");
+        assert!(
+            refused
+                .message()
+                .contains("not a file in the registry directory"),
+            "{path}: {refused}"
+        );
+        assert!(!refused.message().contains("root:"), "{path}: {refused}");
+    }
+    // Nothing was loaded: device 2 (listed only outside) is still unknown.
+    let state = admin
+        .get_device_state(GetDeviceStateRequest {
+            device_id: device(2),
+        })
+        .await
+        .expect("GetDeviceState")
+        .into_inner();
+    assert_eq!(state.mpan_core, "", "{state:?}");
+
+    // Inside the directory: by relative name, by absolute path, in a subdirectory, and the
+    // configured file when the request names none.
+    common::write_registry(&registries, "next.csv", &[]);
+    let mpan = valid_mpan(12, 3);
+    common::write_registry(
+        &registries.join("sub"),
+        "more.csv",
+        &[(&device(3), &mpan, "_C")],
+    );
+    for (path, devices) in [
+        ("next.csv".to_owned(), 0),
+        (show(&registries.join("next.csv")), 0),
+        ("sub/more.csv".to_owned(), 1),
+        ("sub/../registry.csv".to_owned(), 1),
+        (String::new(), 1),
+    ] {
+        let loaded = reload(&mut admin, &path).await;
+        assert_eq!(
+            loaded.as_ref().map_err(tonic::Status::code),
+            Ok(&devices),
+            "{path:?}: {loaded:?}"
+        );
+    }
+    let missing = reload(&mut admin, "missing.csv")
+        .await
+        .expect_err("no such file");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing}");
+    assert!(missing.message().contains("cannot read"), "{missing}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registry_names_the_line_and_the_reason_never_the_content() {
+    let certs = Certs::new();
+    let relay = relay_with_a_registry_directory(&certs).await;
+    let registries = relay.dir.path().join("registries");
+    std::fs::write(
+        registries.join("passwd.csv"),
+        format!("{PASSWD_LINE}\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        registries.join("bad.csv"),
+        format!(
+            "device_id,mpan_core,gsp_group\n{PASSWD_LINE}\n{PASSWD_LINE},{},_C\n{},{PASSWD_LINE},_C\n",
+            valid_mpan(12, 4),
+            device(4)
+        ),
+    )
+    .expect("write");
+    let mut admin = AdminClient::new(channel(&relay, &certs.pki.ca, Some(&certs.admin)).await);
+
+    let named = |file: &str| registries.join(file).display().to_string();
+    let refused = reload(&mut admin, &named("passwd.csv"))
+        .await
+        .expect_err("not a registry");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("line 1: not the header \"device_id,mpan_core,gsp_group\""),
+        "{refused}"
+    );
+    assert!(!refused.message().contains("root"), "{refused}");
+
+    let refused = reload(&mut admin, &named("bad.csv"))
+        .await
+        .expect_err("bad rows");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    for reason in [
+        "line 2: expected 3 fields (device_id,mpan_core,gsp_group), found 1",
+        "line 3: device_id is not an EUI-64",
+        "line 4: mpan_core is not 13 digits",
+    ] {
+        assert!(refused.message().contains(reason), "{reason}: {refused}");
+    }
+    assert!(!refused.message().contains("root"), "{refused}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    // Like health, reflection answers anyone who completes the handshake.
+    let probe = channel(&relay, &certs.pki.ca, None).await;
+    let expected = [
+        "outage_relay.v1.Ingest",
+        "outage_relay.v1.AlertFeed",
+        "outage_relay.v1.Admin",
+        "grpc.health.v1.Health",
+    ];
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(probe.clone());
+    let requests = [
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "outage_relay.v1.Admin".into(),
+        ),
+    ]
+    .map(|request| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut answers = bounded(
+        "v1 ServerReflectionInfo",
+        client.server_reflection_info(futures::stream::iter(requests)),
+    )
+    .await
+    .expect("v1 reflection answers")
+    .into_inner();
+    let listed = bounded("a v1 answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = listed
+    else {
+        panic!("expected a service list, got {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        expected.iter().all(|name| names.contains(name)),
+        "{names:?}"
+    );
+    let described = bounded("a v1 answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    assert!(
+        matches!(
+            described,
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{described:?}"
+    );
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(probe);
+    let requests = [
+        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "outage_relay.v1.Admin".into(),
+        ),
+    ]
+    .map(|request| v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut answers = bounded(
+        "v1alpha ServerReflectionInfo",
+        client.server_reflection_info(futures::stream::iter(requests)),
+    )
+    .await
+    .expect("v1alpha reflection answers")
+    .into_inner();
+    let listed = bounded("a v1alpha answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed
+    else {
+        panic!("expected a service list, got {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        expected.iter().all(|name| names.contains(name)),
+        "{names:?}"
+    );
+    let described = bounded("a v1alpha answer", answers.message())
+        .await
+        .expect("a healthy stream")
+        .and_then(|answer| answer.message_response);
+    assert!(
+        matches!(
+            described,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{described:?}"
+    );
     relay.stop().await;
 }

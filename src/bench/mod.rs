@@ -100,8 +100,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
     /// Benchmark the relay running at URL (same machine) instead of starting one. Its
-    /// registry is replaced with the fleet's; start it with the scaled --debounce,
-    /// --poa-sla and --pra-sla. CPU and memory are then not measured.
+    /// registry is replaced with the fleet's (written to --out, which must be in its
+    /// --registry-dir); start it with the scaled --debounce, --poa-sla and --pra-sla. CPU and
+    /// memory are then not measured.
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
     /// Directory for result.json, report.html and relay.log (created if missing).

@@ -118,7 +118,8 @@ impl Relay {
     }
 
     /// A running relay at `url`; its registry is replaced with `registry` (a path the relay
-    /// can read: the benchmark and the relay share a machine).
+    /// can read: the benchmark and the relay share a machine, and the relay's `registry_dir`
+    /// holds it).
     pub async fn target(url: &str, registry: &Path) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(CALL_LIMIT)

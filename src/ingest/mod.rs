@@ -34,7 +34,7 @@ use crate::log::{EventLog, EventRecord, Partition, Sequencing, partition_of};
 use crate::owner::{ApplyReport, Owners};
 use crate::proto::{self, ingest_server::Ingest};
 use crate::security::Caller;
-use crate::security::limits::{StreamLimiter, map_stream_error};
+use crate::security::limits::StreamLimiter;
 use crate::telemetry::Metrics;
 use rate::PublisherRate;
 
@@ -67,7 +67,6 @@ pub struct IngestService {
     admission: Arc<Admission>,
     rate: Arc<PublisherRate>,
     streams: Arc<StreamLimiter>,
-    max_message_bytes: usize,
 }
 
 impl IngestService {
@@ -93,7 +92,6 @@ impl IngestService {
                 edge.publisher_burst_events,
             )),
             streams,
-            max_message_bytes: edge.max_message_bytes,
         }
     }
 
@@ -248,7 +246,8 @@ impl Ingest for IngestService {
                             .handle_batch(batch, &publisher)
                             .await
                             .map_err(Status::from),
-                        Err(status) => Err(map_stream_error(status, service.max_message_bytes)),
+                        // A request the decoder refused; the edge rewrites its status.
+                        Err(status) => Err(status),
                     }
                 }
             })

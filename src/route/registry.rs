@@ -11,6 +11,11 @@
 //! names every bad row by its file line (the header is line 1), so a half-right registry
 //! never replaces a good one.
 //!
+//! An error names the line and what is wrong with it, never what the line holds: a field
+//! that fails its check is not quoted (the values a message names, such as a device listed
+//! twice, passed their checks), and a file whose first line is not the header is refused
+//! without a word of it, so a load of some other file does not show its content.
+//!
 //! ## Memory
 //!
 //! The fleet is 20–36 M devices. Each device costs one `HashMap` bucket of 17 bytes: an 8-byte
@@ -30,6 +35,7 @@ use std::path::Path;
 
 use csv::ByteRecord;
 
+use crate::domain::mpan::BadMpan;
 use crate::domain::{DeviceId, DistributorId, GspGroup, MpanCore};
 
 /// The line a registry file starts with.
@@ -109,12 +115,12 @@ pub enum RegistryError {
         source: io::Error,
     },
     /// The first line is not [`HEADER`].
-    #[error("registry {source_name}: the first line must be {HEADER:?}, found {found:?}")]
+    #[error("registry {source_name} line 1: {}", header_reason(*.fields))]
     Header {
         /// File path or other name of the source.
         source_name: String,
-        /// The first line as found (shortened).
-        found: String,
+        /// Fields on the first line; 0 when it is blank or the source is empty.
+        fields: usize,
     },
     /// Rows failed validation; nothing was loaded.
     #[error("{}", rows_message(.source_name, .errors, *.total))]
@@ -126,6 +132,14 @@ pub enum RegistryError {
         /// How many rows were bad in all.
         total: usize,
     },
+}
+
+fn header_reason(fields: usize) -> String {
+    match fields {
+        0 => format!("blank or missing; a registry starts with the header {HEADER:?}"),
+        1 => format!("not the header {HEADER:?} (1 field)"),
+        n => format!("not the header {HEADER:?} ({n} fields)"),
+    }
 }
 
 fn rows_message(source_name: &str, errors: &[RowError], total: usize) -> String {
@@ -251,14 +265,11 @@ impl Loader {
         let mut record = ByteRecord::new();
         let header = read_record(&mut csv, &mut record).map_err(io_error)?;
         if header != Some(1) || !is_header(&record) {
-            let found = if header == Some(1) {
-                text_of(&record)
-            } else {
-                String::new()
-            };
+            let blank = header != Some(1)
+                || (record.len() == 1 && record.as_slice().trim_ascii().is_empty());
             return Err(RegistryError::Header {
                 source_name: source_name.to_owned(),
-                found,
+                fields: if blank { 0 } else { record.len() },
             });
         }
         let mut next_line = csv.position().line();
@@ -355,12 +366,6 @@ fn is_header(record: &ByteRecord) -> bool {
         && fields.next().is_none()
 }
 
-/// The record as text, for messages: fields rejoined, at most 100 characters.
-fn text_of(record: &ByteRecord) -> String {
-    let fields: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
-    fields.join(",").trim().chars().take(100).collect()
-}
-
 fn parse_row(record: &ByteRecord) -> Result<(DeviceId, RegistryEntry), String> {
     let (Some(device), Some(mpan), Some(gsp), None) =
         (record.get(0), record.get(1), record.get(2), record.get(3))
@@ -369,20 +374,28 @@ fn parse_row(record: &ByteRecord) -> Result<(DeviceId, RegistryEntry), String> {
             return Err("blank line".to_owned());
         }
         return Err(format!(
-            "expected 3 fields ({HEADER}), found {}: {:?}",
-            record.len(),
-            text_of(record)
+            "expected 3 fields ({HEADER}), found {}",
+            record.len()
         ));
     };
+    // The reasons below name the field, not what it holds.
     let device = field("device_id", device)?
         .parse::<DeviceId>()
-        .map_err(|err| err.to_string())?;
+        .map_err(|_| {
+            "device_id is not an EUI-64 (expected 8 hex byte pairs like 00-db-12-34-56-78-90-a0)"
+                .to_owned()
+        })?;
     let mpan = field("mpan_core", mpan)?
         .parse::<MpanCore>()
-        .map_err(|err| err.to_string())?;
-    let gsp = field("gsp_group", gsp)?
-        .parse::<GspGroup>()
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| match err {
+            BadMpan::Format(_) => "mpan_core is not 13 digits".to_owned(),
+            BadMpan::CheckDigit { expected, .. } => {
+                format!("mpan_core fails its check digit (expected {expected})")
+            }
+        })?;
+    let gsp = field("gsp_group", gsp)?.parse::<GspGroup>().map_err(|_| {
+        "gsp_group is not one of _A,_B,_C,_D,_E,_F,_G,_H,_J,_K,_L,_M,_N,_P".to_owned()
+    })?;
     let distributor = mpan.distributor();
     if let Some(own) = GspGroup::of_area(distributor)
         && own != gsp

@@ -109,14 +109,22 @@ fn every_kind_of_bad_row_is_reported_at_its_line() {
             .map(|(_, reason)| reason.as_str())
             .expect("reported")
     };
-    assert!(reason(3).starts_with("expected 3 fields"), "{}", reason(3));
-    assert!(reason(4).contains("not an EUI-64"), "{}", reason(4));
-    assert!(reason(5).contains("is not 13 digits"), "{}", reason(5));
     assert_eq!(
-        reason(6),
-        "mpan_core 1234567890127 fails its check digit (expected 6)"
+        reason(3),
+        "expected 3 fields (device_id,mpan_core,gsp_group), found 2"
     );
-    assert!(reason(7).starts_with("gsp_group \"_I\""), "{}", reason(7));
+    assert!(
+        reason(4).starts_with("device_id is not an EUI-64"),
+        "{}",
+        reason(4)
+    );
+    assert_eq!(reason(5), "mpan_core is not 13 digits");
+    assert_eq!(reason(6), "mpan_core fails its check digit (expected 6)");
+    assert!(
+        reason(7).starts_with("gsp_group is not one of"),
+        "{}",
+        reason(7)
+    );
     assert!(
         reason(8).contains("GSP group is _C, but gsp_group is _A"),
         "{}",
@@ -166,25 +174,20 @@ fn a_device_listed_three_times_names_its_first_line_each_time() {
 #[test]
 fn a_wrong_or_missing_header_is_refused() {
     for (text, found) in [
-        ("", ""),
-        ("\ndevice_id,mpan_core,gsp_group\n", ""),
-        ("device,mpan,gsp\n", "device,mpan,gsp"),
-        (
-            "device_id,mpan_core,gsp_group,extra\n",
-            "device_id,mpan_core,gsp_group,extra",
-        ),
-        (
-            "00-db-12-34-56-78-90-a0,1234567890126,_C\n",
-            "00-db-12-34-56-78-90-a0,1234567890126,_C",
-        ),
+        ("", 0),
+        ("\ndevice_id,mpan_core,gsp_group\n", 0),
+        ("   \n", 0),
+        ("device,mpan,gsp\n", 3),
+        ("device_id,mpan_core,gsp_group,extra\n", 4),
+        ("00-db-12-34-56-78-90-a0,1234567890126,_C\n", 3),
     ] {
         match load(text) {
             Err(RegistryError::Header {
                 source_name,
-                found: actual,
+                fields,
             }) => {
                 assert_eq!(source_name, "registry.csv");
-                assert_eq!(actual, found, "{text:?}");
+                assert_eq!(fields, found, "{text:?}");
             }
             other => panic!("{text:?}: expected a header error, got {other:?}"),
         }
@@ -219,7 +222,7 @@ fn errors_are_capped_but_all_counted_and_displayed_one_per_line() {
     );
     assert_eq!(
         lines[1],
-        "registry.csv line 2: mpan_core 1234567890127 fails its check digit (expected 6)"
+        "registry.csv line 2: mpan_core fails its check digit (expected 6)"
     );
     assert_eq!(lines.len(), 102);
     assert_eq!(lines[101], "… and 50 more");
@@ -293,4 +296,29 @@ fn insert_replaces_and_returns_the_previous_entry() {
     assert_eq!(registry.insert(id, second), Some(first));
     assert_eq!(registry.get(id), Some(second));
     assert_eq!(registry.iter().collect::<Vec<_>>(), [(id, second)]);
+}
+
+#[test]
+fn no_error_quotes_what_the_file_holds() {
+    const SECRET: &str = "root:x:0:0:root:/root:/bin/bash";
+    let not_a_registry = format!("{SECRET}\nanother line\n");
+    let err = load(&not_a_registry).expect_err("not a registry");
+    assert_eq!(
+        err.to_string(),
+        "registry registry.csv line 1: not the header \"device_id,mpan_core,gsp_group\" (1 field)"
+    );
+    let rows = [
+        SECRET.to_owned(),
+        format!("{SECRET},1234567890126,_C"),
+        format!("00-db-12-34-56-78-90-a0,{SECRET},_C"),
+        format!("00-db-12-34-56-78-90-a1,1234567890126,{SECRET}"),
+        format!("00-db-12-34-56-78-90-a2,1234567890126,_C,{SECRET}"),
+    ];
+    let text = format!("device_id,mpan_core,gsp_group\n{}\n", rows.join("\n"));
+    let err = load(&text).expect_err("bad rows");
+    let message = err.to_string();
+    assert!(!message.contains("root"), "{message}");
+    for line in 2..=6 {
+        assert!(message.contains(&format!("line {line}: ")), "{message}");
+    }
 }

@@ -14,6 +14,7 @@ pub mod storm;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -538,6 +539,53 @@ impl TestReceiver {
             .expect("the receiver task did not panic")
             .expect("the receiver stopped cleanly");
     }
+}
+
+/// The Prometheus listener of this test process, where the in-process relays' metrics are
+/// read: the relay's recorder, installed on first use. The recorder is process-wide, so
+/// counts are shared by every test of the binary; its exporter runs on a thread of its own,
+/// outliving each test's runtime.
+pub fn metrics_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let (report, installed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the exporter");
+            runtime.block_on(async move {
+                let address = SocketAddr::from(([127, 0, 0, 1], port));
+                let outcome = outage_relay::telemetry::install_prometheus(address)
+                    .map_err(|err| err.to_string());
+                let _ = report.send(outcome);
+                std::future::pending::<()>().await;
+            });
+        });
+        let installed = installed
+            .recv()
+            .expect("the exporter thread reports")
+            .expect("the recorder installs");
+        assert!(installed, "another recorder was installed first");
+        port
+    })
+}
+
+/// `outage_relay_calls_refused_total{reason}` in this process so far (see [`metrics_port`]).
+pub async fn calls_refused(reason: &str) -> u64 {
+    let metrics = process::scrape(metrics_port()).await;
+    let series = format!(
+        "{}{{reason=\"{reason}\"}} ",
+        outage_relay::telemetry::CALLS_REFUSED
+    );
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |count| count.parse().expect("a count"))
 }
 
 /// Writes the relay's log to stderr when `OUTAGE_RELAY_TEST_LOG` holds a filter (for example
