@@ -83,10 +83,7 @@ fn report_bytes(outages: &[(SupplyPoint, OpenOutage)], keys: &[u128]) {
         packed.insert(point, outage);
         map.insert(point, outage);
     }
-    let map_bytes = hashed_bytes(
-        map.capacity(),
-        size_of::<(SupplyPoint, OpenOutage)>(),
-    );
+    let map_bytes = hashed_bytes(map.capacity(), size_of::<(SupplyPoint, OpenOutage)>());
     let mut window = EventIdWindow::new(Duration::from_secs(3600), usize::MAX);
     let mut old = SetAndQueue {
         seen: HashSet::new(),
@@ -97,7 +94,8 @@ fn report_bytes(outages: &[(SupplyPoint, OpenOutage)], keys: &[u128]) {
         old.insert(key, T0);
     }
     // The old queue held 24-byte entries too (a key split in two words).
-    let old_bytes = hashed_bytes(old.seen.capacity(), size_of::<u128>()) + old.order.capacity() * 24;
+    let old_bytes =
+        hashed_bytes(old.seen.capacity(), size_of::<u128>()) + old.order.capacity() * 24;
     let per = |bytes: usize| bytes as f64 / ENTRIES as f64;
     eprintln!(
         "bytes per entry at {ENTRIES}: open outages {:.0} packed vs {:.0} HashMap; \
