@@ -17,6 +17,11 @@
 //! expired certificate never completes the TLS handshake. In plaintext mode (allowed on a
 //! loopback address by default, elsewhere only when configured explicitly) there is no
 //! identity and every call is allowed; the relay logs that at start.
+//!
+//! `/metrics` follows the same rule (`metrics_tls`, [`crate::config::MetricsTls`]): over TLS
+//! with the relay's certificate under mutual TLS, optionally requiring a client certificate
+//! from `tls.client_ca`; plaintext beyond loopback only when chosen, and then logged as a
+//! warning.
 
 pub mod identity;
 pub mod limits;
