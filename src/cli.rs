@@ -56,9 +56,9 @@ pub struct ServeArgs {
     /// Prometheus listen address [default: 127.0.0.1:9464].
     #[arg(long, env = "OUTAGE_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// How /metrics is served: `mutual` (HTTPS, client certificate from `--tls-client-ca`
-    /// required), `server` (HTTPS) or `plaintext`; unset: `server` under `--tls-mode mutual`,
-    /// else plaintext, on a loopback `--metrics-listen` only.
+    /// How /metrics is served: `mutual` (HTTPS, a client certificate of a `metrics` or `admin`
+    /// identity required), `server` (HTTPS) or `plaintext`; unset: `server` under
+    /// `--tls-mode mutual`, else plaintext, on a loopback `--metrics-listen` only.
     #[arg(long, env = "OUTAGE_RELAY_METRICS_TLS", value_parser = metrics_tls)]
     pub metrics_tls: Option<MetricsTls>,
     /// Data directory of the embedded store [default: outage-relay-data].

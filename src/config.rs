@@ -150,7 +150,8 @@ pub enum MetricsTls {
     Plaintext,
     /// HTTPS with the relay's certificate (`tls.cert`, `tls.key`); no client certificate.
     Server,
-    /// HTTPS that also requires a client certificate chaining to `tls.client_ca`.
+    /// HTTPS that also requires a client certificate chaining to `tls.client_ca`, whose
+    /// identity (`tls.identities`) has role `metrics` or `admin`.
     Mutual,
 }
 
@@ -678,9 +679,10 @@ impl Config {
                 invalid("metrics_tls = \"server\" needs tls.cert and tls.key".into())
             }
             MetricsTls::Mutual
-                if tls.cert.is_none() || tls.key.is_none() || tls.client_ca.is_none() =>
+                if tls.mode != Some(TlsMode::Mutual)
+                    || !tls.identities.iter().any(|entry| entry.role.may_scrape()) =>
             {
-                invalid("metrics_tls = \"mutual\" needs tls.cert, tls.key and tls.client_ca".into())
+                invalid("metrics_tls = \"mutual\" needs tls.mode = \"mutual\" and a tls.identities entry with role \"metrics\" (or \"admin\") for Prometheus's certificate".into())
             }
             MetricsTls::Server | MetricsTls::Mutual => Ok(()),
         }
@@ -810,7 +812,7 @@ impl Config {
                         entry.identity
                     ));
                 }
-                (Role::Publisher | Role::Admin, Some(_)) => {
+                (Role::Publisher | Role::Admin | Role::Metrics, Some(_)) => {
                     return invalid(format!(
                         "tls.identities: {:?} has role {} and a subscriber name; only subscribers read a feed",
                         entry.identity, entry.role
@@ -974,23 +976,24 @@ mod tests {
     }
 
     #[test]
-    fn metrics_follow_mutual_tls_and_tls_metrics_need_their_files() {
+    fn metrics_follow_mutual_tls_and_tls_metrics_need_their_files_and_a_scraper() {
         let mut config = mutual();
         config.metrics_listen = parse_addr("0.0.0.0:9464");
         assert_eq!(config.metrics_tls(), MetricsTls::Server);
         config.validate().expect("TLS metrics on all interfaces");
         config.metrics_tls = Some(MetricsTls::Mutual);
-        config
-            .validate()
-            .expect("client certificates from tls.client_ca");
-        config.tls.client_ca = None;
+        let err = config.validate().expect_err("no identity may scrape");
+        assert!(err.to_string().contains("role \"metrics\""), "{err}");
+        config.tls.identities.push(IdentityConfig {
+            identity: "spiffe://dsp.example/prometheus".into(),
+            role: Role::Metrics,
+            subscriber: None,
+        });
+        config.validate().expect("a scraper identity");
         config.tls.mode = Some(TlsMode::Plaintext);
         config.tls.identities.clear();
-        let err = config.validate().expect_err("no client CA");
-        assert!(
-            err.to_string().contains("metrics_tls = \"mutual\""),
-            "{err}"
-        );
+        let err = config.validate().expect_err("no mutual TLS");
+        assert!(err.to_string().contains("tls.mode = \"mutual\""), "{err}");
         config.metrics_tls = Some(MetricsTls::Server);
         config
             .validate()

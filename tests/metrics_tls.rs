@@ -1,7 +1,8 @@
 //! The `/metrics` listener, which carries every DNO's backlog, connection state, breaches and
 //! latency, against the real relay binary over real TLS on loopback: served over TLS with the
-//! relay's certificate when `[tls]` is mutual, only to trusted client certificates with
-//! `metrics_tls = "mutual"`, and never in plaintext beyond loopback unless chosen, and said.
+//! relay's certificate when `[tls]` is mutual, with `metrics_tls = "mutual"` only to trusted
+//! client certificates of a `metrics` (or `admin`) identity, and never in plaintext beyond
+//! loopback unless chosen, and said.
 
 mod common;
 
@@ -19,19 +20,23 @@ use tokio::time::Instant;
 
 const PROMETHEUS: &str = "spiffe://dsp.test/prometheus";
 const ADMIN: &str = "spiffe://dsp.test/ops";
+const UKPN: &str = "spiffe://dno.test/ukpn";
 
 /// The series that must not leak: one subscriber's backlog.
 fn ukpn_backlog() -> String {
     format!("{}{{subscriber=\"ukpn\"}}", telemetry::BACKLOG)
 }
 
-/// A relay's certificates, a client certificate from the CA it trusts, an expired one, and
-/// one from a CA it does not trust.
+/// A relay's certificates; client certificates from the CA it trusts for Prometheus (role
+/// `metrics`), an operator (`admin`) and a DNO (`subscriber`); an expired one, and one from a
+/// CA it does not trust.
 struct Certs {
     dir: TempDir,
     pki: Pki,
     server: PemPair,
     prometheus: PemPair,
+    admin: PemPair,
+    ukpn: PemPair,
     expired: PemPair,
     rogue: PemPair,
 }
@@ -44,6 +49,8 @@ impl Certs {
         Self {
             server: pki.server("relay"),
             prometheus: pki.client("prometheus", PROMETHEUS),
+            admin: pki.client("admin", ADMIN),
+            ukpn: pki.client("ukpn", UKPN),
             expired: pki.expired_client("expired", PROMETHEUS),
             rogue: rogue.client("rogue", PROMETHEUS),
             pki,
@@ -65,8 +72,15 @@ impl Certs {
              key = {:?}\n\
              client_ca = {:?}\n\
              [[tls.identities]]\n\
+             identity = \"{PROMETHEUS}\"\n\
+             role = \"metrics\"\n\
+             [[tls.identities]]\n\
              identity = \"{ADMIN}\"\n\
-             role = \"admin\"\n",
+             role = \"admin\"\n\
+             [[tls.identities]]\n\
+             identity = \"{UKPN}\"\n\
+             role = \"subscriber\"\n\
+             subscriber = \"ukpn\"\n",
             self.server.cert.display().to_string(),
             self.server.key.display().to_string(),
             self.pki.ca.display().to_string(),
@@ -155,7 +169,7 @@ async fn metrics_are_served_over_tls_when_tls_is_mutual_and_never_in_plaintext()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_tls_mutual_admits_only_valid_client_certificates_from_the_client_ca() {
+async fn metrics_tls_mutual_admits_only_a_metrics_or_admin_identity_from_the_client_ca() {
     let certs = Certs::new();
     let (grpc_port, metrics_port) = (free_port().await, free_port().await);
     let config = certs.config(grpc_port, metrics_port, "metrics_tls = \"mutual\"");
@@ -186,12 +200,24 @@ async fn metrics_tls_mutual_admits_only_valid_client_certificates_from_the_clien
         );
     }
 
-    // The trusted certificate still reads them: the refusals were about the certificates.
-    let again = https_get_metrics(metrics_port, ca, Some(&certs.prometheus)).await;
-    assert!(
-        matches!(&again, Ok((200, body)) if body.contains(&ukpn_backlog())),
-        "{again:?}"
-    );
+    // A DNO's valid certificate completes the handshake, but its identity may not read every
+    // DNO's series: 403, and nothing of them.
+    let (status, body) = https_get_metrics(metrics_port, ca, Some(&certs.ukpn))
+        .await
+        .expect("a DNO's certificate completes the handshake");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("subscriber"), "{body}");
+    assert!(!body.contains(telemetry::BACKLOG), "{body}");
+
+    // An operator may read them, and Prometheus still does: the refusals were about the
+    // certificates.
+    for client in [&certs.admin, &certs.prometheus] {
+        let again = https_get_metrics(metrics_port, ca, Some(client)).await;
+        assert!(
+            matches!(&again, Ok((200, body)) if body.contains(&ukpn_backlog())),
+            "{again:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

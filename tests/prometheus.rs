@@ -577,8 +577,8 @@ async fn a_real_prometheus_scrapes_the_relay_over_mutual_tls_with_the_deploy_scr
          key = {:?}\n\
          client_ca = {:?}\n\
          [[tls.identities]]\n\
-         identity = \"spiffe://dsp.test/ops\"\n\
-         role = \"admin\"\n",
+         identity = \"spiffe://dsp.test/prometheus\"\n\
+         role = \"metrics\"\n",
         server.cert.display().to_string(),
         server.key.display().to_string(),
         pki.ca.display().to_string(),

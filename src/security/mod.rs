@@ -11,6 +11,7 @@
 //! | `AlertFeed.Subscribe`/`Ack` | the subscriber named in the request |
 //! | `Admin.*`                   | admins                              |
 //! | health, reflection          | anyone who completes the handshake  |
+//! | `/metrics` (`metrics_tls = "mutual"`) | metrics identities and admins |
 //!
 //! No certificate, or one no configured identity matches: `UNAUTHENTICATED`. A known identity
 //! calling outside its role, or naming another DNO's feed: `PERMISSION_DENIED`. An untrusted or
@@ -20,8 +21,8 @@
 //!
 //! `/metrics` follows the same rule (`metrics_tls`, [`crate::config::MetricsTls`]): over TLS
 //! with the relay's certificate under mutual TLS, optionally requiring a client certificate
-//! from `tls.client_ca`; plaintext beyond loopback only when chosen, and then logged as a
-//! warning.
+//! of a `metrics` (or `admin`) identity; plaintext beyond loopback only when chosen, and then
+//! logged as a warning. A `metrics` identity may call no service.
 
 pub mod identity;
 pub mod limits;

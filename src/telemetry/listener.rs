@@ -1,10 +1,12 @@
 //! The `/metrics` listener: HTTP/1.1 serving the Prometheus recorder's text, over TLS with the
-//! relay's certificate (and, for `metrics_tls = "mutual"`, only to clients presenting a
-//! certificate that chains to `tls.client_ca`), or in plaintext where the configuration
-//! allows it (see [`Config::metrics_tls`]).
+//! relay's certificate, or in plaintext where the configuration allows it (see
+//! [`Config::metrics_tls`]). With `metrics_tls = "mutual"` the handshake requires a client
+//! certificate that chains to `tls.client_ca`, and only an identity (`tls.identities`) with
+//! role `metrics` or `admin` gets the metrics; any other answers 403.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,11 +18,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, MetricsTls};
+use crate::security::IdentityMap;
 
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,6 +39,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct MetricsListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    /// Who may scrape, when a client certificate is required.
+    scrapers: Option<Arc<IdentityMap>>,
     handshake_timeout: Duration,
 }
 
@@ -43,6 +49,7 @@ impl std::fmt::Debug for MetricsListener {
         f.debug_struct("MetricsListener")
             .field("listener", &self.listener)
             .field("tls", &self.tls.is_some())
+            .field("scrapers", &self.scrapers)
             .finish()
     }
 }
@@ -72,9 +79,12 @@ impl MetricsListener {
                 "Prometheus metrics at https://{local}/metrics"
             ),
         }
+        let scrapers =
+            (mode == MetricsTls::Mutual).then(|| Arc::new(IdentityMap::from_config(&config.tls)));
         Ok(Self {
             listener,
             tls,
+            scrapers,
             handshake_timeout: config.tls.handshake_timeout,
         })
     }
@@ -106,13 +116,22 @@ impl MetricsListener {
             };
             let handle = handle.clone();
             let tls = self.tls.clone();
+            let scrapers = self.scrapers.clone();
             let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
                 let Some(tls) = tls else {
-                    return serve_connection(stream, handle, peer).await;
+                    return serve_connection(stream, handle, Ok(()), peer).await;
                 };
                 match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, handle, peer).await,
+                    Ok(Ok(stream)) => {
+                        let access = match &scrapers {
+                            Some(scrapers) => {
+                                may_scrape(scrapers, stream.get_ref().1.peer_certificates())
+                            }
+                            None => Ok(()),
+                        };
+                        serve_connection(stream, handle, access, peer).await;
+                    }
                     Ok(Err(err)) => {
                         tracing::debug!(%peer, %err, "metrics TLS handshake refused");
                     }
@@ -123,12 +142,45 @@ impl MetricsListener {
     }
 }
 
-async fn serve_connection<S>(stream: S, handle: PrometheusHandle, peer: SocketAddr)
-where
+/// Whether the client certificate of a connection (verified by the handshake) belongs to an
+/// identity that may read `/metrics`; if not, why.
+fn may_scrape(
+    scrapers: &IdentityMap,
+    certificates: Option<&[CertificateDer<'_>]>,
+) -> Result<(), String> {
+    let leaf = certificates
+        .and_then(|certificates| certificates.first())
+        .ok_or_else(|| "a client certificate is required".to_owned())?;
+    let principal = scrapers
+        .resolve_certificate(leaf.as_ref())
+        .map_err(|err| err.to_string())?;
+    if principal.role.may_scrape() {
+        Ok(())
+    } else {
+        Err(format!(
+            "identity {:?} is a {}; /metrics needs a metrics or admin identity",
+            principal.identity, principal.role
+        ))
+    }
+}
+
+/// Serves one connection; `access` is whether its client may read the metrics (else why not).
+async fn serve_connection<S>(
+    stream: S,
+    handle: PrometheusHandle,
+    access: Result<(), String>,
+    peer: SocketAddr,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(reason) = &access {
+        tracing::debug!(%peer, %reason, "metrics refused");
+    }
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = respond(&handle, &request);
+        let response = match &access {
+            Ok(()) => respond(&handle, &request),
+            Err(reason) => forbidden(reason),
+        };
         async move { Ok::<_, Infallible>(response) }
     });
     let served = http1::Builder::new()
@@ -139,6 +191,13 @@ where
     if let Err(err) = served {
         tracing::debug!(%peer, %err, "metrics connection ended with an error");
     }
+}
+
+/// 403, saying why.
+fn forbidden(reason: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    response
 }
 
 /// `GET /metrics` (or `HEAD`): the metrics; any other path 404, any other method 405.
