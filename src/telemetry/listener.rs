@@ -89,11 +89,6 @@ impl MetricsListener {
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Serves `handle`'s metrics on every connection, and keeps its histograms drained, until
     /// the task is dropped.
     pub async fn serve(self, handle: PrometheusHandle) {
