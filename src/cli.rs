@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
-use crate::config::{Backend, Config, ConfigError, TlsMode};
+use crate::config::{Backend, Config, ConfigError, MetricsTls, TlsMode};
 use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
 use crate::tools::sink::SinkArgs;
@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// Prometheus listen address [default: 127.0.0.1:9464].
     #[arg(long, env = "OUTAGE_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How /metrics is served: `mutual` (HTTPS, a client certificate of a `metrics` or `admin`
+    /// identity required), `server` (HTTPS) or `plaintext`; unset: `server` under
+    /// `--tls-mode mutual`, else plaintext, on a loopback `--metrics-listen` only.
+    #[arg(long, env = "OUTAGE_RELAY_METRICS_TLS", value_parser = metrics_tls)]
+    pub metrics_tls: Option<MetricsTls>,
     /// Data directory of the embedded store [default: outage-relay-data].
     #[arg(long, env = "OUTAGE_RELAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,6 +129,17 @@ fn tls_mode(text: &str) -> Result<TlsMode, String> {
     }
 }
 
+fn metrics_tls(text: &str) -> Result<MetricsTls, String> {
+    [
+        MetricsTls::Mutual,
+        MetricsTls::Server,
+        MetricsTls::Plaintext,
+    ]
+    .into_iter()
+    .find(|choice| choice.as_str() == text)
+    .ok_or_else(|| format!("{text:?} is not \"mutual\", \"server\" or \"plaintext\""))
+}
+
 impl ServeArgs {
     /// The effective config: defaults, then the file, then these flags; validated.
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -136,6 +152,9 @@ impl ServeArgs {
         }
         if let Some(listen) = self.metrics_listen {
             config.metrics_listen = listen;
+        }
+        if self.metrics_tls.is_some() {
+            config.metrics_tls = self.metrics_tls;
         }
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;

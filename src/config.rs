@@ -91,6 +91,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address.
     pub metrics_listen: SocketAddr,
+    /// How `/metrics` is served; unset: see [`Config::metrics_tls`].
+    pub metrics_tls: Option<MetricsTls>,
     /// Data directory for the embedded store.
     pub data_dir: PathBuf,
     /// Device registry CSV (`device_id,mpan_core,gsp_group`).
@@ -137,6 +139,31 @@ pub enum TlsMode {
     Plaintext,
     /// TLS with client certificates mapped to roles by `tls.identities`.
     Mutual,
+}
+
+/// Transport security of the Prometheus `/metrics` listener, which carries every
+/// subscriber's backlog, connection state, breaches and latency.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsTls {
+    /// Plain HTTP. Set explicitly to allow it on an address other than loopback.
+    Plaintext,
+    /// HTTPS with the relay's certificate (`tls.cert`, `tls.key`); no client certificate.
+    Server,
+    /// HTTPS that also requires a client certificate chaining to `tls.client_ca`, whose
+    /// identity (`tls.identities`) has role `metrics` or `admin`.
+    Mutual,
+}
+
+impl MetricsTls {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Server => "server",
+            Self::Mutual => "mutual",
+        }
+    }
 }
 
 /// TLS settings and the certificate identities allowed to call.
@@ -440,6 +467,7 @@ impl Default for Config {
         Self {
             listen: parse_addr(DEFAULT_LISTEN),
             metrics_listen: parse_addr(DEFAULT_METRICS_LISTEN),
+            metrics_tls: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             registry: None,
             registry_dir: None,
@@ -571,6 +599,17 @@ impl Config {
         }
     }
 
+    /// How `/metrics` is served: `metrics_tls` when set; otherwise HTTPS with the relay's
+    /// certificate when `tls.mode = "mutual"`, else plaintext (which [`Self::validate`] allows
+    /// only on a loopback `metrics_listen`).
+    pub fn metrics_tls(&self) -> MetricsTls {
+        match (self.metrics_tls, self.tls.mode) {
+            (Some(chosen), _) => chosen,
+            (None, Some(TlsMode::Mutual)) => MetricsTls::Server,
+            (None, _) => MetricsTls::Plaintext,
+        }
+    }
+
     /// Refuses values that cannot run.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
@@ -619,7 +658,34 @@ impl Config {
         self.validate_routing()?;
         self.validate_limits()?;
         self.validate_jetstream()?;
-        self.validate_tls()
+        self.validate_tls()?;
+        self.validate_metrics_tls()
+    }
+
+    fn validate_metrics_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let tls = &self.tls;
+        match self.metrics_tls() {
+            MetricsTls::Plaintext
+                if self.metrics_tls.is_none() && !self.metrics_listen.ip().is_loopback() =>
+            {
+                invalid(format!(
+                    "metrics_listen = {} is not a loopback address: configure [tls] mode = \"mutual\" (or metrics_tls = \"server\" or \"mutual\" with tls.cert and tls.key) to serve /metrics over TLS, or set metrics_tls = \"plaintext\" to serve every subscriber's metrics unauthenticated deliberately",
+                    self.metrics_listen
+                ))
+            }
+            MetricsTls::Plaintext => Ok(()),
+            MetricsTls::Server if tls.cert.is_none() || tls.key.is_none() => {
+                invalid("metrics_tls = \"server\" needs tls.cert and tls.key".into())
+            }
+            MetricsTls::Mutual
+                if tls.mode != Some(TlsMode::Mutual)
+                    || !tls.identities.iter().any(|entry| entry.role.may_scrape()) =>
+            {
+                invalid("metrics_tls = \"mutual\" needs tls.mode = \"mutual\" and a tls.identities entry with role \"metrics\" (or \"admin\") for Prometheus's certificate".into())
+            }
+            MetricsTls::Server | MetricsTls::Mutual => Ok(()),
+        }
     }
 
     fn validate_jetstream(&self) -> Result<(), ConfigError> {
@@ -746,7 +812,7 @@ impl Config {
                         entry.identity
                     ));
                 }
-                (Role::Publisher | Role::Admin, Some(_)) => {
+                (Role::Publisher | Role::Admin | Role::Metrics, Some(_)) => {
                     return invalid(format!(
                         "tls.identities: {:?} has role {} and a subscriber name; only subscribers read a feed",
                         entry.identity, entry.role
@@ -890,6 +956,51 @@ mod tests {
         assert!(err.to_string().contains("mode = \"mutual\""), "{err}");
         config.tls.mode = Some(TlsMode::Plaintext);
         config.validate().expect("explicit plaintext is allowed");
+    }
+
+    #[test]
+    fn plaintext_metrics_beyond_loopback_must_be_chosen_explicitly() {
+        let mut config = Config {
+            metrics_listen: parse_addr("0.0.0.0:9464"),
+            ..Config::default()
+        };
+        let err = config
+            .validate()
+            .expect_err("implicit plaintext metrics on all interfaces");
+        assert!(
+            err.to_string().contains("metrics_listen = 0.0.0.0:9464"),
+            "{err}"
+        );
+        config.metrics_tls = Some(MetricsTls::Plaintext);
+        config.validate().expect("explicit plaintext is allowed");
+    }
+
+    #[test]
+    fn metrics_follow_mutual_tls_and_tls_metrics_need_their_files_and_a_scraper() {
+        let mut config = mutual();
+        config.metrics_listen = parse_addr("0.0.0.0:9464");
+        assert_eq!(config.metrics_tls(), MetricsTls::Server);
+        config.validate().expect("TLS metrics on all interfaces");
+        config.metrics_tls = Some(MetricsTls::Mutual);
+        let err = config.validate().expect_err("no identity may scrape");
+        assert!(err.to_string().contains("role \"metrics\""), "{err}");
+        config.tls.identities.push(IdentityConfig {
+            identity: "spiffe://dsp.example/prometheus".into(),
+            role: Role::Metrics,
+            subscriber: None,
+        });
+        config.validate().expect("a scraper identity");
+        config.tls.mode = Some(TlsMode::Plaintext);
+        config.tls.identities.clear();
+        let err = config.validate().expect_err("no mutual TLS");
+        assert!(err.to_string().contains("tls.mode = \"mutual\""), "{err}");
+        config.metrics_tls = Some(MetricsTls::Server);
+        config
+            .validate()
+            .expect("server TLS needs only cert and key");
+        config.tls.key = None;
+        let err = config.validate().expect_err("no key");
+        assert!(err.to_string().contains("tls.cert and tls.key"), "{err}");
     }
 
     fn mutual() -> Config {

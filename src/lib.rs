@@ -38,7 +38,8 @@
 //! - [`admin`]: the operator gRPC service.
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
-//! - [`telemetry`]: metric names and handles.
+//! - [`telemetry`]: metric names and handles, and the `/metrics` listener (HTTPS, with or
+//!   without client certificates, or plaintext where allowed).
 //! - [`runtime`]: supervised tasks.
 //! - [`server`]: wires the stages together and runs them until shutdown.
 //! - [`bench`](mod@bench): `outage-relay bench`, the end-to-end SLA benchmark against the real binary.

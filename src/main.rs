@@ -59,8 +59,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<E
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    outage_relay::telemetry::install_prometheus(config.metrics_listen)?;
-    tracing::info!(metrics = %config.metrics_listen, "Prometheus metrics at /metrics");
+    outage_relay::telemetry::install_prometheus(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     outage_relay::server::run(config, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)

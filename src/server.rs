@@ -42,7 +42,7 @@ use crate::route::{Registry, Router, RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
 use crate::security::limits::{DecodeRefusalLayer, StreamLimiter};
 use crate::security::tls::ServerTls;
-use crate::security::{Guard, IdentityMap, Principal, Role};
+use crate::security::{Guard, IdentityMap, Role};
 use crate::telemetry::Metrics;
 
 /// The backend's parts: the seam's implementations for the configured backend.
@@ -344,13 +344,7 @@ pub(crate) fn guard(config: &Config) -> Guard {
     if config.tls.mode != Some(crate::config::TlsMode::Mutual) {
         return Guard::Open;
     }
-    Guard::Mutual(Arc::new(IdentityMap::new(
-        config.tls.identities.iter().map(|entry| Principal {
-            identity: entry.identity.clone(),
-            role: entry.role,
-            subscriber: entry.subscriber.clone(),
-        }),
-    )))
+    Guard::Mutual(Arc::new(IdentityMap::from_config(&config.tls)))
 }
 
 /// What stands in front of the services: TLS (absent in plaintext mode) and the identity

@@ -1,14 +1,16 @@
 //! Telemetry: every metric name in one place, handles created once (never looked up per
-//! event), and the Prometheus exporter on its own listener.
+//! event), and the Prometheus recorder served on its own listener ([`listener`]).
 //!
 //! Latencies are histograms in seconds; no counter duplicates a histogram's count.
 
-use std::net::SocketAddr;
+pub mod listener;
+
 use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::config::Config;
 use crate::debounce::Outcome;
 use crate::domain::{AlertKind, BreachCause};
 
@@ -105,28 +107,25 @@ const LATENCY_BUCKETS: [f64; 20] = [
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder and serves `/metrics` on `listen`.
+/// Installs the process-wide Prometheus recorder and serves `/metrics` on
+/// `config.metrics_listen`, over TLS or in plaintext as [`Config::metrics_tls`] says.
 ///
 /// The recorder is global, so only the first call in a process installs it and binds the
 /// listener; later calls (several relays in one test process) return `Ok(false)`.
-pub fn install_prometheus(listen: SocketAddr) -> anyhow::Result<bool> {
+pub async fn install_prometheus(config: &Config) -> anyhow::Result<bool> {
     if PROMETHEUS.get().is_some() {
         return Ok(false);
     }
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(listen)
+    let listener = listener::MetricsListener::bind(config).await?;
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
-        .build()?;
+        .build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
         return Ok(false);
     }
-    let _ = PROMETHEUS.set(handle);
-    tokio::spawn(async move {
-        if let Err(err) = exporter.await {
-            tracing::error!(?err, "prometheus exporter stopped");
-        }
-    });
+    let _ = PROMETHEUS.set(handle.clone());
+    tokio::spawn(listener.serve(handle));
     describe();
     Ok(true)
 }

@@ -227,6 +227,49 @@ async fn check_config_names_the_bad_lines_of_a_registry() {
     assert!(err.contains("check digit"), "{err}");
 }
 
+/// The `OUTAGE_RELAY_*` variables a deployment target sets for the relay: the image's `ENV`
+/// and compose's `environment` for compose, the pod's `env` for Kubernetes. The paths they
+/// name are the container's; the flags `check-config` is given here win over them.
+fn deployed_env(target: &str) -> Vec<(String, String)> {
+    let read = |path: &str| std::fs::read_to_string(deploy().join(path)).expect("read");
+    let lines = |text: String| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut env = Vec::new();
+    if target == "compose" {
+        for line in lines(read("container/Dockerfile")) {
+            let line = line.trim_start_matches("ENV ").trim_end_matches(" \\");
+            if let Some((name, value)) = line.split_once('=')
+                && name.starts_with("OUTAGE_RELAY_")
+            {
+                env.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        for line in lines(read("compose/compose.yaml")) {
+            if let Some((name, value)) = line.split_once(": ")
+                && name.starts_with("OUTAGE_RELAY_")
+            {
+                env.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    } else {
+        let pod = lines(read("kubernetes/statefulset.yaml"));
+        for pair in pod.windows(2) {
+            if let (Some(name), Some(value)) = (
+                pair[0].strip_prefix("- name: OUTAGE_RELAY_"),
+                pair[1].strip_prefix("value: "),
+            ) {
+                env.push((format!("OUTAGE_RELAY_{name}"), value.to_owned()));
+            }
+        }
+    }
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployed_configurations_pass_check_config() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -239,6 +282,18 @@ async fn the_deployed_configurations_pass_check_config() {
     for target in ["compose", "kubernetes"] {
         let config = deploy().join(target).join("outage-relay.toml");
         let registry = deploy().join(target).join("registry.csv");
+        // Both listen on every interface: the rules for gRPC and /metrics beyond loopback
+        // hold for what they deploy.
+        let env = deployed_env(target);
+        let listens = ["OUTAGE_RELAY_LISTEN", "OUTAGE_RELAY_METRICS_LISTEN"];
+        for name in listens {
+            assert!(
+                env.iter()
+                    .any(|(n, v)| n == name && v.starts_with("0.0.0.0:")),
+                "{target}: {env:?}"
+            );
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         // The files name their in-container registry path; point it at the file beside them.
         let (code, out, err) = check_config(
             &[
@@ -253,7 +308,7 @@ async fn the_deployed_configurations_pass_check_config() {
                 "--tls-client-ca",
                 &ca,
             ],
-            &[],
+            &env,
             dir.path(),
         )
         .await;

@@ -1,7 +1,8 @@
 //! The Prometheus rules (`deploy/prometheus`) and the Grafana dashboard (`deploy/grafana`)
 //! against the relay: every metric they use is one the relay exports, and a real Prometheus
 //! scrapes the real relay binary, records its latency histogram and evaluates the alerting
-//! rules on it.
+//! rules on it; with the deploy scrape job it scrapes over TLS, presenting a client
+//! certificate.
 //!
 //! Prometheus comes from Debian's `prometheus` package, which the project's test command,
 //! `.ci/test`, installs when it is missing.
@@ -12,6 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::pki::{PemPair, Pki, SERVER_NAME};
 use common::process::{Running, free_port, http_get, read, spawn, spawn_program, wait_healthy};
 use common::{bounded, device, lost, now_ms, valid_mpan};
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
@@ -247,8 +249,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `127.0.0.1:metrics_port` every second with `rules`.
-    async fn start(dir: &Path, metrics_port: u16, rules: &str) -> Self {
+    /// Starts Prometheus with `scrape_configs` (YAML, from `scrape_configs:` on), scraping and
+    /// evaluating `rules` every second.
+    async fn start(dir: &Path, scrape_configs: &str, rules: &str) -> Self {
         let Some(program) = on_path("prometheus") else {
             panic!(
                 "prometheus is not on PATH: run the project's test command, .ci/test, which \
@@ -259,8 +262,7 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - rules.yml\n\
-             scrape_configs:\n  - job_name: outage-relay\n    static_configs:\n      \
-             - targets: [\"127.0.0.1:{metrics_port}\"]\n"
+             {scrape_configs}"
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
         let port = free_port().await;
@@ -374,7 +376,11 @@ async fn a_real_prometheus_scrapes_the_relay_and_evaluates_the_rules() {
         dir.path(),
         "serve",
     );
-    let mut prometheus = Prometheus::start(dir.path(), metrics_port, &rules_with_short_for()).await;
+    let scrape = format!(
+        "scrape_configs:\n  - job_name: outage-relay\n    static_configs:\n      \
+         - targets: [\"127.0.0.1:{metrics_port}\"]\n"
+    );
+    let mut prometheus = Prometheus::start(dir.path(), &scrape, &rules_with_short_for()).await;
 
     let channel = wait_healthy(&url, dir.path()).await;
 
@@ -511,4 +517,95 @@ async fn a_real_prometheus_scrapes_the_relay_and_evaluates_the_rules() {
             assert!(answer.is_some(), "{}: {query}", path.display());
         }
     }
+}
+
+/// The scrape job of deploy/prometheus/prometheus.yml (`scheme: https` and its `tls_config`)
+/// pointed at `127.0.0.1:port`, trusting `ca` for the relay's certificate, with the
+/// `cert_file` and `key_file` of `client` that the file says to add for
+/// `metrics_tls = "mutual"`.
+fn deploy_scrape_over_mutual_tls(port: u16, ca: &Path, client: &PemPair) -> String {
+    let path = deploy().join("prometheus/prometheus.yml");
+    let text = std::fs::read_to_string(path).expect("read the deploy prometheus.yml");
+    let (_, jobs) = text
+        .split_once("scrape_configs:")
+        .expect("a scrape_configs section");
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "deploy/prometheus/prometheus.yml has no {from:?}: {text}"
+        );
+        text.replace(from, to)
+    };
+    let jobs = replace(
+        format!("scrape_configs:{jobs}"),
+        "scheme: https",
+        "scheme: https",
+    );
+    let jobs = replace(jobs, "outage-relay:9464", &format!("127.0.0.1:{port}"));
+    let jobs = replace(
+        jobs,
+        "server_name: outage-relay",
+        &format!("server_name: {SERVER_NAME}"),
+    );
+    replace(
+        jobs,
+        "ca_file: /etc/prometheus/outage-relay-tls/ca.crt",
+        &format!(
+            "ca_file: {}\n      cert_file: {}\n      key_file: {}",
+            ca.display(),
+            client.cert.display(),
+            client.key.display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_relay_over_mutual_tls_with_the_deploy_scrape_job() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = Pki::new(dir.path(), "dsp");
+    let server = pki.server("relay");
+    let client = pki.client("prometheus", "spiffe://dsp.test/prometheus");
+    let (grpc_port, metrics_port) = (free_port().await, free_port().await);
+    let config = format!(
+        "listen = \"127.0.0.1:{grpc_port}\"\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+         metrics_tls = \"mutual\"\n\
+         data_dir = \"data\"\n\
+         [tls]\n\
+         mode = \"mutual\"\n\
+         cert = {:?}\n\
+         key = {:?}\n\
+         client_ca = {:?}\n\
+         [[tls.identities]]\n\
+         identity = \"spiffe://dsp.test/prometheus\"\n\
+         role = \"metrics\"\n",
+        server.cert.display().to_string(),
+        server.key.display().to_string(),
+        pki.ca.display().to_string(),
+    );
+    let config_path = dir.path().join("relay.toml");
+    std::fs::write(&config_path, config).expect("write the relay config");
+    let _relay = spawn(
+        &["serve", "--config", &config_path.display().to_string()],
+        dir.path(),
+        "serve",
+    );
+    let scrape = deploy_scrape_over_mutual_tls(metrics_port, &pki.ca, &client);
+    let mut prometheus = Prometheus::start(dir.path(), &scrape, "groups: []\n").await;
+
+    prometheus
+        .until("a scrape of the relay over mutual TLS", async |p| {
+            let result = p.query(r#"up{job="outage-relay"}"#).await?;
+            (single_value(&result)? == 1.0).then_some(())
+        })
+        .await;
+    let connected = prometheus
+        .until("ukpn's connection gauge", async |p| {
+            let result = p
+                .query(r#"outage_relay_subscriber_connected{subscriber="ukpn"}"#)
+                .await?;
+            single_value(&result)
+        })
+        .await;
+    assert_eq!(connected, 0.0, "{}", read(dir.path(), "serve.err"));
 }

@@ -38,6 +38,7 @@ const PUBLISHER: &str = "spiffe://csp.test/adapter-1";
 const UKPN: &str = "spiffe://dno.test/ukpn";
 const NGED: &str = "spiffe://dno.test/nged";
 const ADMIN: &str = "spiffe://dsp.test/ops";
+const SCRAPER: &str = "spiffe://dsp.test/prometheus";
 
 /// The certificates of one test: a CA the relay trusts and one it does not.
 struct Certs {
@@ -49,6 +50,7 @@ struct Certs {
     ukpn: PemPair,
     nged: PemPair,
     admin: PemPair,
+    scraper: PemPair,
 }
 
 impl Certs {
@@ -62,6 +64,7 @@ impl Certs {
             ukpn: pki.client("ukpn", UKPN),
             nged: pki.client("nged", NGED),
             admin: pki.client("admin", ADMIN),
+            scraper: pki.client("scraper", SCRAPER),
             pki,
             rogue,
             _dir: dir,
@@ -83,6 +86,7 @@ impl Certs {
             identity(UKPN, Role::Subscriber, Some("ukpn")),
             identity(NGED, Role::Subscriber, Some("nged")),
             identity(ADMIN, Role::Admin, None),
+            identity(SCRAPER, Role::Metrics, None),
         ];
     }
 
@@ -224,6 +228,19 @@ async fn a_publisher_may_publish_and_nothing_else() {
         all(&codes_of(&calls, "Admin."), Code::PermissionDenied),
         "{calls:?}"
     );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_identity_may_call_no_service() {
+    let certs = Certs::new();
+    let relay = certs.relay().await;
+    let calls = every_call(
+        channel(&relay, &certs.pki.ca, Some(&certs.scraper)).await,
+        "ukpn",
+    )
+    .await;
+    assert!(all(&calls, Code::PermissionDenied), "{calls:?}");
     relay.stop().await;
 }
 

@@ -20,8 +20,18 @@ pub enum Role {
     Publisher,
     /// A DNO: may `Subscribe` to and `Ack` its own feed only.
     Subscriber,
-    /// An operator: may call `Admin`.
+    /// An operator: may call `Admin`, and read `/metrics`.
     Admin,
+    /// A scraper (Prometheus): may read `/metrics` only, and call no service.
+    Metrics,
+}
+
+impl Role {
+    /// Whether this role may read `/metrics` when it requires a client certificate
+    /// (`metrics_tls = "mutual"`).
+    pub fn may_scrape(self) -> bool {
+        matches!(self, Self::Metrics | Self::Admin)
+    }
 }
 
 impl fmt::Display for Role {
@@ -30,6 +40,7 @@ impl fmt::Display for Role {
             Self::Publisher => "publisher",
             Self::Subscriber => "subscriber",
             Self::Admin => "admin",
+            Self::Metrics => "metrics",
         })
     }
 }
@@ -99,6 +110,15 @@ impl IdentityMap {
                 .map(|p| (p.identity.clone(), Arc::new(p)))
                 .collect(),
         }
+    }
+
+    /// The identities of `[[tls.identities]]`.
+    pub fn from_config(tls: &crate::config::TlsConfig) -> Self {
+        Self::new(tls.identities.iter().map(|entry| Principal {
+            identity: entry.identity.clone(),
+            role: entry.role,
+            subscriber: entry.subscriber.clone(),
+        }))
     }
 
     /// Number of identities.

@@ -11,12 +11,18 @@
 //! | `AlertFeed.Subscribe`/`Ack` | the subscriber named in the request |
 //! | `Admin.*`                   | admins                              |
 //! | health, reflection          | anyone who completes the handshake  |
+//! | `/metrics` (`metrics_tls = "mutual"`) | metrics identities and admins |
 //!
 //! No certificate, or one no configured identity matches: `UNAUTHENTICATED`. A known identity
 //! calling outside its role, or naming another DNO's feed: `PERMISSION_DENIED`. An untrusted or
 //! expired certificate never completes the TLS handshake. In plaintext mode (allowed on a
 //! loopback address by default, elsewhere only when configured explicitly) there is no
 //! identity and every call is allowed; the relay logs that at start.
+//!
+//! `/metrics` follows the same rule (`metrics_tls`, [`crate::config::MetricsTls`]): over TLS
+//! with the relay's certificate under mutual TLS, optionally requiring a client certificate
+//! of a `metrics` (or `admin`) identity; plaintext beyond loopback only when chosen, and then
+//! logged as a warning. A `metrics` identity may call no service.
 
 pub mod identity;
 pub mod limits;

@@ -1,15 +1,16 @@
 //! TLS material: reads the PEM files named in `[tls]` and push settings into tonic's server
-//! and client TLS configurations (rustls with the ring provider), refusing unreadable or
-//! malformed files at start with the file's name.
+//! and client TLS configurations, and into the `/metrics` listener's (all rustls with the ring
+//! provider), refusing unreadable or malformed files at start with the file's name.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{PushConfig, TlsConfig, TlsMode};
+use crate::config::{MetricsTls, PushConfig, TlsConfig, TlsMode};
 use crate::domain::UtcMillis;
 use crate::error::error_chain;
 
@@ -162,6 +163,59 @@ pub fn server(tls: &TlsConfig) -> Result<Option<ServerTls>, TlsError> {
     Ok(Some(ServerTls { config, own }))
 }
 
+/// The rustls configuration of the `/metrics` listener: `None` for `metrics_tls` plaintext.
+/// It presents the relay's certificate (`tls.cert`, `tls.key`) and offers HTTP/1.1; with
+/// `metrics_tls = "mutual"` the handshake also requires a client certificate chaining to
+/// `tls.client_ca` (chain and validity period, verified by rustls).
+pub fn metrics_server(
+    config: &crate::config::Config,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    let mode = config.metrics_tls();
+    if mode == MetricsTls::Plaintext {
+        return Ok(None);
+    }
+    let tls = &config.tls;
+    let cert_path = tls.cert.as_ref().ok_or(TlsError::Missing("tls.cert"))?;
+    let key_path = tls.key.as_ref().ok_or(TlsError::Missing("tls.key"))?;
+    let (_, chain) = certificates(cert_path, "tls.cert")?;
+    let key_pem = private_key(key_path, "tls.key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem.bytes)
+        .map_err(|err| malformed("tls.key", key_path, format!("no usable private key: {err}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| malformed("tls.cert", cert_path, err.to_string()))?;
+    let builder = if mode == MetricsTls::Mutual {
+        let ca_path = tls
+            .client_ca
+            .as_ref()
+            .ok_or(TlsError::Missing("tls.client_ca"))?;
+        let (_, cas) = certificates(ca_path, "tls.client_ca")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|err| malformed("tls.client_ca", ca_path, err.to_string()))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|err| malformed("tls.client_ca", ca_path, err.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut server = builder.with_single_cert(chain, key).map_err(|err| {
+        malformed(
+            "tls.key",
+            key_path,
+            format!("unusable with tls.cert: {err}"),
+        )
+    })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(server)))
+}
+
 /// The client TLS configuration for a push receiver at an `https://` endpoint: the receiver's
 /// certificate must chain to `push.ca` and name the endpoint's host (or `push.domain`); the
 /// relay presents its own certificate when `tls.cert` and `tls.key` are set. `None` for
@@ -188,10 +242,11 @@ pub fn push_client(
     Ok(Some(config))
 }
 
-/// Loads every TLS file `config` names (the server's, and each push receiver's CA) as `serve`
-/// would at start, so `check-config` refuses the same files.
+/// Loads every TLS file `config` names (the server's, the `/metrics` listener's, and each push
+/// receiver's CA) as `serve` would at start, so `check-config` refuses the same files.
 pub fn check_files(config: &crate::config::Config) -> Result<(), TlsError> {
     server(&config.tls)?;
+    metrics_server(config)?;
     push_clients(config)?;
     Ok(())
 }

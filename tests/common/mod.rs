@@ -559,8 +559,12 @@ pub fn metrics_port() -> u16 {
                 .build()
                 .expect("a runtime for the exporter");
             runtime.block_on(async move {
-                let address = SocketAddr::from(([127, 0, 0, 1], port));
-                let outcome = outage_relay::telemetry::install_prometheus(address)
+                let config = Config {
+                    metrics_listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                    ..Config::default()
+                };
+                let outcome = outage_relay::telemetry::install_prometheus(&config)
+                    .await
                     .map_err(|err| err.to_string());
                 let _ = report.send(outcome);
                 std::future::pending::<()>().await;

@@ -1,13 +1,18 @@
 //! Certificates made at test time (rcgen): a CA, the relay's server certificate, client
 //! certificates with chosen names, an expired one and one from a CA nobody trusts, written as
-//! PEM files, plus TLS channels to a relay.
+//! PEM files, plus TLS channels to a relay and HTTPS requests to its metrics listener.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, date_time_ymd,
 };
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The name the relay's test certificate carries; clients verify it.
@@ -128,4 +133,57 @@ pub async fn tls_channel(
         .tls_config(tls)?
         .connect()
         .await
+}
+
+/// `GET /metrics` over HTTPS/1.0 on `127.0.0.1:port`, verifying the server as [`SERVER_NAME`]
+/// against `ca` and presenting `client` when given: the status code and the body, or the
+/// error that ended the connection (a refused handshake, or the alert refusing a client
+/// certificate, which TLS 1.3 sends after the client's side of the handshake).
+pub async fn https_get_metrics(
+    port: u16,
+    ca: &Path,
+    client: Option<&PemPair>,
+) -> std::io::Result<(u16, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("a usable CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let config = match client {
+        Some(pair) => {
+            let chain = CertificateDer::pem_file_iter(&pair.cert)
+                .expect("read cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificates");
+            let key = PrivateKeyDer::from_pem_file(&pair.key).expect("read key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("a client identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
+    let mut stream = connector.connect(name, tcp).await?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {SERVER_NAME}:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or((response.as_str(), ""));
+    let status = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    Ok((status, body.to_owned()))
 }
