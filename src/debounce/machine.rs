@@ -213,16 +213,18 @@ impl Debouncer {
         now: UtcMillis,
         effects: &mut Effects,
     ) -> bool {
-        let Some(mut outage) = self.open.get(&point) else {
+        let debounce = self.settings.debounce;
+        let fired = self.open.update(&point, |outage| {
+            let due =
+                outage.state == OutageState::Pending && outage.lost_at.plus(debounce) == due_at;
+            if due {
+                outage.state = OutageState::Alerted;
+            }
+            due.then_some(*outage)
+        });
+        let Some(Some(outage)) = fired else {
             return false;
         };
-        if outage.state != OutageState::Pending
-            || outage.lost_at.plus(self.settings.debounce) != due_at
-        {
-            return false;
-        }
-        outage.state = OutageState::Alerted;
-        self.open.set_state(&point, OutageState::Alerted);
         self.pending -= 1;
         effects.alerts.push(self.poa(point, &outage, now, false));
         true

@@ -134,13 +134,21 @@ impl OpenOutages {
 
     /// Sets the state of `point`'s open outage; false if it has none.
     pub fn set_state(&mut self, point: &SupplyPoint, state: OutageState) -> bool {
-        match self.row_of(point) {
-            Some(row) => {
-                self.rows[row].state = state;
-                true
-            }
-            None => false,
-        }
+        self.update(point, |outage| outage.state = state).is_some()
+    }
+
+    /// Applies `change` to `point`'s open outage in one lookup; `None` if it has none.
+    pub fn update<R>(
+        &mut self,
+        point: &SupplyPoint,
+        change: impl FnOnce(&mut OpenOutage) -> R,
+    ) -> Option<R> {
+        let index = self.row_of(point)?;
+        let row = &mut self.rows[index];
+        let mut outage = row.outage();
+        let result = change(&mut outage);
+        *row = Row::new(*point, outage);
+        Some(result)
     }
 
     /// Opens (or replaces) `point`'s outage; returns the one replaced.
