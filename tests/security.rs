@@ -827,10 +827,61 @@ async fn a_refused_registry_names_the_line_and_the_reason_never_the_content() {
     relay.stop().await;
 }
 
+/// Asks reflection `version` (`v1` or `v1alpha`, whose generated types differ only by module)
+/// to list the services and describe Admin, and checks both answers.
+macro_rules! check_reflection {
+    ($version:ident, $probe:expr, $expected:expr) => {{
+        use tonic_reflection::pb::$version as pb;
+        let label = stringify!($version);
+        let mut client = pb::server_reflection_client::ServerReflectionClient::new($probe);
+        let requests = [
+            pb::server_reflection_request::MessageRequest::ListServices(String::new()),
+            pb::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "outage_relay.v1.Admin".into(),
+            ),
+        ]
+        .map(|request| pb::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        });
+        let mut answers = bounded(
+            "ServerReflectionInfo",
+            client.server_reflection_info(futures::stream::iter(requests)),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("{label} reflection answers: {status}"))
+        .into_inner();
+        let listed = bounded("a reflection answer", answers.message())
+            .await
+            .expect("a healthy stream")
+            .and_then(|answer| answer.message_response);
+        let Some(pb::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            listed
+        else {
+            panic!("{label}: expected a service list, got {listed:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            $expected.iter().all(|name| names.contains(name)),
+            "{label}: {names:?}"
+        );
+        let described = bounded("a reflection answer", answers.message())
+            .await
+            .expect("a healthy stream")
+            .and_then(|answer| answer.message_response);
+        assert!(
+            matches!(
+                described,
+                Some(pb::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                    if !files.file_descriptor_proto.is_empty()
+            ),
+            "{label}: {described:?}"
+        );
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_answers_in_v1_and_v1alpha() {
-    use tonic_reflection::pb::{v1, v1alpha};
-
     let certs = Certs::new();
     let relay = certs.relay().await;
     // Like health, reflection answers anyone who completes the handshake.
@@ -841,94 +892,7 @@ async fn reflection_answers_in_v1_and_v1alpha() {
         "outage_relay.v1.Admin",
         "grpc.health.v1.Health",
     ];
-
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(probe.clone());
-    let requests = [
-        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
-        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "outage_relay.v1.Admin".into(),
-        ),
-    ]
-    .map(|request| v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    });
-    let mut answers = bounded(
-        "v1 ServerReflectionInfo",
-        client.server_reflection_info(futures::stream::iter(requests)),
-    )
-    .await
-    .expect("v1 reflection answers")
-    .into_inner();
-    let listed = bounded("a v1 answer", answers.message())
-        .await
-        .expect("a healthy stream")
-        .and_then(|answer| answer.message_response);
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = listed
-    else {
-        panic!("expected a service list, got {listed:?}");
-    };
-    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        expected.iter().all(|name| names.contains(name)),
-        "{names:?}"
-    );
-    let described = bounded("a v1 answer", answers.message())
-        .await
-        .expect("a healthy stream")
-        .and_then(|answer| answer.message_response);
-    assert!(
-        matches!(
-            described,
-            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
-                if !files.file_descriptor_proto.is_empty()
-        ),
-        "{described:?}"
-    );
-
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(probe);
-    let requests = [
-        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "outage_relay.v1.Admin".into(),
-        ),
-    ]
-    .map(|request| v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    });
-    let mut answers = bounded(
-        "v1alpha ServerReflectionInfo",
-        client.server_reflection_info(futures::stream::iter(requests)),
-    )
-    .await
-    .expect("v1alpha reflection answers")
-    .into_inner();
-    let listed = bounded("a v1alpha answer", answers.message())
-        .await
-        .expect("a healthy stream")
-        .and_then(|answer| answer.message_response);
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        listed
-    else {
-        panic!("expected a service list, got {listed:?}");
-    };
-    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        expected.iter().all(|name| names.contains(name)),
-        "{names:?}"
-    );
-    let described = bounded("a v1alpha answer", answers.message())
-        .await
-        .expect("a healthy stream")
-        .and_then(|answer| answer.message_response);
-    assert!(
-        matches!(
-            described,
-            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
-                if !files.file_descriptor_proto.is_empty()
-        ),
-        "{described:?}"
-    );
+    check_reflection!(v1, probe.clone(), expected);
+    check_reflection!(v1alpha, probe, expected);
     relay.stop().await;
 }
