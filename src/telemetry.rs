@@ -65,6 +65,9 @@ pub const TLS_CLIENT_CA_EXPIRY: &str = "outage_relay_tls_client_ca_expiry_second
 pub const TLS_CRL_NEXT_UPDATE: &str = "outage_relay_tls_crl_next_update_seconds";
 /// TLS material reloads, by `listener` (grpc, metrics) and `result` (ok, failed).
 pub const TLS_RELOADS: &str = "outage_relay_tls_reloads_total";
+/// 1 while the TLS files' latest change could not be loaded (the previous material is in
+/// use), by `listener`.
+pub const TLS_RELOAD_FAILING: &str = "outage_relay_tls_reload_failing";
 
 /// Partitions this instance owns (JetStream backend).
 pub const PARTITIONS_OWNED: &str = "outage_relay_partitions_owned";
@@ -237,6 +240,10 @@ fn describe() {
         TLS_RELOADS,
         "TLS material reloads, by listener and result (ok, failed)"
     );
+    describe_gauge!(
+        TLS_RELOAD_FAILING,
+        "1 while the TLS files' latest change could not be loaded, by listener"
+    );
 }
 
 /// Counts one call refused at the edge; `reason` is one of [`REFUSE_REASONS`]. Refusals are
@@ -263,11 +270,17 @@ pub fn tls_expiry(expiry: &crate::security::tls::Expiry, now: crate::domain::Utc
     }
 }
 
+/// Publishes that `listener`'s TLS material loaded at start (no reload failing).
+pub fn tls_loaded(listener: &'static str) {
+    gauge!(TLS_RELOAD_FAILING, "listener" => listener).set(0.0);
+}
+
 /// Counts one reload of `listener`'s TLS material. Reloads are rare, so the handle is looked
 /// up here.
 pub fn tls_reloaded(listener: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "failed" };
     counter!(TLS_RELOADS, "listener" => listener, "result" => result).increment(1);
+    gauge!(TLS_RELOAD_FAILING, "listener" => listener).set(if ok { 0.0 } else { 1.0 });
 }
 
 fn kind_index(kind: AlertKind) -> usize {

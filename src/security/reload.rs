@@ -98,6 +98,7 @@ impl LiveTls {
             seen: Mutex::new(seen),
         };
         live.publish_expiry();
+        telemetry::tls_loaded(listener);
         Ok(Some(Arc::new(live)))
     }
 
@@ -159,7 +160,7 @@ impl LiveTls {
         mut hangups: Hangups,
         stop: CancellationToken,
     ) {
-        let mut ticks = tokio::time::interval(interval);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let forced = tokio::select! {
