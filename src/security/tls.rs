@@ -469,6 +469,55 @@ mod tests {
         std::fs::write(dir.join("ca.pem"), cert).expect("write");
     }
 
+    /// A CA (written as `ca.pem`) with the relay's certificate, and its empty CRL.
+    fn write_ca_and_crl(dir: &Path) -> rcgen::CertificateRevocationList {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["relay.test".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        std::fs::write(dir.join("relay.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("relay-key.pem"), key.serialize_pem()).expect("write");
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2030, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .expect("CRL")
+    }
+
+    #[test]
+    fn crls_load_as_pem_or_der_and_report_their_next_update() {
+        let dir = tempfile::tempdir().expect("dir");
+        let crl = write_ca_and_crl(dir.path());
+        let next_update = Some(UtcMillis(1_893_456_000_000));
+        let mut tls = mutual(dir.path());
+        tls.crl = vec![dir.path().join("ca.crl")];
+        std::fs::write(dir.path().join("ca.crl"), crl.pem().expect("PEM")).expect("write");
+        let loaded = server(&tls).expect("PEM CRL").expect("mutual");
+        assert_eq!(loaded.expiry.crl_next_update, next_update);
+        std::fs::write(dir.path().join("ca.crl"), crl.der()).expect("write");
+        let loaded = server(&tls).expect("DER CRL").expect("mutual");
+        assert_eq!(loaded.expiry.crl_next_update, next_update);
+
+        std::fs::write(dir.path().join("ca.crl"), b"not a CRL").expect("write");
+        let err = server(&tls).expect_err("garbage").to_string();
+        assert!(err.contains("tls.crl") && err.contains("ca.crl"), "{err}");
+        std::fs::remove_file(dir.path().join("ca.crl")).expect("remove");
+        let err = server(&tls).expect_err("missing").to_string();
+        assert!(err.contains("cannot read tls.crl"), "{err}");
+    }
+
     #[test]
     fn plaintext_needs_no_files() {
         assert!(
