@@ -191,13 +191,13 @@ pub async fn run(
     });
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
-    if let Some(live) = &server_tls {
-        let watch = Arc::clone(live).watch(
-            config.tls.reload_interval,
-            Hangups::listen(),
-            stages.clone(),
-        );
-        tasks.spawn("tls-reload", watch);
+    let hangups = Hangups::listen();
+    match &server_tls {
+        Some(live) => {
+            let watch = Arc::clone(live).watch(config.tls.reload_interval, hangups, stages.clone());
+            tasks.spawn("tls-reload", watch);
+        }
+        None => tasks.spawn("sighup", hangups.ignore(stages.clone())),
     }
     let registry_source = RegistrySource::from_config(&config);
     let reload = reload_here(

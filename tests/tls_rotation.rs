@@ -3,6 +3,7 @@
 //! connections without a restart, a replaced certificate and key are served to new
 //! connections after SIGHUP or once the files change while a Subscribe stream opened before
 //! keeps receiving alerts, and a broken replacement keeps the material in use and is counted.
+//! In plaintext a SIGHUP (`systemctl reload`) does not end the relay.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::pki::{PemPair, Pki, SERVER_NAME, https_get_metrics, tls_channel};
-use common::process::{Running, free_port, read, spawn};
+use common::process::{Running, free_port, read, spawn, wait_healthy};
 use common::{LONG_AGO_MS, bounded, device, eventually, lost, now_ms, valid_mpan};
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::ingest_client::IngestClient;
@@ -313,6 +314,44 @@ async fn a_revoked_client_certificate_is_refused_and_a_replaced_crl_applies_with
     relay.assert_running();
 }
 
+/// Sends SIGHUP to `pid`.
+fn hangup(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_in_plaintext_leaves_the_relay_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (grpc, metrics) = (free_port().await, free_port().await);
+    let (listen, metrics_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{metrics}"));
+    let mut relay = spawn(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+        dir.path(),
+        "serve",
+    );
+    let url = format!("http://{listen}");
+    wait_healthy(&url, dir.path()).await;
+    hangup(relay.pid());
+    eventually("the SIGHUP logged", || async {
+        read(dir.path(), "serve.err")
+            .contains("no TLS material to reload")
+            .then_some(())
+    })
+    .await;
+    assert!(relay.is_running(), "{}", read(dir.path(), "serve.err"));
+    wait_healthy(&url, dir.path()).await;
+}
+
 /// Opens UKPN's feed on its own connection and waits for outage `n`'s POA on it.
 async fn open_feed(
     relay: &Relay,
@@ -374,14 +413,7 @@ async fn sighup_serves_a_new_certificate_to_new_connections_while_an_open_stream
         "nothing reloads before the signal"
     );
 
-    let hup = std::process::Command::new("kill")
-        .args([
-            "-HUP",
-            &relay.process.lock().expect("lock").pid().to_string(),
-        ])
-        .status()
-        .expect("run kill");
-    assert!(hup.success());
+    hangup(relay.process.lock().expect("lock").pid());
     relay.until_presented(relay.grpc.port(), &new).await;
     relay.until_presented(relay.metrics, &new).await;
 

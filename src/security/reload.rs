@@ -221,6 +221,17 @@ impl Hangups {
         Self {}
     }
 
+    /// Logs each SIGHUP as having nothing to reload (plaintext), until `stop`: a reload
+    /// (`systemctl reload`) must not end the process.
+    pub async fn ignore(mut self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.recv() => tracing::info!("SIGHUP: no TLS material to reload (plaintext)"),
+            }
+        }
+    }
+
     /// The next SIGHUP.
     async fn recv(&mut self) {
         #[cfg(unix)]
