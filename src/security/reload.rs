@@ -97,8 +97,6 @@ impl LiveTls {
             current: ArcSwap::from_pointee(loaded),
             seen: Mutex::new(seen),
         };
-        live.publish_expiry();
-        telemetry::tls_loaded(listener);
         Ok(Some(Arc::new(live)))
     }
 
@@ -129,7 +127,6 @@ impl LiveTls {
                 let expiry = loaded.expiry;
                 self.current.store(Arc::new(loaded));
                 telemetry::tls_reloaded(listener, true);
-                self.publish_expiry();
                 tracing::info!(
                     listener,
                     cert_expires = ?expiry.cert.map(|at| at.to_string()),
@@ -152,14 +149,18 @@ impl LiveTls {
         telemetry::tls_expiry(&self.expiry(), UtcMillis::system_now());
     }
 
-    /// Reloads when the files change (checked every `interval`) and on every SIGHUP
-    /// received on `hangups`, until `stop`.
+    /// Publishes the expiry gauges, then reloads when the files change (checked every
+    /// `interval`) and on every SIGHUP received on `hangups`, until `stop`.
     pub async fn watch(
         self: Arc<Self>,
         interval: Duration,
         mut hangups: Hangups,
         stop: CancellationToken,
     ) {
+        // Published here rather than at load: the metrics listener loads its material before
+        // the Prometheus recorder is installed.
+        telemetry::tls_loaded(self.listener);
+        self.publish_expiry();
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
