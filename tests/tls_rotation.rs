@@ -1,9 +1,10 @@
 //! Revocation and rotation against the real relay binary over real TLS on loopback: a client
-//! certificate a CRL revokes is refused at the handshake, a replaced CRL applies to new
-//! connections without a restart, a replaced certificate and key are served to new
-//! connections after SIGHUP or once the files change while a Subscribe stream opened before
-//! keeps receiving alerts, and a broken replacement keeps the material in use and is counted.
-//! In plaintext a SIGHUP (`systemctl reload`) does not end the relay.
+//! certificate a CRL revokes is refused at the handshake (gRPC, and `/metrics` under
+//! `metrics_tls = "mutual"`), a replaced CRL applies to new connections without a restart, a
+//! replaced certificate and key are served to new connections after SIGHUP or once the files
+//! change while a Subscribe stream opened before keeps receiving alerts, and a broken
+//! replacement keeps the material in use and is counted. In plaintext a SIGHUP (`systemctl
+//! reload`) does not end the relay.
 
 mod common;
 
@@ -26,9 +27,11 @@ use tonic::Code;
 
 const PUBLISHER: &str = "spiffe://csp.test/adapter-1";
 const UKPN: &str = "spiffe://dno.test/ukpn";
+const PROMETHEUS: &str = "spiffe://dsp.test/prometheus";
 
-/// A relay's certificates: its own, two publisher certificates and a DNO's from the CA it
-/// trusts, and a third publisher certificate the first CRL revokes.
+/// A relay's certificates: its own, two publisher certificates, a DNO's and Prometheus's from
+/// the CA it trusts, and a third publisher certificate and a second Prometheus one that the
+/// first CRL revokes.
 struct Certs {
     dir: TempDir,
     pki: Pki,
@@ -37,6 +40,8 @@ struct Certs {
     other_publisher: PemPair,
     revoked: PemPair,
     ukpn: PemPair,
+    prometheus: PemPair,
+    revoked_prometheus: PemPair,
     crl: PathBuf,
 }
 
@@ -45,14 +50,20 @@ impl Certs {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(dir.path(), "dsp");
         let revoked = pki.client("revoked", PUBLISHER);
+        let revoked_prometheus = pki.client("revoked-prometheus", PROMETHEUS);
         let crl = dir.path().join("dsp.crl");
-        replace(&crl, pki.crl(1, &[&revoked]).as_bytes());
+        replace(
+            &crl,
+            pki.crl(1, &[&revoked, &revoked_prometheus]).as_bytes(),
+        );
         Self {
             server: pki.server("relay"),
             publisher: pki.client("publisher", PUBLISHER),
             other_publisher: pki.client("other-publisher", PUBLISHER),
             ukpn: pki.client("ukpn", UKPN),
+            prometheus: pki.client("prometheus", PROMETHEUS),
             revoked,
+            revoked_prometheus,
             crl,
             pki,
             dir,
@@ -66,11 +77,17 @@ impl Certs {
     /// Starts the relay with mutual TLS, the CRL and `tls` settings added to `[tls]`, and
     /// waits until the publisher is served.
     async fn start(&self, tls: &str) -> Relay {
+        self.start_with("", tls).await
+    }
+
+    /// Like [`Self::start`], with `top` top-level settings.
+    async fn start_with(&self, top: &str, tls: &str) -> Relay {
         let (grpc, metrics) = (free_port().await, free_port().await);
         let text = format!(
             "listen = \"127.0.0.1:{grpc}\"\n\
              metrics_listen = \"127.0.0.1:{metrics}\"\n\
              data_dir = \"data\"\n\
+             {top}\n\
              [tls]\n\
              mode = \"mutual\"\n\
              cert = {:?}\n\
@@ -84,7 +101,10 @@ impl Certs {
              [[tls.identities]]\n\
              identity = \"{UKPN}\"\n\
              role = \"subscriber\"\n\
-             subscriber = \"ukpn\"\n",
+             subscriber = \"ukpn\"\n\
+             [[tls.identities]]\n\
+             identity = \"{PROMETHEUS}\"\n\
+             role = \"metrics\"\n",
             self.server.cert.display().to_string(),
             self.server.key.display().to_string(),
             self.pki.ca.display().to_string(),
@@ -350,6 +370,22 @@ async fn sighup_in_plaintext_leaves_the_relay_serving() {
     .await;
     assert!(relay.is_running(), "{}", read(dir.path(), "serve.err"));
     wait_healthy(&url, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tls_mutual_refuses_a_revoked_scraper_certificate() {
+    let certs = Certs::new();
+    let relay = certs
+        .start_with("metrics_tls = \"mutual\"", "reload_interval = \"100ms\"")
+        .await;
+    let (status, body) = https_get_metrics(relay.metrics, &relay.ca, Some(&certs.prometheus))
+        .await
+        .expect("Prometheus's certificate is served");
+    assert_eq!(status, 200, "{body}");
+    let revoked =
+        https_get_metrics(relay.metrics, &relay.ca, Some(&certs.revoked_prometheus)).await;
+    assert!(revoked.is_err(), "{revoked:?}");
+    relay.assert_running();
 }
 
 /// Opens UKPN's feed on its own connection and waits for outage `n`'s POA on it.
