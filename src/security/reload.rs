@@ -7,8 +7,9 @@
 //! established connections (and their streams) keep the session they have. [`LiveTls::watch`]
 //! checks the files' contents every `tls.reload_interval` and reloads when they changed, and
 //! reloads on SIGHUP whether or not they did. A reload that fails (a missing, malformed or
-//! mismatched file, a half-written replacement) keeps the material in use, logs an error and
-//! counts `outage_relay_tls_reloads_total{result="failed"}`; it is tried again when the files
+//! mismatched file, a half-written replacement) keeps the material in use, logs an error,
+//! counts `outage_relay_tls_reloads_total{result="failed"}` and sets
+//! `outage_relay_tls_reload_failing` until a reload succeeds; it is tried again when the files
 //! change again (or on the next SIGHUP). Each check also refreshes the expiry gauges.
 //!
 //! Each configuration has its own session-resumption state, so a session resumed after a
@@ -111,13 +112,12 @@ impl LiveTls {
     }
 
     /// Reloads when the files changed since the last attempt, or always when `forced`.
-    /// Returns whether new material is in use.
-    pub fn reload(&self, forced: bool) -> bool {
+    fn reload(&self, forced: bool) {
         let now = fingerprint(&self.files);
         {
             let mut seen = self.seen.lock();
             if !forced && *seen == now {
-                return false;
+                return;
             }
             *seen = now;
         }
@@ -133,13 +133,12 @@ impl LiveTls {
                     crl_next_update = ?expiry.crl_next_update.map(|at| at.to_string()),
                     "TLS material reloaded; new connections use it"
                 );
-                true
             }
-            Ok(None) => false,
+            // The settings that made this listener use TLS do not change.
+            Ok(None) => {}
             Err(err) => {
                 telemetry::tls_reloaded(listener, false);
                 tracing::error!(listener, %err, "TLS reload failed; the material in use stays");
-                false
             }
         }
     }

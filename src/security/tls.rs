@@ -228,8 +228,9 @@ fn client_verifier(
     })
 }
 
-/// A server configuration presenting `tls.cert` with `tls.key`, verifying clients with
-/// `verifier` (none: no client certificates), offering `alpn`.
+/// A server configuration presenting `tls.cert` with `tls.key` and offering `alpn`.
+/// `client_auth`: `None` asks for no client certificate; `Some(optional)` verifies one with
+/// [`client_verifier`], and requires it unless `optional`.
 fn server_config(
     tls: &TlsConfig,
     client_auth: Option<bool>,
