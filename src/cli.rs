@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) client certificates must chain to.
     #[arg(long, env = "OUTAGE_RELAY_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) for client certificates, comma-separated;
+    /// reloaded when they change.
+    #[arg(long, env = "OUTAGE_RELAY_TLS_CRL", value_delimiter = ',')]
+    pub tls_crl: Option<Vec<PathBuf>>,
     /// Storage: `embedded` (default), `jetstream` or `memory`.
     #[arg(long, env = "OUTAGE_RELAY_BACKEND", value_parser = backend)]
     pub backend: Option<Backend>,
@@ -191,6 +195,9 @@ impl ServeArgs {
         }
         if self.tls_client_ca.is_some() {
             config.tls.client_ca = self.tls_client_ca;
+        }
+        if let Some(crl) = self.tls_crl {
+            config.tls.crl = crl;
         }
         if let Some(backend) = self.backend {
             config.store.backend = backend;

@@ -82,6 +82,8 @@ pub const DEFAULT_PUBLISHER_EVENTS_PER_SECOND: u32 = 250_000;
 pub const DEFAULT_PUBLISHER_BURST_EVENTS: u32 = 500_000;
 /// Bound on a TLS handshake.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the TLS files are checked for a change (`tls.reload_interval`).
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -178,6 +180,13 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// PEM CA certificates client certificates must chain to.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of the CAs in `client_ca`: a client
+    /// certificate they revoke is refused at the handshake.
+    pub crl: Vec<PathBuf>,
+    /// How often `cert`, `key`, `client_ca` and `crl` are checked for a change and reloaded
+    /// (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
     /// Bound on a TLS handshake.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -192,6 +201,8 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             client_ca: None,
+            crl: Vec::new(),
+            reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             identities: Vec::new(),
         }
@@ -785,6 +796,12 @@ impl Config {
         }
         if tls.handshake_timeout.is_zero() {
             return invalid("tls.handshake_timeout must be greater than zero".into());
+        }
+        if tls.reload_interval.is_zero() {
+            return invalid("tls.reload_interval must be greater than zero".into());
+        }
+        if !tls.crl.is_empty() && tls.client_ca.is_none() {
+            return invalid("tls.crl needs tls.client_ca: it revokes client certificates".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         for entry in &tls.identities {

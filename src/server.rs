@@ -41,7 +41,7 @@ use crate::proto;
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
 use crate::security::limits::{DecodeRefusalLayer, StreamLimiter};
-use crate::security::tls::ServerTls;
+use crate::security::reload::{Hangups, LiveTls, tls_incoming};
 use crate::security::{Guard, IdentityMap, Role};
 use crate::telemetry::Metrics;
 
@@ -141,7 +141,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let server_tls = crate::security::tls::server(&config.tls)?;
+    let server_tls = LiveTls::grpc(&config.tls)?;
     let push_targets = push_targets(&config)?;
     let registry = match &config.registry {
         Some(path) => Registry::load(path)?,
@@ -191,6 +191,14 @@ pub async fn run(
     });
     let tasks = Tasks::default();
     let stages = CancellationToken::new();
+    let hangups = Hangups::listen();
+    match &server_tls {
+        Some(live) => {
+            let watch = Arc::clone(live).watch(config.tls.reload_interval, hangups, stages.clone());
+            tasks.spawn("tls-reload", watch);
+        }
+        None => tasks.spawn("sighup", hangups.ignore(stages.clone())),
+    }
     let registry_source = RegistrySource::from_config(&config);
     let reload = reload_here(
         Arc::clone(&owners),
@@ -350,7 +358,7 @@ pub(crate) fn guard(config: &Config) -> Guard {
 /// What stands in front of the services: TLS (absent in plaintext mode) and the identity
 /// check.
 pub(crate) struct Edge {
-    pub(crate) tls: Option<ServerTls>,
+    pub(crate) tls: Option<Arc<LiveTls>>,
     pub(crate) guard: Guard,
 }
 
@@ -394,28 +402,26 @@ where
         .build_v1alpha()?
         .max_decoding_message_size(limit);
     let local = listener.local_addr()?;
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         .http2_keepalive_interval(Some(config.delivery.keepalive))
         .max_concurrent_streams(
             u32::try_from(config.limits.max_streams_per_connection + UNARY_STREAMS_PER_CONNECTION)
                 .unwrap_or(u32::MAX),
         );
-    match edge.tls {
+    match &edge.tls {
         Some(tls) => {
-            if let Some(expires) = tls.own.expires {
+            if let Some(expires) = tls.expiry().cert {
                 let left = expires
                     .0
                     .saturating_sub(crate::domain::UtcMillis::system_now().0);
                 if left <= 0 {
                     anyhow::bail!("tls.cert expired at {expires}; renew it before starting");
                 }
-                crate::telemetry::tls_certificate_expires_in(left as f64 / 1000.0);
                 if left < CERT_EXPIRY_WARNING_MS {
                     tracing::warn!(%expires, "tls.cert expires within 30 days; renew it");
                 }
             }
-            tracing::info!(%local, identities = config.tls.identities.len(), debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC with mutual TLS");
-            builder = builder.tls_config(tls.config)?;
+            tracing::info!(%local, identities = config.tls.identities.len(), crls = config.tls.crl.len(), debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC with mutual TLS");
         }
         None => {
             tracing::warn!(%local, debounce = ?config.debounce, poa_sla = ?config.poa_sla, pra_sla = ?config.pra_sla, "outage-relay serving gRPC in PLAINTEXT: no TLS, no identities, every caller may publish, read every feed and use Admin");
@@ -423,7 +429,7 @@ where
     }
     let guard = edge.guard;
     let stopping = shutdown.clone();
-    let serve = builder
+    let router = builder
         .layer(DecodeRefusalLayer { limit })
         .add_service(health.max_decoding_message_size(limit))
         .add_service(reflection)
@@ -439,15 +445,24 @@ where
         .add_service(InterceptedService::new(
             proto::admin_server::AdminServer::new(admin).max_decoding_message_size(limit),
             guard.require(Role::Admin),
-        ))
-        .serve_with_incoming_shutdown(incoming(listener, config), async move {
-            stopping.cancelled().await;
-            for service in ["", "outage_relay.v1.Ingest"] {
-                health_reporter
-                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                    .await;
+        ));
+    let stopped = async move {
+        stopping.cancelled().await;
+        for service in ["", "outage_relay.v1.Ingest"] {
+            health_reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let tcp = incoming(listener, config);
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match edge.tls {
+            Some(tls) => {
+                let tls = tls_incoming(tcp, tls, config.tls.handshake_timeout, shutdown.clone());
+                Box::pin(router.serve_with_incoming_shutdown(tls, stopped))
             }
-        });
+            None => Box::pin(router.serve_with_incoming_shutdown(tcp, stopped)),
+        };
     let grace = config.shutdown_grace;
     tokio::select! {
         served = serve => served.map_err(anyhow::Error::from),

@@ -54,8 +54,20 @@ pub const STORE_ERRORS: &str = "outage_relay_store_errors_total";
 pub const INGEST_REFUSED: &str = "outage_relay_ingest_refused";
 /// Calls refused before reaching a service, by `reason` (see [`REFUSE_REASONS`]).
 pub const CALLS_REFUSED: &str = "outage_relay_calls_refused_total";
-/// Seconds until the relay's own TLS certificate expires (absent in plaintext mode).
+/// Seconds until the relay's own TLS certificate expires (absent in plaintext mode); kept
+/// current while the relay runs and after each reload.
 pub const TLS_CERT_EXPIRY: &str = "outage_relay_tls_certificate_expiry_seconds";
+/// Seconds until the first `tls.client_ca` certificate expires (absent when client
+/// certificates are not verified).
+pub const TLS_CLIENT_CA_EXPIRY: &str = "outage_relay_tls_client_ca_expiry_seconds";
+/// Seconds until the earliest `nextUpdate` of the `tls.crl` lists, negative once it has passed
+/// (absent without CRLs).
+pub const TLS_CRL_NEXT_UPDATE: &str = "outage_relay_tls_crl_next_update_seconds";
+/// TLS material reloads, by `listener` (grpc, metrics) and `result` (ok, failed).
+pub const TLS_RELOADS: &str = "outage_relay_tls_reloads_total";
+/// 1 while the TLS files' latest change could not be loaded (the previous material is in
+/// use), by `listener`.
+pub const TLS_RELOAD_FAILING: &str = "outage_relay_tls_reload_failing";
 
 /// Partitions this instance owns (JetStream backend).
 pub const PARTITIONS_OWNED: &str = "outage_relay_partitions_owned";
@@ -214,6 +226,24 @@ fn describe() {
         Unit::Seconds,
         "Seconds until the relay's TLS certificate expires"
     );
+    describe_gauge!(
+        TLS_CLIENT_CA_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the first client CA certificate expires"
+    );
+    describe_gauge!(
+        TLS_CRL_NEXT_UPDATE,
+        Unit::Seconds,
+        "Seconds until the earliest CRL nextUpdate, negative once passed"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS material reloads, by listener and result (ok, failed)"
+    );
+    describe_gauge!(
+        TLS_RELOAD_FAILING,
+        "1 while the TLS files' latest change could not be loaded, by listener"
+    );
 }
 
 /// Counts one call refused at the edge; `reason` is one of [`REFUSE_REASONS`]. Refusals are
@@ -227,9 +257,30 @@ pub fn partition_lag(partition: u16) -> Gauge {
     gauge!(PARTITION_LAG, "partition" => partition.to_string())
 }
 
-/// Publishes how long the relay's certificate has left.
-pub fn tls_certificate_expires_in(seconds: f64) {
-    gauge!(TLS_CERT_EXPIRY).set(seconds);
+/// Publishes how long the TLS material in use has left, as of `now`.
+pub fn tls_expiry(expiry: &crate::security::tls::Expiry, now: crate::domain::UtcMillis) {
+    for (name, at) in [
+        (TLS_CERT_EXPIRY, expiry.cert),
+        (TLS_CLIENT_CA_EXPIRY, expiry.client_ca),
+        (TLS_CRL_NEXT_UPDATE, expiry.crl_next_update),
+    ] {
+        if let Some(at) = at {
+            gauge!(name).set(at.seconds_since(now));
+        }
+    }
+}
+
+/// Publishes that `listener`'s TLS material loaded at start (no reload failing).
+pub fn tls_loaded(listener: &'static str) {
+    gauge!(TLS_RELOAD_FAILING, "listener" => listener).set(0.0);
+}
+
+/// Counts one reload of `listener`'s TLS material. Reloads are rare, so the handle is looked
+/// up here.
+pub fn tls_reloaded(listener: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    counter!(TLS_RELOADS, "listener" => listener, "result" => result).increment(1);
+    gauge!(TLS_RELOAD_FAILING, "listener" => listener).set(if ok { 0.0 } else { 1.0 });
 }
 
 fn kind_index(kind: AlertKind) -> usize {

@@ -97,6 +97,10 @@ fn exported() -> BTreeSet<&'static str> {
         telemetry::INGEST_REFUSED,
         telemetry::CALLS_REFUSED,
         telemetry::TLS_CERT_EXPIRY,
+        telemetry::TLS_CLIENT_CA_EXPIRY,
+        telemetry::TLS_CRL_NEXT_UPDATE,
+        telemetry::TLS_RELOADS,
+        telemetry::TLS_RELOAD_FAILING,
         telemetry::PARTITIONS_OWNED,
         telemetry::PARTITION_LAG,
         telemetry::LEASE_CHANGES,
@@ -192,6 +196,9 @@ fn every_metric_the_rules_and_the_dashboard_use_is_one_the_relay_exports() {
         telemetry::OPEN_OUTAGES,
         telemetry::PARTITION_LAG,
         telemetry::JETSTREAM_ERRORS,
+        telemetry::TLS_CERT_EXPIRY,
+        telemetry::TLS_CRL_NEXT_UPDATE,
+        telemetry::TLS_RELOAD_FAILING,
     ] {
         assert!(used.contains(needed), "nothing in deploy/ uses {needed}");
     }

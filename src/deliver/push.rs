@@ -18,7 +18,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::Delivery;
 use super::convert::alert_to_proto;
@@ -27,6 +27,7 @@ use crate::error::error_chain;
 use crate::log::{Lease, LogError};
 use crate::proto::alert_receiver_client::AlertReceiverClient;
 use crate::route::SubscriberId;
+use crate::security::tls::PushTls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_BATCH: usize = 256;
@@ -67,8 +68,9 @@ impl From<tonic::transport::Error> for SessionError {
 pub struct Target {
     /// `http://` or `https://` URL.
     pub endpoint: String,
-    /// For `https://`: the CA, the name to verify and the relay's client certificate.
-    pub tls: Option<ClientTlsConfig>,
+    /// For `https://`: the CA, the name to verify and the relay's client certificate, read
+    /// again for each connection.
+    pub tls: Option<PushTls>,
 }
 
 /// Pushes `log` to `target` while `lease` lasts (with a single instance: until shutdown).
@@ -155,7 +157,7 @@ pub async fn open_session(
 ) -> Result<ReceiverSession, SessionError> {
     let mut endpoint = Endpoint::from_shared(target.endpoint.clone())?;
     if let Some(tls) = &target.tls {
-        endpoint = endpoint.tls_config(tls.clone())?;
+        endpoint = endpoint.tls_config(tls.current())?;
     }
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)

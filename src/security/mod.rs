@@ -15,9 +15,10 @@
 //!
 //! No certificate, or one no configured identity matches: `UNAUTHENTICATED`. A known identity
 //! calling outside its role, or naming another DNO's feed: `PERMISSION_DENIED`. An untrusted or
-//! expired certificate never completes the TLS handshake. In plaintext mode (allowed on a
-//! loopback address by default, elsewhere only when configured explicitly) there is no
-//! identity and every call is allowed; the relay logs that at start.
+//! expired certificate, or one revoked by a `tls.crl` list, never completes the TLS handshake;
+//! certificates, keys, CAs and CRLs are reloaded when they change ([`reload`]). In plaintext
+//! mode (allowed on a loopback address by default, elsewhere only when configured explicitly)
+//! there is no identity and every call is allowed; the relay logs that at start.
 //!
 //! `/metrics` follows the same rule (`metrics_tls`, [`crate::config::MetricsTls`]): over TLS
 //! with the relay's certificate under mutual TLS, optionally requiring a client certificate
@@ -26,6 +27,7 @@
 
 pub mod identity;
 pub mod limits;
+pub mod reload;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -1,8 +1,10 @@
 //! The `/metrics` listener: HTTP/1.1 serving the Prometheus recorder's text, over TLS with the
 //! relay's certificate, or in plaintext where the configuration allows it (see
 //! [`Config::metrics_tls`]). With `metrics_tls = "mutual"` the handshake requires a client
-//! certificate that chains to `tls.client_ca`, and only an identity (`tls.identities`) with
-//! role `metrics` or `admin` gets the metrics; any other answers 403.
+//! certificate that chains to `tls.client_ca` and is not revoked by `tls.crl`, and only an
+//! identity (`tls.identities`) with role `metrics` or `admin` gets the metrics; any other
+//! answers 403. The TLS material is reloaded like the gRPC listener's
+//! ([`crate::security::reload`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,10 +23,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, MetricsTls};
 use crate::security::IdentityMap;
+use crate::security::reload::{Hangups, LiveTls};
 
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,17 +40,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The bound `/metrics` listener and how it serves.
 pub struct MetricsListener {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<LiveTls>>,
     /// Who may scrape, when a client certificate is required.
     scrapers: Option<Arc<IdentityMap>>,
     handshake_timeout: Duration,
+    /// SIGHUPs, listened for from the bind on, with TLS.
+    hangups: Option<Hangups>,
+    reload_interval: Duration,
 }
 
 impl std::fmt::Debug for MetricsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetricsListener")
             .field("listener", &self.listener)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls)
             .field("scrapers", &self.scrapers)
             .finish()
     }
@@ -59,7 +64,8 @@ impl MetricsListener {
     /// how it serves: a plaintext listener on an address other than loopback (allowed only by
     /// an explicit `metrics_tls = "plaintext"`) is a warning.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let tls = crate::security::tls::metrics_server(config)?.map(TlsAcceptor::from);
+        let tls = LiveTls::metrics(config)?;
+        let hangups = tls.as_ref().map(|_| Hangups::listen());
         let listener = TcpListener::bind(config.metrics_listen).await?;
         let local = listener.local_addr()?;
         let mode = config.metrics_tls();
@@ -86,12 +92,24 @@ impl MetricsListener {
             tls,
             scrapers,
             handshake_timeout: config.tls.handshake_timeout,
+            hangups,
+            reload_interval: config.tls.reload_interval,
         })
     }
 
-    /// Serves `handle`'s metrics on every connection, and keeps its histograms drained, until
-    /// the task is dropped.
-    pub async fn serve(self, handle: PrometheusHandle) {
+    /// Serves `handle`'s metrics on every connection, keeps its histograms drained and its TLS
+    /// material reloaded, until the task is dropped.
+    pub async fn serve(mut self, handle: PrometheusHandle) {
+        // Dropped with this task, stopping the watch.
+        let _watching = match (&self.tls, self.hangups.take()) {
+            (Some(live), Some(hangups)) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let watch = Arc::clone(live).watch(self.reload_interval, hangups, stop.clone());
+                tokio::spawn(watch);
+                Some(stop.drop_guard())
+            }
+            _ => None,
+        };
         let upkeep = handle.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
@@ -110,7 +128,7 @@ impl MetricsListener {
                 }
             };
             let handle = handle.clone();
-            let tls = self.tls.clone();
+            let tls = self.tls.as_ref().map(|live| live.acceptor());
             let scrapers = self.scrapers.clone();
             let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {

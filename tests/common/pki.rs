@@ -1,13 +1,14 @@
 //! Certificates made at test time (rcgen): a CA, the relay's server certificate, client
 //! certificates with chosen names, an expired one and one from a CA nobody trusts, written as
-//! PEM files, plus TLS channels to a relay and HTTPS requests to its metrics listener.
+//! PEM files, and revocation lists revoking chosen ones, plus TLS channels to a relay and HTTPS requests to its metrics listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -93,9 +94,46 @@ impl Pki {
         self.issue(stem, params)
     }
 
+    /// Like [`Self::server`], valid until `year`-`month`-`day`.
+    pub fn server_until(&self, stem: &str, year: i32, month: u8, day: u8) -> PemPair {
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).expect("SAN");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, SERVER_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_after = date_time_ymd(year, month, day);
+        self.issue(stem, params)
+    }
+
     /// A client certificate whose URI SAN is `uri` (e.g. `spiffe://dno.test/ukpn`).
     pub fn client(&self, stem: &str, uri: &str) -> PemPair {
         self.issue(stem, client_params(uri))
+    }
+
+    /// A PEM certificate revocation list of this CA revoking `revoked`, numbered `number`.
+    pub fn crl(&self, number: u64, revoked: &[&PemPair]) -> String {
+        let revoked_certs = revoked
+            .iter()
+            .map(|pair| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial(&pair.cert)),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("sign the CRL")
+            .pem()
+            .expect("CRL PEM")
     }
 
     /// A client certificate for `uri` that expired in 2020.
@@ -105,6 +143,14 @@ impl Pki {
         params.not_after = date_time_ymd(2020, 1, 1);
         self.issue(stem, params)
     }
+}
+
+/// The serial number of the (first) certificate in the PEM file `path`.
+pub fn serial(path: &Path) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let der = CertificateDer::from_pem_file(path).expect("a PEM certificate");
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).expect("an X.509 certificate");
+    cert.raw_serial().to_vec()
 }
 
 fn client_params(uri: &str) -> CertificateParams {
