@@ -198,8 +198,8 @@ relay_image() {
 
 # --- certificates ----------------------------------------------------------------------------
 
-# issue NAME SUBJECT_ALT_NAMES EXTENDED_KEY_USAGE: NAME.pem and NAME.key in $PKI/ca's sibling
-# work directory, signed by the throwaway CA.
+# issue NAME SUBJECT_ALT_NAMES EXTENDED_KEY_USAGE: NAME.pem and NAME.key in $PKI/work,
+# signed by the throwaway CA.
 issue() {
     local name=$1 san=$2 usage=$3 work="$PKI/work"
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
