@@ -80,7 +80,10 @@ impl AlertFeed for FeedService {
         let log = self.log_of(&request.subscriber)?;
         refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
         let alerts = self.delivery.alerts();
-        let status = alerts.status(log).await.map_err(RelayError::from)?;
+        let status = alerts
+            .status_reaching(log, request.from_sequence.saturating_sub(1))
+            .await
+            .map_err(RelayError::from)?;
         let from = start_sequence(
             request.from_sequence,
             status.acked,

@@ -317,6 +317,17 @@ pub trait AlertLog: Send + Sync + 'static {
     /// Cursor positions of subscriber `log`.
     async fn status(&self, log: SubscriberId) -> Result<LogStatus, LogError>;
 
+    /// [`Self::status`] for a caller that knows `sequence` was stored (it received it): a
+    /// backend whose reported head can lag a delivered message waits, for a bounded time,
+    /// until the head reaches it.
+    async fn status_reaching(
+        &self,
+        log: SubscriberId,
+        _sequence: u64,
+    ) -> Result<LogStatus, LogError> {
+        self.status(log).await
+    }
+
     /// Moves `log`'s cursor to `upto` (cumulative; never back); resolves once durable, with
     /// the cursors afterwards. Beyond the head: [`LogError::BeyondHead`].
     async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError>;

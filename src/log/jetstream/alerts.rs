@@ -99,7 +99,39 @@ impl JsAlerts {
         let info = stream.info().await.map_err(|err| unavailable(&what, err))?;
         Ok((info.state.first_sequence.max(1), info.state.last_sequence))
     }
+
+    /// [`Self::bounds`] once the head reaches `sequence`, or as they stand after
+    /// [`HEAD_SETTLE`]. Just after a node's death a stream's info can report a head behind a
+    /// message its consumer already delivered (seen in the cluster fault test: `Ack(270)`
+    /// refused with the head at 269); a subscriber that acknowledges or resumes from what
+    /// it received is not refused for that.
+    async fn bounds_reaching(
+        &self,
+        log: SubscriberId,
+        sequence: u64,
+    ) -> Result<(u64, u64), LogError> {
+        let deadline = tokio::time::Instant::now() + HEAD_SETTLE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let bounds = self.bounds(log).await?;
+            if bounds.1 >= sequence || tokio::time::Instant::now() + pause > deadline {
+                return Ok(bounds);
+            }
+            tracing::debug!(
+                subscriber = self.name(log),
+                sequence,
+                head = bounds.1,
+                "stream head behind a delivered sequence; asking again"
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
 }
+
+/// How long an ack or a resume beyond a stream's reported head waits for the head to catch
+/// up before it is refused.
+const HEAD_SETTLE: Duration = Duration::from_secs(3);
 
 /// A number kept as decimal text under `key`, and the entry's revision (0 and none when the
 /// key was never written or was deleted).
@@ -447,7 +479,15 @@ impl AlertLog for JsAlerts {
     }
 
     async fn status(&self, log: SubscriberId) -> Result<LogStatus, LogError> {
-        let (first, last) = self.bounds(log).await?;
+        self.status_reaching(log, 0).await
+    }
+
+    async fn status_reaching(
+        &self,
+        log: SubscriberId,
+        sequence: u64,
+    ) -> Result<LogStatus, LogError> {
+        let (first, last) = self.bounds_reaching(log, sequence).await?;
         let (acked, _) = read_text(&self.cluster.cursors, &cursor_key(self.name(log))).await?;
         Ok(LogStatus {
             head: last,
@@ -457,7 +497,7 @@ impl AlertLog for JsAlerts {
     }
 
     async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
-        let (first, head) = self.bounds(log).await?;
+        let (first, head) = self.bounds_reaching(log, upto).await?;
         if upto > head {
             return Err(LogError::BeyondHead {
                 requested: upto,
