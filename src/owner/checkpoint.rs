@@ -1,6 +1,7 @@
-//! The owner's state as a checkpoint stores it: what [`PartitionState::save`] keeps, plus the
-//! alert logs' heads at that moment (alerts stored after them may be emitted again by a
-//! replay from this checkpoint, and are recognised as duplicates).
+//! The owner's state as a checkpoint stores it: what a [`PartitionState`] keeps (open
+//! outages, tombstones, the event-id window: see [`PartitionState::restore`]), plus the alert
+//! logs' heads at that moment (alerts stored after them may be emitted again by a replay from
+//! this checkpoint, and are recognised as duplicates).
 //!
 //! Layout (little-endian): `ORCK`, version u8 = 1, log time i64; outage count u32, then per
 //! outage device u64, phase u8 and the open outage of `log::codec`; tombstone count u32, then
@@ -8,7 +9,8 @@
 //! per key seen_at i64, key u128; head count u16, then per log name length u8, name, head
 //! u64. The backend frames and checksums the whole.
 //!
-//! [`PartitionState::save`]: super::state::PartitionState::save
+//! [`PartitionState`]: super::state::PartitionState
+//! [`PartitionState::restore`]: super::state::PartitionState::restore
 
 use crate::debounce::Tombstone;
 use crate::domain::event::EventKey;

@@ -12,7 +12,6 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -218,18 +217,6 @@ pub async fn https_get_metrics(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
-    let mut stream = connector.connect(name, tcp).await?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {SERVER_NAME}:{port}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or((response.as_str(), ""));
-    let status = head
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    Ok((status, body.to_owned()))
+    let stream = connector.connect(name, tcp).await?;
+    super::process::http_get_over(stream, &format!("{SERVER_NAME}:{port}"), "/metrics").await
 }

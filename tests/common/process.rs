@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -111,8 +111,21 @@ pub async fn run_to_exit(args: &[&str], dir: &Path, name: &str) -> (ExitStatus, 
 /// `GET path` on `127.0.0.1:port` over plain HTTP/1.0: the status code and the body, or the
 /// connection error.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    http_get_over(stream, &format!("127.0.0.1:{port}"), path).await
+}
+
+/// `GET path` with `Host: host` over an open connection (plain or TLS), read to its end:
+/// the status code and the body.
+pub async fn http_get_over<S>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

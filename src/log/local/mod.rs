@@ -16,7 +16,7 @@
 //! - **Records** are framed `[len u32][crc32c u32][payload]` in segment files ([`segment`]);
 //!   event records, alert entries and cursor records are laid out in `log::codec` and
 //!   [`meta`].
-//! - **Fsync policy: group commit.** One writer thread ([`writer`]) takes every append that
+//! - **Fsync policy: group commit.** One writer thread (`writer.rs`) takes every append that
 //!   queued while it wrote the previous group, writes each log once and fdatasyncs each log
 //!   once, side by side; only then are appends answered and readers shown the new heads. A
 //!   publisher's ack therefore means its events are on disk.
