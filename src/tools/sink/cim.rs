@@ -75,7 +75,7 @@ pub(super) fn cim_message(alert: &Alert) -> io::Result<String> {
     xml.end("UsagePoint")?;
     xml.end("EndDeviceEvent")?;
     xml.end("EndDeviceEvents")?;
-    String::from_utf8(xml.0.into_inner()).map_err(|err| io::Error::new(io::ErrorKind::Other, err))
+    String::from_utf8(xml.0.into_inner()).map_err(io::Error::other)
 }
 
 /// The alert's fields that CIM has no element for, as `EndDeviceEventDetails` name/value

@@ -63,8 +63,8 @@ pub struct RecordOptions {
     pub oms: Option<Oms>,
 }
 
-/// Records received alerts (JSON Lines, counts, optional in-memory copy). Cheap to clone; all
-/// clones share one output.
+/// Records received alerts (lines, counts, optional in-memory copy), POSTing each to the OMS
+/// first when there is one. Cheap to clone; all clones share one output.
 #[derive(Clone)]
 pub struct Recorder {
     shared: Arc<Shared>,

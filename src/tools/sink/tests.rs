@@ -377,3 +377,31 @@ async fn format_and_post_flags() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn post_ca_must_hold_certificates_and_go_with_https() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n")?;
+    let stop = CancellationToken::new();
+    let error = Oms::new("https://oms.example/", Some(&empty), stop.clone())
+        .err()
+        .map(|err| format!("{err:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|err| err.contains("holds no CERTIFICATE block")),
+        "{error:?}"
+    );
+    let error = Oms::new("http://oms.example/", Some(&empty), stop.clone())
+        .err()
+        .map(|err| format!("{err:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|err| err.contains("not an https:// URL")),
+        "{error:?}"
+    );
+    assert!(Oms::new("http://127.0.0.1:8080/events", None, stop).is_ok());
+    Ok(())
+}
