@@ -440,3 +440,47 @@ async fn push_mode_posts_retries_and_acks_after_the_oms_took_the_alert() {
     sink.kill();
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_mode_a_400_stops_the_sink_and_leaves_the_alert_for_the_next_one() {
+    let port = free_port().await;
+    let relay = TestRelay::start_with(|config, _| push_ukpn(config, loopback_push(port))).await;
+    let mut oms = Oms::start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let listen = format!("127.0.0.1:{port}");
+    let url = oms.url.clone();
+    let push_sink = |name: &str| {
+        spawn(
+            &[
+                "dno-sink", "--listen", &listen, "--format", "cim", "--post", &url, "--quiet",
+            ],
+            dir.path(),
+            name,
+        )
+    };
+    let mut sink = push_sink("refused");
+    outage_and_restoration(&relay, 0x9006).await;
+    let (_, poa) = oms.next().await.answer(200);
+    let (_, pra) = oms.next().await.answer(400);
+    let status = sink.exit().await;
+    let log = read(dir.path(), "refused.err");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("refused") && log.contains("400"), "{log}");
+    assert_eq!((poa.sequence(), pra.sequence()), (1, 2));
+    eventually("the relay to record the POA's ack", || async {
+        (acked(&relay).await == 1).then_some(())
+    })
+    .await;
+
+    // The next sink on the same address gets the refused PRA again, and only it.
+    let mut again = push_sink("again");
+    let (_, resent) = oms.next().await.answer(200);
+    assert_eq!(resent, pra);
+    eventually("the relay to record the PRA's ack", || async {
+        (acked(&relay).await == 2).then_some(())
+    })
+    .await;
+    assert!(again.is_running(), "{}", read(dir.path(), "again.err"));
+    again.kill();
+    relay.stop().await;
+}
