@@ -1,8 +1,8 @@
 //! `dno-sink --format cim --post URL` against the real binary: alerts relayed by an in-process
 //! relay reach a small in-test HTTP OMS as IEC 61968-9 `EndDeviceEvents` XML, in order and
 //! once each; the relay is acknowledged only after the OMS answered 2xx; 5xx and 429 are
-//! retried; a 400 stops the sink (exit 1) leaving the alert for the next sink. Subscribe mode
-//! and push mode.
+//! retried; a 400 stops the sink (exit 1) leaving the alert for the next sink; an HTTPS OMS is
+//! verified against `--post-ca`. Subscribe mode and push mode.
 //!
 //! The test OMS answers each request only when the test tells it which status to send, so
 //! the relay's cursor can be checked while an alert is held by the OMS.
@@ -12,8 +12,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use common::pki::{PemPair, Pki};
 use common::process::{Running, free_port, read, spawn};
 use common::{
     LONG_AGO_MS, TestRelay, bounded, device, eventually, loopback_push, lost, now_ms, push_ukpn,
@@ -25,8 +27,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 
 const NAMESPACE: &str = "http://iec.ch/TC57/2011/EndDeviceEvents#";
 
@@ -53,26 +58,64 @@ struct Oms {
 }
 
 impl Oms {
+    /// A plain-HTTP OMS.
     async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// An HTTPS OMS presenting `pair` (a certificate for `127.0.0.1`).
+    async fn start_tls(pair: &PemPair) -> Self {
+        let certs = CertificateDer::pem_file_iter(&pair.cert)
+            .expect("read the certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM certificates");
+        let key = PrivateKeyDer::from_pem_file(&pair.key).expect("read the key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a server certificate");
+        Self::serve(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!(
-            "http://{}/oms/end-device-events",
+            "{scheme}://{}/oms/end-device-events",
             listener.local_addr().expect("address")
         );
         let (tx, requests) = mpsc::channel(16);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let tx = tx.clone();
                         async move { Ok::<_, Infallible>(handle(request, tx).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let connection = http1::Builder::new();
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                connection
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            connection
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -482,5 +525,54 @@ async fn push_mode_a_400_stops_the_sink_and_leaves_the_alert_for_the_next_one() 
     .await;
     assert!(again.is_running(), "{}", read(dir.path(), "again.err"));
     again.kill();
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_oms_is_verified_against_post_ca() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = Pki::new(dir.path(), "oms");
+    let mut oms = Oms::start_tls(&pki.loopback_server("oms-server")).await;
+    assert!(oms.url.starts_with("https://127.0.0.1:"), "{}", oms.url);
+    outage_and_restoration(&relay, 0x9007).await;
+
+    // A sink trusting another CA cannot reach the OMS: the alert stays unacknowledged.
+    let other = Pki::new(dir.path(), "other");
+    let other_ca = other.ca.display().to_string();
+    let mut untrusting = subscribed_sink(
+        &relay,
+        &oms,
+        dir.path(),
+        "untrusting",
+        &["--post-ca", &other_ca],
+    );
+    eventually("a certificate error in the sink's log", || async {
+        let log = read(dir.path(), "untrusting.err");
+        log.contains("invalid peer certificate").then_some(())
+    })
+    .await;
+    assert_eq!(acked(&relay).await, 0);
+    untrusting.kill();
+
+    let ca = pki.ca.display().to_string();
+    let mut sink = subscribed_sink(
+        &relay,
+        &oms,
+        dir.path(),
+        "sink",
+        &["--post-ca", &ca, "--once-count", "2"],
+    );
+    let (content_type, poa) = oms.next().await.answer(200);
+    assert_eq!(content_type, "application/xml");
+    let (_, pra) = oms.next().await.answer(200);
+    assert!(
+        sink.exit().await.success(),
+        "{}",
+        read(dir.path(), "sink.err")
+    );
+    assert_eq!((poa.event_type.as_str(), poa.sequence()), ("3.26.0.47", 1));
+    assert_eq!((pra.event_type.as_str(), pra.sequence()), ("3.26.0.216", 2));
+    assert_eq!(acked(&relay).await, 2);
     relay.stop().await;
 }
