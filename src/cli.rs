@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay.
     Serve(ServeArgs),
-    /// Run the reference DNO receiver (push mode) or subscriber (subscribe mode).
+    /// Run the reference DNO receiver (push mode) or subscriber (subscribe mode), recording
+    /// alerts as JSON Lines or CIM XML and optionally POSTing them to an OMS.
     DnoSink(SinkArgs),
     /// Publish loss/restoration events the way a CSP adapter does.
     Publish(PublishArgs),

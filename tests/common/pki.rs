@@ -93,6 +93,18 @@ impl Pki {
         self.issue(stem, params)
     }
 
+    /// A server certificate for the address `127.0.0.1` (an IP SAN), for a test HTTPS server
+    /// that clients reach by address.
+    pub fn loopback_server(&self, stem: &str) -> PemPair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no DNS SANs");
+        params.subject_alt_names = vec![SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(stem, params)
+    }
+
     /// Like [`Self::server`], valid until `year`-`month`-`day`.
     pub fn server_until(&self, stem: &str, year: i32, month: u8, day: u8) -> PemPair {
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).expect("SAN");

@@ -8,13 +8,21 @@
 //!   when the stream has been idle for 50 ms; reconnects with exponential backoff, resuming from
 //!   the oldest unacknowledged alert.
 //!
-//! Alerts are recorded as JSON Lines, to `--output FILE` (appended) or to stdout. An alert is
-//! acknowledged only once its line has been flushed.
+//! Alerts are recorded to `--output FILE` (appended) or to stdout, one per line: a JSON object
+//! (`--format json`, the default) or an IEC 61968-9 `EndDeviceEvents` XML document
+//! (`--format cim`, see [`cim`]). With `--post URL` (which needs `--format cim`) each alert's
+//! CIM message is first POSTed to the DNO's OMS (see [`oms`]), retried until it answers 2xx,
+//! and only then recorded; an OMS refusal stops the sink (exit status 1) with that alert
+//! unacknowledged. An alert is acknowledged only once it has been accepted by the OMS (with
+//! `--post`) and its line has been flushed, and so has every earlier alert.
 
+mod cim;
+mod oms;
 mod receiver;
 mod record;
 mod subscriber;
 
+pub use oms::Oms;
 pub use receiver::serve_receiver;
 pub use record::{ReceivedAlerts, RecordOptions, Recorder};
 use subscriber::{Subscription, subscribe};
@@ -86,9 +94,22 @@ pub struct SinkArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub ack_every: u64,
-    /// Append one JSON object per alert to FILE (JSON Lines) instead of printing to stdout.
+    /// Append one line per alert to FILE instead of printing to stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// How each alert is written: `json`, one JSON object per line (JSON Lines); `cim`, one
+    /// IEC 61968-9 `EndDeviceEvents` XML document per line.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// POST each alert's CIM message to the OMS at URL (`http://` or `https://`) before
+    /// recording it; needs `--format cim`. Retries connection errors, 5xx and 429; any other
+    /// answer but 2xx stops the sink (exit status 1) without acknowledging that alert.
+    #[arg(long, value_name = "URL")]
+    pub post: Option<String>,
+    /// PEM CA certificate(s) the OMS's certificate must chain to, instead of the system's
+    /// roots (`--post` to an `https://` URL).
+    #[arg(long, value_name = "FILE", requires = "post")]
+    pub post_ca: Option<PathBuf>,
     /// Do not print alerts to stdout (when there is no `--output`).
     #[arg(long)]
     pub quiet: bool,
@@ -102,6 +123,16 @@ pub struct SinkArgs {
     pub tls: TlsArgs,
 }
 
+/// How `dno-sink` writes each alert.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (JSON Lines).
+    #[default]
+    Json,
+    /// One IEC 61968-9 `EndDeviceEvents` XML document per line.
+    Cim,
+}
+
 /// What a sink run received.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkSummary {
@@ -113,11 +144,24 @@ pub struct SinkSummary {
 
 /// Runs `outage-relay dno-sink` until `shutdown`, `--once-count` or an output error.
 pub async fn run(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<SinkSummary> {
+    let oms = match &args.post {
+        Some(url) => {
+            anyhow::ensure!(
+                args.format == Format::Cim,
+                "--post sends CIM messages: add --format cim"
+            );
+            tracing::info!(%url, "dno-sink posting CIM messages to the OMS");
+            Some(Oms::new(url, args.post_ca.as_deref(), shutdown.clone())?)
+        }
+        None => None,
+    };
     let recorder = Recorder::open(RecordOptions {
         output: args.output.clone(),
         stdout: !args.quiet,
         once_count: args.once_count,
         keep: None,
+        format: args.format,
+        oms,
     })?;
     match (args.subscribe, args.subscriber) {
         (Some(target), Some(subscriber)) => {

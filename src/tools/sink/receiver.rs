@@ -90,7 +90,7 @@ async fn pump(
             () = stop.cancelled() => return,
             next = alerts.next() => next,
         };
-        let end = take_burst(first, &mut alerts, &recorder, &mut recorded);
+        let end = take_burst(first, &mut alerts, &recorder, &mut recorded).await;
         if !recorder.flush() {
             recorded.clear();
         }
@@ -120,8 +120,9 @@ async fn pump(
     }
 }
 
-/// Records `first` and every further alert that is ready without waiting.
-fn take_burst(
+/// Records `first` and every further alert that is ready without waiting (for the relay;
+/// recording itself waits for the OMS with `--post`).
+async fn take_burst(
     first: Option<Result<Alert, Status>>,
     alerts: &mut Streaming<Alert>,
     recorder: &Recorder,
@@ -133,7 +134,7 @@ fn take_burst(
             None => return BurstEnd::Closed,
             Some(Err(status)) => return BurstEnd::Failed(status),
             Some(Ok(alert)) => {
-                if !recorder.record(&alert) {
+                if !recorder.record(&alert).await {
                     return BurstEnd::Stopped;
                 }
                 recorded.push(alert.sequence);
@@ -142,7 +143,8 @@ fn take_burst(
         if recorder.is_done() {
             return BurstEnd::Stopped;
         }
-        if recorded.len() >= MAX_PUSH_BATCH {
+        // With an OMS, each alert took a round trip to it: acknowledge it at once.
+        if recorded.len() >= MAX_PUSH_BATCH || recorder.posts() {
             return BurstEnd::More;
         }
         match alerts.next().now_or_never() {

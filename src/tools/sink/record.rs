@@ -1,5 +1,8 @@
-//! Recording received alerts as JSON Lines, and the in-memory view tests use.
+//! Recording received alerts (JSON Lines or CIM messages, POSTed to the OMS first with
+//! `--post`), and the in-memory view tests use.
 
+use super::cim::cim_message;
+use super::oms::Posted;
 use super::*;
 
 /// A cloneable handle on every alert a [`Recorder`] recorded, for tests.
@@ -46,18 +49,22 @@ impl ReceivedAlerts {
 /// How a [`Recorder`] records alerts.
 #[derive(Debug, Clone, Default)]
 pub struct RecordOptions {
-    /// Append JSON lines to this file.
+    /// Append lines to this file.
     pub output: Option<PathBuf>,
-    /// Print JSON lines to stdout; ignored when `output` is set.
+    /// Print lines to stdout; ignored when `output` is set.
     pub stdout: bool,
     /// Stop accepting alerts after this many.
     pub once_count: Option<u64>,
     /// Also keep every recorded alert in this handle.
     pub keep: Option<ReceivedAlerts>,
+    /// What each line holds.
+    pub format: Format,
+    /// POST each alert's message to this OMS before recording it.
+    pub oms: Option<Oms>,
 }
 
-/// Records received alerts (JSON Lines, counts, optional in-memory copy). Cheap to clone; all
-/// clones share one output.
+/// Records received alerts (lines, counts, optional in-memory copy), POSTing each to the OMS
+/// first when there is one. Cheap to clone; all clones share one output.
 #[derive(Clone)]
 pub struct Recorder {
     shared: Arc<Shared>,
@@ -67,7 +74,10 @@ struct Shared {
     state: Mutex<RecorderState>,
     keep: Option<ReceivedAlerts>,
     once_count: Option<u64>,
-    /// Cancelled once no more alerts will be accepted: `once_count` reached, or output failed.
+    format: Format,
+    oms: Option<Oms>,
+    /// Cancelled once no more alerts will be accepted: `once_count` reached, output failed, or
+    /// the OMS refused an alert.
     done: CancellationToken,
 }
 
@@ -75,6 +85,9 @@ struct RecorderState {
     writer: Option<Box<dyn Write + Send>>,
     summary: SinkSummary,
     failure: Option<String>,
+    /// Why the OMS refused an alert. Unlike `failure`, the alerts recorded before it can
+    /// still be flushed and acknowledged.
+    refusal: Option<String>,
 }
 
 impl Recorder {
@@ -102,9 +115,12 @@ impl Recorder {
                     writer,
                     summary: SinkSummary::default(),
                     failure: None,
+                    refusal: None,
                 }),
                 keep: options.keep,
                 once_count: options.once_count,
+                format: options.format,
+                oms: options.oms,
                 done,
             }),
         })
@@ -115,20 +131,46 @@ impl Recorder {
         self.shared.state.lock().summary
     }
 
-    /// Records one alert (buffered; see [`Self::flush`]). False when the recorder no longer
-    /// accepts alerts: `once_count` was reached or the output failed.
-    pub(super) fn record(&self, alert: &Alert) -> bool {
-        let mut state = self.shared.state.lock();
+    /// Records one alert (buffered; see [`Self::flush`]), after the OMS accepted it when
+    /// there is one. False when the alert was not recorded: the recorder no longer accepts
+    /// alerts (`once_count` was reached, the output failed, the OMS refused an alert) or the
+    /// run stopped while the OMS was being retried.
+    pub(super) async fn record(&self, alert: &Alert) -> bool {
         if self.shared.done.is_cancelled() {
             return false;
         }
+        let line = match self.shared.format {
+            Format::Json => json_line(alert, UtcMillis::system_now()).map_err(io::Error::from),
+            Format::Cim => cim_message(alert),
+        };
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                self.fail(&mut self.shared.state.lock(), &error);
+                return false;
+            }
+        };
+        if let Some(oms) = &self.shared.oms {
+            match oms.post(&alert.alert_id, alert.sequence, &line).await {
+                Posted::Accepted => {}
+                Posted::Stopped => return false,
+                Posted::Refused(reason) => {
+                    self.refuse(alert, reason);
+                    return false;
+                }
+            }
+        }
+        let mut state = self.shared.state.lock();
+        // An alert the OMS accepted is recorded even if the recorder became done meanwhile,
+        // so that it is acknowledged and not sent to the OMS again.
+        if state.failure.is_some() || (self.shared.oms.is_none() && self.shared.done.is_cancelled())
+        {
+            return false;
+        }
         if let Some(writer) = state.writer.as_mut() {
-            let written = json_line(alert, UtcMillis::system_now())
-                .map_err(io::Error::from)
-                .and_then(|line| {
-                    writer.write_all(line.as_bytes())?;
-                    writer.write_all(b"\n")
-                });
+            let written = writer
+                .write_all(line.as_bytes())
+                .and_then(|()| writer.write_all(b"\n"));
             if let Err(error) = written {
                 self.fail(&mut state, &error);
                 return false;
@@ -147,6 +189,21 @@ impl Recorder {
             self.shared.done.cancel();
         }
         true
+    }
+
+    /// The OMS refused `alert`: no more alerts are accepted, and the run ends in error.
+    fn refuse(&self, alert: &Alert, reason: String) {
+        tracing::error!(
+            alert_id = %alert.alert_id,
+            sequence = alert.sequence,
+            %reason,
+            "the OMS refused the alert; the sink stops without acknowledging it"
+        );
+        self.shared.state.lock().refusal = Some(format!(
+            "the OMS refused alert {} (sequence {}): {reason}",
+            alert.alert_id, alert.sequence
+        ));
+        self.shared.done.cancel();
     }
 
     /// Flushes recorded lines to the output. False when the output failed.
@@ -175,8 +232,15 @@ impl Recorder {
         self.shared.done.cancel();
     }
 
+    /// True when alerts are POSTed to an OMS before they are recorded.
+    pub(super) fn posts(&self) -> bool {
+        self.shared.oms.is_some()
+    }
+
+    /// True once the output failed or the OMS refused an alert.
     pub(super) fn failed(&self) -> bool {
-        self.shared.state.lock().failure.is_some()
+        let state = self.shared.state.lock();
+        state.failure.is_some() || state.refusal.is_some()
     }
 
     /// Resolves once the recorder accepts no more alerts.
@@ -193,9 +257,10 @@ impl Recorder {
     pub(super) fn finish(&self) -> anyhow::Result<SinkSummary> {
         self.flush();
         let state = self.shared.state.lock();
-        match &state.failure {
-            Some(failure) => Err(anyhow::anyhow!("writing alerts failed: {failure}")),
-            None => Ok(state.summary),
+        match (&state.failure, &state.refusal) {
+            (Some(failure), _) => Err(anyhow::anyhow!("writing alerts failed: {failure}")),
+            (None, Some(refusal)) => Err(anyhow::anyhow!("{refusal}")),
+            (None, None) => Ok(state.summary),
         }
     }
 }

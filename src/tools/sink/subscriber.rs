@@ -186,7 +186,7 @@ async fn session(
             }
             message = stream.message() => match message {
                 Ok(Some(alert)) => {
-                    if !recorder.record(&alert) {
+                    if !recorder.record(&alert).await {
                         acker.ack_last(recorder).await;
                         return Ok(SessionEnd::Stopped);
                     }

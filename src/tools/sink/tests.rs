@@ -7,9 +7,9 @@ use crate::proto::{AckResponse, Phase};
 use clap::Parser;
 use tokio_stream::wrappers::TcpListenerStream;
 
-const T0: i64 = 1_796_032_800_000; // 2026-11-30T10:00:00Z
+pub(super) const T0: i64 = 1_796_032_800_000; // 2026-11-30T10:00:00Z
 
-fn alert(sequence: u64) -> Alert {
+pub(super) fn alert(sequence: u64) -> Alert {
     Alert {
         alert_id: format!("poa-00db1234567890a0-0-{sequence}"),
         sequence,
@@ -137,6 +137,7 @@ async fn push_mode_records_and_acks_each_alert() -> anyhow::Result<()> {
         stdout: false,
         once_count: None,
         keep: Some(received.clone()),
+        ..RecordOptions::default()
     })?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -329,5 +330,78 @@ async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::
     assert_eq!(sequences, [1, 2, 3, 4, 5]);
     relay_stop.cancel();
     relay.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn format_and_post_flags() -> anyhow::Result<()> {
+    let default = Cli::try_parse_from(["sink"])?.sink;
+    assert_eq!((default.format, default.post), (Format::Json, None));
+    let cim = Cli::try_parse_from([
+        "sink",
+        "--format",
+        "cim",
+        "--post",
+        "https://oms.example/events",
+        "--post-ca",
+        "ca.pem",
+    ])?
+    .sink;
+    assert_eq!(cim.format, Format::Cim);
+    assert_eq!(cim.post.as_deref(), Some("https://oms.example/events"));
+    assert_eq!(cim.post_ca, Some(PathBuf::from("ca.pem")));
+    for bad in [
+        &["sink", "--format", "xml"][..],
+        &["sink", "--format", "cim", "--post-ca", "ca.pem"],
+    ] {
+        assert!(
+            Cli::try_parse_from(bad).is_err(),
+            "{bad:?} should be refused"
+        );
+    }
+    let json_post = Cli::try_parse_from(["sink", "--post", "http://127.0.0.1:1/"])?.sink;
+    let refused = run(json_post, CancellationToken::new()).await;
+    let error = refused.err().map(|err| format!("{err:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|err| err.contains("--format cim")),
+        "{error:?}"
+    );
+    let mut ftp = Cli::try_parse_from(["sink", "--format", "cim"])?.sink;
+    ftp.post = Some("ftp://oms.example/".to_owned());
+    let error = run(ftp, CancellationToken::new()).await.err();
+    assert!(
+        error.is_some_and(|err| err.to_string().contains("not an http:// or https:// URL")),
+        "an ftp:// OMS is refused"
+    );
+    Ok(())
+}
+
+#[test]
+fn post_ca_must_hold_certificates_and_go_with_https() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n")?;
+    let stop = CancellationToken::new();
+    let error = Oms::new("https://oms.example/", Some(&empty), stop.clone())
+        .err()
+        .map(|err| format!("{err:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|err| err.contains("holds no CERTIFICATE block")),
+        "{error:?}"
+    );
+    let error = Oms::new("http://oms.example/", Some(&empty), stop.clone())
+        .err()
+        .map(|err| format!("{err:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|err| err.contains("not an https:// URL")),
+        "{error:?}"
+    );
+    assert!(Oms::new("http://127.0.0.1:8080/events", None, stop).is_ok());
     Ok(())
 }
