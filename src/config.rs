@@ -1021,6 +1021,37 @@ mod tests {
     }
 
     #[test]
+    fn summaries_read_from_toml_and_refuse_values_that_cannot_work() {
+        let config = Config::from_toml(
+            r#"
+            [summaries]
+            storm_threshold = 50
+            feeder_min_share = 0.25
+            nested_after = "5m"
+            "#,
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.summaries.storm_threshold, 50);
+        assert_eq!(config.summaries.nested_after, Duration::from_secs(300));
+        assert_eq!(config.summaries.queue, DEFAULT_SUMMARY_QUEUE);
+        let refused = |change: fn(&mut SummariesConfig)| {
+            let mut config = Config::default();
+            change(&mut config.summaries);
+            config.validate().expect_err("refused").to_string()
+        };
+        assert!(refused(|s| s.feeder_min_share = 0.0).contains("feeder_min_share"));
+        assert!(refused(|s| s.feeder_min_share = 1.5).contains("feeder_min_share"));
+        assert!(refused(|s| s.feeder_min_supplies = 0).contains("feeder_min_supplies"));
+        assert!(refused(|s| s.queue = 0).contains("summaries.queue"));
+        assert!(refused(|s| s.nested_after = Duration::ZERO).contains("nested_after"));
+        assert!(
+            refused(|s| s.default_interval = Duration::from_millis(10))
+                .contains("default_interval")
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_line() {
         let err = Config::from_toml("debounce = \"3m\"\ndebunce = \"3m\"\n").expect_err("typo");
         let message = err.to_string();
