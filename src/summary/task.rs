@@ -338,3 +338,7 @@ pub fn to_proto(subscriber: String, summary: Summary) -> proto::OutageSummary {
             .collect(),
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;
