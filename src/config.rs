@@ -111,7 +111,7 @@ pub struct Config {
     pub metrics_tls: Option<MetricsTls>,
     /// Data directory for the embedded store.
     pub data_dir: PathBuf,
-    /// Device registry CSV (`device_id,mpan_core,gsp_group`).
+    /// Device registry CSV (`device_id,mpan_core,gsp_group[,substation_id,feeder_id]`).
     pub registry: Option<PathBuf>,
     /// The directory `Admin.ReloadRegistry` may load a file it names from; unset: the
     /// directory of `registry`.

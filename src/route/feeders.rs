@@ -42,6 +42,9 @@ impl Feeders {
     /// The feeder `(substation, feeder)`, added if new, with one more supply counted; `None`
     /// once [`MAX_FEEDERS`] are named.
     pub fn add_supply(&mut self, substation: &str, feeder: &str) -> Option<FeederId> {
+        if self.substation_index.is_empty() && !self.substations.is_empty() {
+            self.reindex();
+        }
         let station = match self.substation_index.get(substation) {
             Some(index) => *index,
             None => {
@@ -70,7 +73,21 @@ impl Feeders {
         Some(FeederId(index + 1))
     }
 
-    /// Drops the name maps only a load needs.
+    /// Rebuilds the name maps [`Feeders::finish`] dropped, to add to a loaded registry.
+    fn reindex(&mut self) {
+        self.by_name = vec![HashMap::default(); self.substations.len()];
+        for (index, (station, feeder, _)) in (0u32..).zip(&self.feeders) {
+            if let Some(names) = self.by_name.get_mut(*station as usize) {
+                names.insert(feeder.clone(), index);
+            }
+        }
+        self.substation_index = (0u32..)
+            .zip(&self.substations)
+            .map(|(index, name)| (name.clone(), index))
+            .collect();
+    }
+
+    /// Drops the name maps only a load needs (rebuilt if a feeder is added later).
     pub fn finish(&mut self) {
         self.by_name = Vec::new();
         self.substation_index = HashMap::default();

@@ -436,4 +436,19 @@ fn insert_on_feeder_registers_a_new_device_only() {
     assert_eq!(registry.get(id), Some(entry));
     let feeder = registry.feeder_of(id).and_then(|f| registry.feeder(f));
     assert_eq!(feeder.map(|f| (f.feeder, f.supplies)), Some(("F1", 1)));
+
+    // A loaded registry (its name maps dropped) still interns an added device's feeder.
+    let text = format!(
+        "{HEADER_WITH_FEEDERS}\n00-00-00-00-00-00-00-01,{},_C,SS-1,F1\n",
+        mpan(12, 2)
+    );
+    let mut loaded = load(&text).expect("loads");
+    let other = device("00-00-00-00-00-00-00-02");
+    assert!(loaded.insert_on_feeder(other, entry, "SS-1", "F1"));
+    let id = loaded.feeder_of(other).expect("on a feeder");
+    assert_eq!(
+        loaded.feeder_of(device("00-00-00-00-00-00-00-01")),
+        Some(id)
+    );
+    assert_eq!(loaded.feeder(id).map(|f| f.supplies), Some(2));
 }
