@@ -215,16 +215,23 @@ impl Summariser {
         }
     }
 
-    /// Applies what an owner sent.
+    /// Applies what an owner sent, all at once (the task applies large inputs in parts,
+    /// with [`Summariser::notes`], [`Summariser::release`] and [`Summariser::add_open`]).
     pub fn apply(&mut self, input: Input, places: &impl Locate) {
         match input {
-            Input::Notes(notes) => {
-                for note in notes {
-                    self.note(note, places);
-                }
+            Input::Notes(notes) => self.notes(&notes, places),
+            Input::Opened { partition, open } => {
+                self.release(partition);
+                self.add_open(&open, places);
             }
-            Input::Opened { partition, open } => self.opened(partition, &open, places),
             Input::Released { partition } => self.release(partition),
+        }
+    }
+
+    /// Applies notes, in order.
+    pub fn notes(&mut self, notes: &[Note], places: &impl Locate) {
+        for note in notes {
+            self.note(*note, places);
         }
     }
 
@@ -341,13 +348,13 @@ impl Summariser {
                     return;
                 };
                 self.open.insert(note.point, area);
-                self.add_open(area, note.at, true);
+                self.supply_off(area, note.at, true);
                 self.count(area, true);
             }
             Change::Restored => {
                 let area = match self.open.remove(&note.point) {
                     Some(area) => {
-                        self.remove_open(area, note.at);
+                        self.supply_on(area, note.at);
                         area
                     }
                     None => match self.area_of(note.point.device, note.mpan, places) {
@@ -365,20 +372,23 @@ impl Summariser {
         }
     }
 
-    fn opened(&mut self, partition: Partition, open: &[OpenPoint], places: &impl Locate) {
-        self.release(partition);
+    /// Adds outages an owner reports open (after [`Summariser::release`] of their partition):
+    /// open, but not losses of now.
+    pub fn add_open(&mut self, open: &[OpenPoint], places: &impl Locate) {
         for point in open {
             if self.open.contains_key(&point.point) {
                 continue;
             }
             if let Some(area) = self.area_of(point.point.device, point.mpan, places) {
                 self.open.insert(point.point, area);
-                self.add_open(area, point.lost_at, false);
+                self.supply_off(area, point.lost_at, false);
             }
         }
     }
 
-    fn release(&mut self, partition: Partition) {
+    /// Forgets the open outages of `partition` (its owner stopped here, or is about to say
+    /// again what is open in it).
+    pub fn release(&mut self, partition: Partition) {
         let partitions = self.settings.partitions;
         let mut gone = Vec::new();
         self.open.retain(|point, area| {
@@ -400,7 +410,7 @@ impl Summariser {
 
     /// One more supply off in `area` at `at`; a live loss (not one a snapshot reports)
     /// counts towards the loss rates and the feeder-outage test.
-    fn add_open(&mut self, index: u32, at: UtcMillis, live: bool) {
+    fn supply_off(&mut self, index: u32, at: UtcMillis, live: bool) {
         let settings = self.settings;
         let Some(area) = self.areas.get_mut(index as usize) else {
             return;
@@ -431,7 +441,7 @@ impl Summariser {
         mostly_restored(area, at);
     }
 
-    fn remove_open(&mut self, index: u32, at: UtcMillis) {
+    fn supply_on(&mut self, index: u32, at: UtcMillis) {
         if let Some(area) = self.areas.get_mut(index as usize) {
             area.open = area.open.saturating_sub(1);
             if area.open == 0 {

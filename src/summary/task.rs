@@ -27,8 +27,9 @@ use crate::telemetry;
 
 /// Summaries queued per watcher stream.
 const STREAM_BUFFER: usize = 4;
-/// Inputs applied in one turn of the loop before due summaries are looked at again.
-const INPUT_BATCH: usize = 64;
+/// Notes (or open outages) applied before the task yields, so that a storm's input never
+/// holds a runtime worker the owners need for long.
+const CHUNK: usize = 1024;
 
 /// What a watcher's stream carries.
 pub type SummaryItem = Result<proto::OutageSummary, Status>;
@@ -206,18 +207,41 @@ impl Task {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next), if next != far => self.send_due(),
                 Some(watch) = watches.recv() => self.start_watch(watch),
-                Some(input) = inputs.recv() => {
-                    let registry = self.router.registry();
-                    let places = Routed { router: &self.router, registry: &registry };
-                    self.summariser.apply(input, &places);
-                    for _ in 1..INPUT_BATCH {
-                        match inputs.try_recv() {
-                            Ok(input) => self.summariser.apply(input, &places),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(input) = inputs.recv() => self.take(input).await,
             }
+        }
+    }
+
+    /// Applies one input a [`CHUNK`] at a time, yielding between chunks.
+    async fn take(&mut self, input: Input) {
+        let (notes, open) = match input {
+            Input::Notes(notes) => (notes, Vec::new()),
+            Input::Opened { partition, open } => {
+                self.summariser.release(partition);
+                (Vec::new(), open)
+            }
+            Input::Released { partition } => {
+                self.summariser.release(partition);
+                return;
+            }
+        };
+        for chunk in notes.chunks(CHUNK) {
+            let registry = self.router.registry();
+            let places = Routed {
+                router: &self.router,
+                registry: &registry,
+            };
+            self.summariser.notes(chunk, &places);
+            tokio::task::yield_now().await;
+        }
+        for chunk in open.chunks(CHUNK) {
+            let registry = self.router.registry();
+            let places = Routed {
+                router: &self.router,
+                registry: &registry,
+            };
+            self.summariser.add_open(chunk, &places);
+            tokio::task::yield_now().await;
         }
     }
 
