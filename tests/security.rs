@@ -598,6 +598,7 @@ fn every_method(certs: &Certs) -> Vec<(&'static str, Option<&PemPair>)> {
         ("/outage_relay.v1.Ingest/PublishBatch", publisher),
         ("/outage_relay.v1.AlertFeed/Subscribe", ukpn),
         ("/outage_relay.v1.AlertFeed/Ack", ukpn),
+        ("/outage_relay.v1.AlertFeed/WatchSummaries", ukpn),
         ("/outage_relay.v1.Admin/GetDeviceState", admin),
         ("/outage_relay.v1.Admin/ListOpenOutages", admin),
         ("/outage_relay.v1.Admin/ListParkedAlerts", admin),
