@@ -268,7 +268,14 @@ impl Task {
             if live.next > now {
                 continue;
             }
-            live.next = (live.next + live.interval).max(now);
+            // A task that fell behind starts the watcher's rhythm again from now, rather than
+            // sending the turns it missed back to back.
+            let following = live.next + live.interval;
+            live.next = if following <= now {
+                now + live.interval
+            } else {
+                following
+            };
             if live.tx.is_closed() {
                 gone.push(live.id);
                 continue;
