@@ -1,6 +1,6 @@
-//! The summaries task on a paused clock: notes in, a summary per interval out, a stream
-//! that fills skips its turn without losing the window, and the task ends on shutdown with
-//! a watcher gone.
+//! The summaries task on a paused clock (notes in, a summary per interval out, a stream that
+//! fills skips its turn without losing the window, the task ends on shutdown with a watcher
+//! gone), and the owners' sender, which drops and counts rather than wait.
 
 use super::*;
 use crate::config::RoutingConfig;
@@ -131,4 +131,33 @@ async fn notes_become_a_summary_each_interval_for_the_subscribers_watcher() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     shutdown.cancel();
     running.await.expect("the task ends on shutdown");
+}
+
+#[test]
+fn a_full_queue_drops_the_notes_and_counts_them_without_waiting() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (tx, mut queued) = mpsc::channel(1);
+    let notes = NoteSender {
+        tx: Some(tx),
+        dropped: Counter::from_arc(Arc::clone(&dropped)),
+    };
+    let batch = |n| Input::Notes((1..=n).map(|d| lost(d, UtcMillis(T0))).collect());
+    notes.send(batch(2));
+    notes.send(batch(3));
+    notes.opened(0, Vec::new());
+    assert_eq!(
+        dropped.load(Ordering::Relaxed),
+        3,
+        "the second batch's three notes"
+    );
+    assert_eq!(queued.try_recv().ok(), Some(batch(2)));
+    drop(queued);
+    notes.send(batch(4));
+    assert_eq!(
+        dropped.load(Ordering::Relaxed),
+        3,
+        "stopped summaries are not drops"
+    );
+    NoteSender::disabled().send(batch(1));
 }
