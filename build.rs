@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
         "proto/outage_relay/v1/events.proto",
+        "proto/outage_relay/v1/summaries.proto",
         "proto/outage_relay/v1/alerts.proto",
         "proto/outage_relay/v1/admin.proto",
     ];

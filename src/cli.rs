@@ -65,7 +65,7 @@ pub struct ServeArgs {
     /// Data directory of the embedded store [default: outage-relay-data].
     #[arg(long, env = "OUTAGE_RELAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Device registry CSV (device_id,mpan_core,gsp_group).
+    /// Device registry CSV (device_id,mpan_core,gsp_group[,substation_id,feeder_id]).
     #[arg(long, env = "OUTAGE_RELAY_REGISTRY")]
     pub registry: Option<PathBuf>,
     /// Directory Admin.ReloadRegistry may load a file it names from [default: the directory

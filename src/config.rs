@@ -84,6 +84,20 @@ pub const DEFAULT_PUBLISHER_BURST_EVENTS: u32 = 500_000;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the TLS files are checked for a change (`tls.reload_interval`).
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `summaries.storm_threshold`: losses per minute, per subscriber.
+pub const DEFAULT_STORM_THRESHOLD: u64 = 1000;
+/// Default `summaries.feeder_min_supplies`.
+pub const DEFAULT_FEEDER_MIN_SUPPLIES: u64 = 20;
+/// Default `summaries.feeder_min_share`.
+pub const DEFAULT_FEEDER_MIN_SHARE: f64 = 0.5;
+/// Default `summaries.nested_after`.
+pub const DEFAULT_NESTED_AFTER: Duration = Duration::from_secs(600);
+/// Default `summaries.default_interval`.
+pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `summaries.min_interval`.
+pub const DEFAULT_SUMMARY_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `summaries.queue`.
+pub const DEFAULT_SUMMARY_QUEUE: usize = 4096;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,7 +111,7 @@ pub struct Config {
     pub metrics_tls: Option<MetricsTls>,
     /// Data directory for the embedded store.
     pub data_dir: PathBuf,
-    /// Device registry CSV (`device_id,mpan_core,gsp_group`).
+    /// Device registry CSV (`device_id,mpan_core,gsp_group[,substation_id,feeder_id]`).
     pub registry: Option<PathBuf>,
     /// The directory `Admin.ReloadRegistry` may load a file it names from; unset: the
     /// directory of `registry`.
@@ -130,6 +144,46 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Limits on hostile or runaway clients.
     pub limits: LimitsConfig,
+    /// Storm summaries (`AlertFeed.WatchSummaries`).
+    pub summaries: SummariesConfig,
+}
+
+/// Storm summaries: thresholds of the inferences and the summaries' own queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummariesConfig {
+    /// A subscriber is in a storm while its losses over the last minute are above this.
+    pub storm_threshold: u64,
+    /// Losses on one feeder within a minute that infer a feeder outage...
+    pub feeder_min_supplies: u64,
+    /// ...or this share (0 < share <= 1) of the feeder's registered supplies.
+    pub feeder_min_share: f64,
+    /// After most of a feeder outage is restored, supplies still off this long infer a
+    /// nested outage.
+    #[serde(with = "humantime_serde")]
+    pub nested_after: Duration,
+    /// Interval of a `SummaryRequest` that names none.
+    #[serde(with = "humantime_serde")]
+    pub default_interval: Duration,
+    /// Shortest interval a `SummaryRequest` may ask for.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Note batches queued from the owners to the summaries before notes are dropped.
+    pub queue: usize,
+}
+
+impl Default for SummariesConfig {
+    fn default() -> Self {
+        Self {
+            storm_threshold: DEFAULT_STORM_THRESHOLD,
+            feeder_min_supplies: DEFAULT_FEEDER_MIN_SUPPLIES,
+            feeder_min_share: DEFAULT_FEEDER_MIN_SHARE,
+            nested_after: DEFAULT_NESTED_AFTER,
+            default_interval: DEFAULT_SUMMARY_INTERVAL,
+            min_interval: DEFAULT_SUMMARY_MIN_INTERVAL,
+            queue: DEFAULT_SUMMARY_QUEUE,
+        }
+    }
 }
 
 /// Transport security of the gRPC listener.
@@ -494,6 +548,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            summaries: SummariesConfig::default(),
         }
     }
 }
@@ -667,10 +722,39 @@ impl Config {
             );
         }
         self.validate_routing()?;
+        self.validate_summaries()?;
         self.validate_limits()?;
         self.validate_jetstream()?;
         self.validate_tls()?;
         self.validate_metrics_tls()
+    }
+
+    fn validate_summaries(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let summaries = &self.summaries;
+        if summaries.feeder_min_supplies == 0 || summaries.queue == 0 {
+            return invalid(
+                "summaries.feeder_min_supplies and summaries.queue must be at least 1".into(),
+            );
+        }
+        if !(summaries.feeder_min_share > 0.0 && summaries.feeder_min_share <= 1.0) {
+            return invalid(format!(
+                "summaries.feeder_min_share = {} is not a share above 0 and at most 1",
+                summaries.feeder_min_share
+            ));
+        }
+        if summaries.nested_after.is_zero() || summaries.min_interval.is_zero() {
+            return invalid(
+                "summaries.nested_after and summaries.min_interval must be greater than zero"
+                    .into(),
+            );
+        }
+        if summaries.default_interval < summaries.min_interval {
+            return invalid(
+                "summaries.default_interval is shorter than summaries.min_interval".into(),
+            );
+        }
+        Ok(())
     }
 
     fn validate_metrics_tls(&self) -> Result<(), ConfigError> {
@@ -934,6 +1018,37 @@ mod tests {
         assert_eq!(config.ingest.max_batch_events, 50);
         assert_eq!(config.ingest.max_event_id_len, DEFAULT_MAX_EVENT_ID_LEN);
         config.validate().expect("valid");
+    }
+
+    #[test]
+    fn summaries_read_from_toml_and_refuse_values_that_cannot_work() {
+        let config = Config::from_toml(
+            r#"
+            [summaries]
+            storm_threshold = 50
+            feeder_min_share = 0.25
+            nested_after = "5m"
+            "#,
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.summaries.storm_threshold, 50);
+        assert_eq!(config.summaries.nested_after, Duration::from_secs(300));
+        assert_eq!(config.summaries.queue, DEFAULT_SUMMARY_QUEUE);
+        let refused = |change: fn(&mut SummariesConfig)| {
+            let mut config = Config::default();
+            change(&mut config.summaries);
+            config.validate().expect_err("refused").to_string()
+        };
+        assert!(refused(|s| s.feeder_min_share = 0.0).contains("feeder_min_share"));
+        assert!(refused(|s| s.feeder_min_share = 1.5).contains("feeder_min_share"));
+        assert!(refused(|s| s.feeder_min_supplies = 0).contains("feeder_min_supplies"));
+        assert!(refused(|s| s.queue = 0).contains("summaries.queue"));
+        assert!(refused(|s| s.nested_after = Duration::ZERO).contains("nested_after"));
+        assert!(
+            refused(|s| s.default_interval = Duration::from_millis(10))
+                .contains("default_interval")
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@
 //! - [`route`]: device registry and routing table.
 //! - [`deliver`]: subscriber feeds (server streaming with resume and cumulative acks) and push
 //!   delivery to DNO-hosted receivers, over the alert log.
+//! - [`summary`]: storm summaries beside the alerts: owners' loss and restoration notes,
+//!   per-area counts and inferences (the pure [`summary::Summariser`]), sent every interval
+//!   on `AlertFeed.WatchSummaries`.
 //! - [`sla`]: the deadline watch, one per subscriber.
 //! - [`timers`]: the due-time queues the owners and SLA watches fire from.
 //! - [`admin`]: the operator gRPC service.
@@ -61,6 +64,7 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod sla;
+pub mod summary;
 pub mod telemetry;
 pub mod timers;
 pub mod tools;

@@ -43,6 +43,7 @@ use crate::runtime::Tasks;
 use crate::security::limits::{DecodeRefusalLayer, StreamLimiter};
 use crate::security::reload::{Hangups, LiveTls, tls_incoming};
 use crate::security::{Guard, IdentityMap, Role};
+use crate::summary;
 use crate::telemetry::Metrics;
 
 /// The backend's parts: the seam's implementations for the configured backend.
@@ -164,6 +165,25 @@ pub async fn run(
         Arc::clone(&table),
         clock,
     ));
+    let tasks = Tasks::default();
+    let (notes, summaries, summarising) = summary::start(
+        &summary::TaskSettings {
+            summariser: summary::Settings {
+                storm_threshold: config.summaries.storm_threshold,
+                feeder_min_supplies: config.summaries.feeder_min_supplies,
+                feeder_min_share: config.summaries.feeder_min_share,
+                nested_after: config.summaries.nested_after,
+                partitions: parts.partitions,
+            },
+            queue: config.summaries.queue,
+            default_interval: config.summaries.default_interval,
+            min_interval: config.summaries.min_interval,
+        },
+        Arc::clone(&router),
+        clock,
+        shutdown.clone(),
+    );
+    tasks.spawn("summaries", summarising);
     let context = Arc::new(OwnerContext {
         events: Arc::clone(&parts.events),
         alerts: Arc::clone(&parts.alerts),
@@ -188,8 +208,8 @@ pub async fn run(
         queue: config.shard_queue,
         in_flight: config.store.commit_queue,
         owners: Arc::clone(&owners),
+        summaries: notes,
     });
-    let tasks = Tasks::default();
     let stages = CancellationToken::new();
     let hangups = Hangups::listen();
     match &server_tls {
@@ -269,6 +289,7 @@ pub async fn run(
         shutdown.clone(),
         tasks.clone(),
         streams,
+        summaries,
     );
     let admin = AdminService::new(
         owners,

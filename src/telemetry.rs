@@ -85,6 +85,10 @@ pub const JETSTREAM_ERRORS: &str = "outage_relay_jetstream_errors_total";
 pub const OWNER_ERRORS: &str = "outage_relay_owner_errors_total";
 /// Records cut from the end of a log at start (a torn write), by `log`.
 pub const LOG_TORN_TAILS: &str = "outage_relay_log_torn_tails_total";
+/// Storm summaries sent to watchers.
+pub const SUMMARIES_SENT: &str = "outage_relay_summaries_sent_total";
+/// Owners' notes for summaries dropped because the summaries task's queue was full.
+pub const SUMMARY_NOTES_DROPPED: &str = "outage_relay_summary_notes_dropped_total";
 
 /// Why a call was refused at the edge, the `reason` label of [`CALLS_REFUSED`].
 pub const REFUSE_REASONS: [&str; 6] = [
@@ -150,6 +154,14 @@ fn describe() {
         "Device events refused by validation, by reason"
     );
     describe_counter!(ALERTS, "Alerts emitted, by kind");
+    describe_counter!(
+        SUMMARIES_SENT,
+        "Storm summaries sent to WatchSummaries streams"
+    );
+    describe_counter!(
+        SUMMARY_NOTES_DROPPED,
+        "Loss and restoration notes dropped on their way to the summaries (queue full)"
+    );
     describe_counter!(
         ALERTS_PARKED,
         "Alerts that routed to no subscriber, by reason"

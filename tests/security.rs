@@ -20,6 +20,7 @@ use outage_relay::proto::ingest_client::IngestClient;
 use outage_relay::proto::{
     AckRequest, EventBatch, GetDeliveryStatusRequest, GetDeviceStateRequest,
     ListOpenOutagesRequest, ListParkedAlertsRequest, ReloadRegistryRequest, SubscribeRequest,
+    SummaryRequest,
 };
 use outage_relay::security::Role;
 use outage_relay::tools::sink::{ReceivedAlerts, RecordOptions, Recorder, serve_receiver};
@@ -151,6 +152,16 @@ async fn every_call(channel: Channel, feed_of: &str) -> Vec<(&'static str, Code)
             code(feed.subscribe(subscribe(feed_of)).await),
         ),
         ("AlertFeed.Ack", code(feed.ack(ack(feed_of)).await)),
+        (
+            "AlertFeed.WatchSummaries",
+            code(
+                feed.watch_summaries(SummaryRequest {
+                    subscriber: feed_of.to_owned(),
+                    interval: None,
+                })
+                .await,
+            ),
+        ),
         (
             "Admin.GetDeviceState",
             code(
@@ -308,6 +319,12 @@ async fn a_dno_reads_its_own_feed_and_no_other_by_any_call() {
     })
     .await
     .expect("UKPN acknowledges its own feed");
+    feed.watch_summaries(SummaryRequest {
+        subscriber: "ukpn".into(),
+        interval: None,
+    })
+    .await
+    .expect("UKPN watches its own summaries");
 
     // NGED, also a subscriber, reaches UKPN's alerts by no call at all.
     let nged = channel(&relay, &certs.pki.ca, Some(&certs.nged)).await;
@@ -581,6 +598,7 @@ fn every_method(certs: &Certs) -> Vec<(&'static str, Option<&PemPair>)> {
         ("/outage_relay.v1.Ingest/PublishBatch", publisher),
         ("/outage_relay.v1.AlertFeed/Subscribe", ukpn),
         ("/outage_relay.v1.AlertFeed/Ack", ukpn),
+        ("/outage_relay.v1.AlertFeed/WatchSummaries", ukpn),
         ("/outage_relay.v1.Admin/GetDeviceState", admin),
         ("/outage_relay.v1.Admin/ListOpenOutages", admin),
         ("/outage_relay.v1.Admin/ListParkedAlerts", admin),

@@ -6,11 +6,15 @@
 //! that leaves shows as a closed channel and ends the task; nothing is lost, because the
 //! cursor only moves on `Ack`, and an ack is answered once it is durable.
 //!
-//! A caller identified by certificate may subscribe to and ack only its own feed
-//! (`PERMISSION_DENIED` otherwise, checked before the name is even looked up), and a
-//! connection may hold only so many open streams.
+//! `WatchSummaries` streams the subscriber's storm summaries (see `crate::summary`), from the
+//! summaries task, every interval the request asks for.
+//!
+//! A caller identified by certificate may subscribe to, ack and watch the summaries of only
+//! its own feed (`PERMISSION_DENIED` otherwise, checked before the name is even looked up),
+//! and a connection may hold only so many open streams.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +30,8 @@ use crate::route::{RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
 use crate::security::Caller;
 use crate::security::limits::{StreamLimiter, StreamPermit};
+use crate::summary::Summaries;
+use crate::summary::task::SummaryItem;
 
 const READ_BATCH: usize = 256;
 
@@ -37,17 +43,19 @@ pub struct FeedService {
     shutdown: CancellationToken,
     tasks: Tasks,
     streams: Arc<StreamLimiter>,
+    summaries: Summaries,
 }
 
 impl FeedService {
     /// A feed over the shared delivery state; `buffer` alerts are queued per stream, and
-    /// `streams` bounds open streams per connection.
+    /// `streams` bounds open streams per connection; `summaries` serves `WatchSummaries`.
     pub fn new(
         delivery: Arc<Delivery>,
         buffer: usize,
         shutdown: CancellationToken,
         tasks: Tasks,
         streams: Arc<StreamLimiter>,
+        summaries: Summaries,
     ) -> Self {
         Self {
             delivery,
@@ -55,6 +63,7 @@ impl FeedService {
             shutdown,
             tasks,
             streams,
+            summaries,
         }
     }
 
@@ -69,6 +78,26 @@ impl FeedService {
 #[tonic::async_trait]
 impl AlertFeed for FeedService {
     type SubscribeStream = ReceiverStream<Result<proto::Alert, Status>>;
+    type WatchSummariesStream = ReceiverStream<SummaryItem>;
+
+    async fn watch_summaries(
+        &self,
+        request: Request<proto::SummaryRequest>,
+    ) -> Result<Response<Self::WatchSummariesStream>, Status> {
+        Caller::of(&request)?.may_read(&request.get_ref().subscriber)?;
+        let permit = self.streams.acquire(request.remote_addr())?;
+        let request = request.into_inner();
+        let subscriber = self.log_of(&request.subscriber)?;
+        let interval = match request.interval {
+            Some(interval) => Some(Duration::try_from(interval).map_err(|_| {
+                RelayError::InvalidArgument("interval must not be negative".into())
+            })?),
+            None => None,
+        };
+        let summaries = self.summaries.watch(subscriber, interval, permit).await?;
+        tracing::info!(subscriber = %request.subscriber, "summary watcher connected");
+        Ok(Response::new(ReceiverStream::new(summaries)))
+    }
 
     async fn subscribe(
         &self,

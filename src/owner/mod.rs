@@ -19,6 +19,9 @@
 //! at that position, and truncates the event log behind it. An append that fails fences the
 //! partition: ingest is refused until a restart rebuilds it from the log.
 //!
+//! Once serving, an owner sends the summaries its open outages, then a note of every outage
+//! opened or closed after each record, without waiting (see `crate::summary`).
+//!
 //! A registry reload is noticed before the next alerts are routed: the owner first stores
 //! everything in flight, then routes its parked alerts again with the new registry, so a
 //! point's alerts stay in order.
@@ -41,6 +44,7 @@ use crate::error::RelayError;
 use crate::ingest::Admission;
 use crate::log::{AlertLog, Checkpoints, EventLog, Lease, OwnerAnswer, OwnerQuery, Partition};
 use crate::route::Router;
+use crate::summary::NoteSender;
 use crate::telemetry::Metrics;
 
 /// What an owner is asked to do.
@@ -235,6 +239,8 @@ pub struct OwnerContext {
     pub in_flight: usize,
     /// Where serving owners register.
     pub owners: Arc<Owners>,
+    /// Where owners send their loss and restoration notes for storm summaries.
+    pub summaries: NoteSender,
 }
 
 impl std::fmt::Debug for OwnerContext {

@@ -22,6 +22,7 @@ use crate::log::{
     OwnerAnswer, OwnerQuery, Partition, Sequencing, Stored,
 };
 use crate::route::{ParkReason, Registry, Route};
+use crate::summary::{Input, OpenPoint};
 
 /// Timers fired, and their alerts appended, at a time: the writer commits one chunk while the
 /// owner fires the next.
@@ -108,6 +109,7 @@ pub(super) async fn run(partition: Partition, lease: Lease, ctx: Arc<OwnerContex
         tracing::warn!(partition, %err, "partition owner ended");
     }
     ctx.owners.set(partition, None);
+    ctx.summaries.send(Input::Released { partition });
     owner.report_gauges(true);
     owner.lag.set(0.0);
 }
@@ -368,6 +370,7 @@ impl Owner {
         let report = self
             .state
             .apply(&record, Some(&mut accepted), &mut self.counts);
+        self.send_notes();
         self.ctx.metrics.events(&std::mem::take(&mut self.counts));
         self.changed_since_checkpoint = true;
         let result = if accepted.is_empty() {
@@ -414,6 +417,7 @@ impl Owner {
     fn apply_logged(&mut self, logged: &Logged, pending: &mut Pending) {
         self.fire_due(logged.record.arrival, pending);
         self.state.apply(&logged.record, None, &mut self.counts);
+        self.send_notes();
         self.position = logged.position;
         self.events_since_checkpoint += logged.record.events.len() as u64;
         self.changed_since_checkpoint = true;
@@ -428,6 +432,26 @@ impl Owner {
             self.replaying = false;
             self.counts = [[0; crate::debounce::Outcome::ALL.len()]; 2];
             self.ctx.alerts.replayed(self.partition);
+            let open = self
+                .state
+                .open_outages()
+                .map(|(point, outage)| OpenPoint {
+                    point,
+                    mpan: outage.mpan,
+                    lost_at: outage.lost_at,
+                })
+                .collect();
+            self.ctx.summaries.opened(self.partition, open);
+            self.state.set_noting(true);
+        }
+    }
+
+    /// Sends the summaries what the last record opened and closed (nothing while replaying:
+    /// the open outages are sent once, when the replay ends).
+    fn send_notes(&mut self) {
+        let notes = self.state.take_notes();
+        if !notes.is_empty() {
+            self.ctx.summaries.send(Input::Notes(notes));
         }
     }
 

@@ -274,6 +274,7 @@ fn start_owner() -> Fixture {
         queue: 16,
         in_flight: 16,
         owners: Arc::new(Owners::new(PARTITIONS)),
+        summaries: crate::summary::NoteSender::disabled(),
     });
     let stop = CancellationToken::new();
     let (_renew, window) = watch::channel(Instant::now() + Duration::from_secs(24 * 3600));

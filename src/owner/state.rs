@@ -11,12 +11,16 @@
 //! knows no earlier record can still follow. The timers are a [`DueQueue`] keyed by due
 //! time: they fire by log time, not by a runtime's clock, and always in `(due time, supply
 //! point)` order, so a replay decides what the live run decided.
+//!
+//! While noting is on ([`PartitionState::set_noting`]), each event that opens or closes an
+//! outage also leaves a [`Note`] for storm summaries ([`PartitionState::take_notes`]).
 
 use crate::debounce::dedup::EventIdWindow;
 use crate::debounce::{Arrival, Debouncer, Effects, OpenOutage, Outcome, Settings, Tombstone};
 use crate::domain::event::EventKey;
 use crate::domain::{Alert, DeviceEvent, DeviceId, EventKind, SupplyPoint, UtcMillis};
 use crate::log::EventRecord;
+use crate::summary::{Change, Note};
 use crate::timers::DueQueue;
 
 /// What applying a record did, for the publisher's ack.
@@ -62,6 +66,8 @@ pub struct PartitionState {
     dedup: EventIdWindow,
     log_time: UtcMillis,
     effects: Effects,
+    /// Notes for summaries since the last take; `None` while noting is off.
+    notes: Option<Vec<Note>>,
 }
 
 impl PartitionState {
@@ -73,6 +79,7 @@ impl PartitionState {
             dedup,
             log_time: UtcMillis(i64::MIN),
             effects: Effects::default(),
+            notes: None,
         }
     }
 
@@ -139,7 +146,16 @@ impl PartitionState {
                 if let Some(accepted) = accepted.as_deref_mut() {
                     accepted.push(*event);
                 }
-                self.machine.on_event(event, at, &mut self.effects)
+                let outcome = self.machine.on_event(event, at, &mut self.effects);
+                if let (Some(notes), Some(change)) = (&mut self.notes, Change::of(outcome)) {
+                    notes.push(Note {
+                        point: event.point,
+                        mpan: event.mpan,
+                        at: now,
+                        change,
+                    });
+                }
+                outcome
             } else {
                 report.duplicates += 1;
                 Outcome::Duplicate
@@ -177,6 +193,16 @@ impl PartitionState {
     /// Due time of the earliest timer still armed.
     pub fn next_due(&self) -> Option<UtcMillis> {
         self.timers.next_due()
+    }
+
+    /// Turns noting for summaries on or off (off: nothing is kept).
+    pub fn set_noting(&mut self, on: bool) {
+        self.notes = on.then(Vec::new);
+    }
+
+    /// The notes of the events applied since the last call, in order.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        self.notes.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Alerts emitted since the last call, in emission order.

@@ -92,6 +92,43 @@ fn a_late_loss_and_the_restoration_showing_it_short_in_one_record_give_nothing()
 }
 
 #[test]
+fn noting_keeps_what_opened_and_closed_outages_and_nothing_else() {
+    use crate::summary::{Change, Note};
+    let mut state = state();
+    apply(&mut state, &record(T0, vec![lost(1, T0)]));
+    assert!(state.take_notes().is_empty(), "noting is off by default");
+    state.set_noting(true);
+    let loss = lost(2, T0);
+    let batch = vec![
+        loss,
+        loss,
+        lost(1, T0 + SECOND),
+        restored(2, T0 + 10 * SECOND),
+    ];
+    apply(&mut state, &record(T0 + 20 * SECOND, batch));
+    // The timer firing (a POA) is not a note.
+    state.advance(UtcMillis(T0 + 600 * SECOND));
+    let note = |device, change| Note {
+        point: point(device),
+        mpan: None,
+        at: UtcMillis(T0 + 20 * SECOND),
+        change,
+    };
+    assert_eq!(
+        state.take_notes(),
+        [note(2, Change::Lost), note(2, Change::Restored)],
+        "the duplicate and the second loss of an open outage note nothing"
+    );
+    assert!(state.take_notes().is_empty());
+    state.set_noting(false);
+    apply(
+        &mut state,
+        &record(T0 + 700 * SECOND, vec![restored(1, T0 + 650 * SECOND)]),
+    );
+    assert!(state.take_notes().is_empty());
+}
+
+#[test]
 fn a_late_loss_alone_alerts_right_after_its_record() {
     let mut state = state();
     let mut counts = [[0; Outcome::ALL.len()]; 2];

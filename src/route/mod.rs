@@ -1,6 +1,7 @@
 //! Routing: which subscriber (DNO) an alert goes to.
 //!
-//! A device is looked up in the [`Registry`] (device EUI-64 → MPAN core, GSP group); a device
+//! A device is looked up in the [`Registry`] (device EUI-64 → MPAN core, GSP group, and the
+//! feeder it is on when the registry names one, for storm summaries); a device
 //! that is not registered is routed by the MPAN its event carried, if any. The MPAN's first
 //! two digits are the distributor ID, and the [`RoutingTable`] names its owner:
 //!
@@ -12,6 +13,7 @@
 //! An alert that routes nowhere is parked with a [`ParkReason`], never dropped. The registry
 //! can be replaced at run time ([`Router::replace_registry`]); the table is fixed at start.
 
+pub mod feeders;
 pub mod registry;
 pub mod table;
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use feeders::{Feeder, FeederId};
 pub use registry::{Registry, RegistryEntry, RegistryError, RowError};
 pub use table::{RoutingTable, SubscriberId};
 

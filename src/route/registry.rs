@@ -2,8 +2,12 @@
 //!
 //! ## File format
 //!
-//! CSV, UTF-8. The first line is exactly `device_id,mpan_core,gsp_group`; each following line
-//! is one device, e.g. `00-db-12-34-56-78-90-a0,1234567890126,_C`. Whitespace around fields
+//! CSV, UTF-8. The first line is exactly `device_id,mpan_core,gsp_group`, or
+//! `device_id,mpan_core,gsp_group,substation_id,feeder_id`; each following line is one device
+//! with as many fields as the header, e.g. `00-db-12-34-56-78-90-a0,1234567890126,_C` or
+//! `00-db-12-34-56-78-90-a0,1234567890126,_C,SS-0412,F3`. A feeder is the pair
+//! `(substation_id, feeder_id)`; both empty means the device's feeder is unknown, one empty
+//! alone is an error, and each is at most 64 bytes without control characters. Whitespace around fields
 //! is ignored, `\r\n` line ends are accepted, and so is a missing final newline. Each row must
 //! have a valid EUI-64, an MPAN core whose check digit holds, one of the 14 GSP groups, and,
 //! for a DNO-area MPAN (distributor 10–23), that area's own GSP group; no device may appear
@@ -20,7 +24,9 @@
 //!
 //! The fleet is 20–36 M devices. Each device costs one `HashMap` bucket of 17 bytes: an 8-byte
 //! key, an 8-byte packed entry (the MPAN's first 12 digits in 40 bits, the check digit being
-//! recomputed on read, and the GSP group in 4 bits) and hashbrown's 1 control byte. Tables
+//! recomputed on read, the GSP group in 4 bits, and the device's feeder as a 20-bit index into
+//! the registry's interned feeder names, [`Feeders`]) and hashbrown's 1 control byte, with or
+//! without feeders; a registry may name at most [`MAX_FEEDERS`] feeders. Tables
 //! are 7/8 full at most and double in size, so a device costs 19–39 bytes: about 1.1 GiB for
 //! 36 M devices. Loading adds 8 bytes per row while it runs (see `Loader`), and a reload
 //! holds the old registry until the new one is swapped in.
@@ -35,11 +41,14 @@ use std::path::Path;
 
 use csv::ByteRecord;
 
+use super::feeders::{self, Feeder, FeederId, Feeders, MAX_FEEDERS};
 use crate::domain::mpan::BadMpan;
 use crate::domain::{DeviceId, DistributorId, GspGroup, MpanCore};
 
 /// The line a registry file starts with.
 pub const HEADER: &str = "device_id,mpan_core,gsp_group";
+/// The header of a registry that also names each device's feeder.
+pub const HEADER_WITH_FEEDERS: &str = "device_id,mpan_core,gsp_group,substation_id,feeder_id";
 /// A failed load keeps this many row errors; it counts all of them.
 pub const MAX_REPORTED_ROWS: usize = 100;
 
@@ -49,6 +58,10 @@ const TYPICAL_ROW_BYTES: u64 = 41;
 const MAX_RESERVED_DEVICES: u64 = 1 << 26;
 /// The lowest DNO area; packed GSP groups are stored as their host area's offset from it.
 const FIRST_AREA: u8 = 10;
+/// The packed MPAN digits, above the 4 bits of the GSP group.
+const MPAN_MASK: u64 = (1 << 40) - 1;
+/// Where the feeder index starts in a packed entry.
+const FEEDER_SHIFT: u32 = 44;
 
 /// Where a registered device's supply is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,31 +73,68 @@ pub struct RegistryEntry {
 }
 
 impl RegistryEntry {
-    fn pack(self) -> u64 {
+    fn pack(self, feeder: Option<FeederId>) -> u64 {
         let area = self.gsp.host_distributor().0.saturating_sub(FIRST_AREA);
-        ((self.mpan.value() / 10) << 4) | u64::from(area & 0xF)
+        let feeder = u64::from(feeder.map_or(0, |id| id.0));
+        (feeder << FEEDER_SHIFT) | ((self.mpan.value() / 10) << 4) | u64::from(area & 0xF)
     }
 
     fn unpack(packed: u64) -> Option<Self> {
-        let mpan = MpanCore::with_check_digit(packed >> 4)?;
+        let mpan = MpanCore::with_check_digit((packed >> 4) & MPAN_MASK)?;
         let area = u8::try_from(packed & 0xF).ok()?;
         let gsp = GspGroup::of_area(DistributorId(FIRST_AREA + area))?;
         Some(Self { mpan, gsp })
     }
 }
 
+/// The feeder index of a packed entry, if it has one.
+fn feeder_bits(packed: u64) -> Option<FeederId> {
+    let index = u32::try_from(packed >> FEEDER_SHIFT).ok()?;
+    (index != 0).then_some(FeederId(index))
+}
+
 /// Device → supply lookup; immutable once loaded (a reload builds a new one).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Registry {
     /// Values are [`RegistryEntry::pack`]ed.
     devices: HashMap<DeviceId, u64>,
+    /// The feeders the values' feeder indexes name.
+    feeders: Feeders,
+}
+
+impl PartialEq for Registry {
+    /// The same devices, each with the same entry and feeder names (interning order aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.devices.keys().all(|device| {
+                other.devices.contains_key(device)
+                    && self.get(*device) == other.get(*device)
+                    && self
+                        .feeder_of(*device)
+                        .and_then(|id| self.feeder(id))
+                        .map(names)
+                        == other
+                            .feeder_of(*device)
+                            .and_then(|id| other.feeder(id))
+                            .map(names)
+            })
+    }
+}
+
+impl Eq for Registry {}
+
+fn names(feeder: Feeder<'_>) -> (&str, &str) {
+    (feeder.substation, feeder.feeder)
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry")
-            .field("devices", &self.devices.len())
-            .finish()
+        let mut debug = f.debug_struct("Registry");
+        debug.field("devices", &self.devices.len());
+        if !self.feeders.is_empty() {
+            debug.field("feeders", &self.feeders.len());
+        }
+        debug.finish()
     }
 }
 
@@ -136,9 +186,11 @@ pub enum RegistryError {
 
 fn header_reason(fields: usize) -> String {
     match fields {
-        0 => format!("blank or missing; a registry starts with the header {HEADER:?}"),
-        1 => format!("not the header {HEADER:?} (1 field)"),
-        n => format!("not the header {HEADER:?} ({n} fields)"),
+        0 => format!(
+            "blank or missing; a registry starts with the header {HEADER:?} or {HEADER_WITH_FEEDERS:?}"
+        ),
+        1 => format!("not the header {HEADER:?} or {HEADER_WITH_FEEDERS:?} (1 field)"),
+        n => format!("not the header {HEADER:?} or {HEADER_WITH_FEEDERS:?} ({n} fields)"),
     }
 }
 
@@ -186,6 +238,16 @@ impl Registry {
             .and_then(RegistryEntry::unpack)
     }
 
+    /// The feeder the device is on, when the registry names one.
+    pub fn feeder_of(&self, device: DeviceId) -> Option<FeederId> {
+        self.devices.get(&device).copied().and_then(feeder_bits)
+    }
+
+    /// The names of feeder `id` of this registry, and its registered supplies.
+    pub fn feeder(&self, id: FeederId) -> Option<Feeder<'_>> {
+        self.feeders.get(id)
+    }
+
     /// Number of registered devices.
     pub fn len(&self) -> usize {
         self.devices.len()
@@ -201,8 +263,28 @@ impl Registry {
     /// MPAN's GSP group is the area's own.
     pub fn insert(&mut self, device: DeviceId, entry: RegistryEntry) -> Option<RegistryEntry> {
         self.devices
-            .insert(device, entry.pack())
+            .insert(device, entry.pack(None))
             .and_then(RegistryEntry::unpack)
+    }
+
+    /// Registers a new device on feeder `feeder` of substation `substation`, like
+    /// [`Registry::insert`]; `false` (and nothing changed) when the device is already
+    /// registered or [`MAX_FEEDERS`] feeders are named.
+    pub fn insert_on_feeder(
+        &mut self,
+        device: DeviceId,
+        entry: RegistryEntry,
+        substation: &str,
+        feeder: &str,
+    ) -> bool {
+        if self.devices.contains_key(&device) {
+            return false;
+        }
+        let Some(id) = self.feeders.add_supply(substation, feeder) else {
+            return false;
+        };
+        self.devices.insert(device, entry.pack(Some(id)));
+        true
     }
 
     /// Every device and its entry, in no particular order.
@@ -214,13 +296,31 @@ impl Registry {
 
     /// Writes the registry in its file format, header first, sorted by device id, so that
     /// [`Registry::from_reader`] reads back the same registry.
+    /// The five-column format is written when any feeder is named.
     pub fn write_csv(&self, writer: impl Write) -> io::Result<()> {
         let mut rows: Vec<(DeviceId, RegistryEntry)> = self.iter().collect();
         rows.sort_unstable_by_key(|(device, _)| *device);
         let mut out = BufWriter::new(writer);
-        writeln!(out, "{HEADER}")?;
+        let with_feeders = !self.feeders.is_empty();
+        writeln!(
+            out,
+            "{}",
+            if with_feeders {
+                HEADER_WITH_FEEDERS
+            } else {
+                HEADER
+            }
+        )?;
         for (device, entry) in rows {
-            writeln!(out, "{device},{},{}", entry.mpan, entry.gsp)?;
+            write!(out, "{device},{},{}", entry.mpan, entry.gsp)?;
+            if with_feeders {
+                let (substation, feeder) = self
+                    .feeder_of(device)
+                    .and_then(|id| self.feeder(id))
+                    .map_or(("", ""), names);
+                write!(out, ",{substation},{feeder}")?;
+            }
+            writeln!(out)?;
         }
         out.flush()
     }
@@ -232,6 +332,9 @@ impl Registry {
 struct Loader {
     devices: HashMap<DeviceId, u64>,
     entries: Vec<u64>,
+    feeders: Feeders,
+    /// Fields per row: 3, or 5 with feeders.
+    columns: usize,
     errors: Vec<RowError>,
     total_errors: usize,
 }
@@ -241,6 +344,8 @@ impl Loader {
         Self {
             devices: HashMap::with_capacity(expected_rows),
             entries: Vec::with_capacity(expected_rows),
+            feeders: Feeders::default(),
+            columns: 3,
             errors: Vec::new(),
             total_errors: 0,
         }
@@ -264,7 +369,10 @@ impl Loader {
             .from_reader(reader.chain(&b"\n"[..]));
         let mut record = ByteRecord::new();
         let header = read_record(&mut csv, &mut record).map_err(io_error)?;
-        if header != Some(1) || !is_header(&record) {
+        let columns = header_columns(&record).filter(|_| header == Some(1));
+        if let Some(columns) = columns {
+            self.columns = columns;
+        } else {
             let blank = header != Some(1)
                 || (record.len() == 1 && record.as_slice().trim_ascii().is_empty());
             return Err(RegistryError::Header {
@@ -278,8 +386,8 @@ impl Loader {
                 self.reject(blank, "blank line".to_owned());
             }
             next_line = csv.position().line();
-            match parse_row(&record) {
-                Ok((device, entry)) => self.accept(line, device, entry),
+            match parse_row(&record, self.columns) {
+                Ok((device, entry, feeder)) => self.accept(line, device, entry, feeder),
                 Err(reason) => self.reject(line, reason),
             }
         }
@@ -290,7 +398,13 @@ impl Loader {
         self.finish(source_name)
     }
 
-    fn accept(&mut self, line: u64, device: DeviceId, entry: RegistryEntry) {
+    fn accept(
+        &mut self,
+        line: u64,
+        device: DeviceId,
+        entry: RegistryEntry,
+        feeder: Option<(&str, &str)>,
+    ) {
         match self.devices.entry(device) {
             Entry::Occupied(first) => {
                 let first_line = first.get() & u64::from(u32::MAX);
@@ -306,8 +420,23 @@ impl Loader {
                     self.reject(line, "registry has more than 2^32 lines".to_owned());
                     return;
                 };
+                let feeder = match feeder {
+                    Some((substation, feeder)) => {
+                        match self.feeders.add_supply(substation, feeder) {
+                            Some(id) => Some(id),
+                            None => {
+                                self.reject(
+                                    line,
+                                    format!("registry names more than {MAX_FEEDERS} feeders"),
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    None => None,
+                };
                 slot.insert((u64::from(ordinal) << 32) | u64::from(line32));
-                self.entries.push(entry.pack());
+                self.entries.push(entry.pack(feeder));
             }
         }
     }
@@ -330,13 +459,15 @@ impl Loader {
         let Self {
             mut devices,
             entries,
+            mut feeders,
             ..
         } = self;
         for value in devices.values_mut() {
             // Every ordinal indexes the entry pushed with it.
             *value = entries[(*value >> 32) as usize];
         }
-        Ok(Registry { devices })
+        feeders.finish();
+        Ok(Registry { devices, feeders })
     }
 }
 
@@ -355,28 +486,52 @@ fn read_record(
     Ok(Some(after.saturating_sub(1 + inner_newlines).max(before)))
 }
 
-fn is_header(record: &ByteRecord) -> bool {
+/// The number of fields the header announces (3, or 5 with feeders), if it is a header.
+fn header_columns(record: &ByteRecord) -> Option<usize> {
     let mut fields = record.iter().map(<[u8]>::trim_ascii);
     let first = fields
         .next()
         .map(|f| f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f));
-    first == Some(b"device_id")
+    let base = first == Some(b"device_id")
         && fields.next() == Some(b"mpan_core")
-        && fields.next() == Some(b"gsp_group")
-        && fields.next().is_none()
+        && fields.next() == Some(b"gsp_group");
+    match (base, fields.next(), fields.next(), fields.next()) {
+        (true, None, _, _) => Some(3),
+        (true, Some(b"substation_id"), Some(b"feeder_id"), None) => Some(5),
+        _ => None,
+    }
 }
 
-fn parse_row(record: &ByteRecord) -> Result<(DeviceId, RegistryEntry), String> {
-    let (Some(device), Some(mpan), Some(gsp), None) =
-        (record.get(0), record.get(1), record.get(2), record.get(3))
+/// A parsed row: the device, its entry, and its feeder's `(substation, feeder)` names when
+/// given.
+type Row<'a> = (DeviceId, RegistryEntry, Option<(&'a str, &'a str)>);
+
+/// A row of `columns` fields.
+fn parse_row(record: &ByteRecord, columns: usize) -> Result<Row<'_>, String> {
+    let (Some(device), Some(mpan), Some(gsp)) = (record.get(0), record.get(1), record.get(2))
     else {
-        if record.len() == 1 && record.as_slice().trim_ascii().is_empty() {
-            return Err("blank line".to_owned());
+        return Err(field_count(record, columns));
+    };
+    if record.len() != columns {
+        return Err(field_count(record, columns));
+    }
+    let feeder = match (record.get(3), record.get(4)) {
+        (Some(substation), Some(feeder)) => {
+            let substation = field("substation_id", substation)?;
+            let feeder = field("feeder_id", feeder)?;
+            feeders::check_name("substation_id", substation)?;
+            feeders::check_name("feeder_id", feeder)?;
+            match (substation.is_empty(), feeder.is_empty()) {
+                (true, true) => None,
+                (false, false) => Some((substation, feeder)),
+                _ => {
+                    return Err(
+                        "substation_id and feeder_id must be both given or both empty".to_owned(),
+                    );
+                }
+            }
         }
-        return Err(format!(
-            "expected 3 fields ({HEADER}), found {}",
-            record.len()
-        ));
+        _ => None,
     };
     // The reasons below name the field, not what it holds.
     let device = field("device_id", device)?
@@ -405,7 +560,22 @@ fn parse_row(record: &ByteRecord) -> Result<(DeviceId, RegistryEntry), String> {
             distributor.0
         ));
     }
-    Ok((device, RegistryEntry { mpan, gsp }))
+    Ok((device, RegistryEntry { mpan, gsp }, feeder))
+}
+
+fn field_count(record: &ByteRecord, columns: usize) -> String {
+    if record.len() == 1 && record.as_slice().trim_ascii().is_empty() {
+        return "blank line".to_owned();
+    }
+    let header = if columns == 5 {
+        HEADER_WITH_FEEDERS
+    } else {
+        HEADER
+    };
+    format!(
+        "expected {columns} fields ({header}), found {}",
+        record.len()
+    )
 }
 
 fn field<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a str, String> {

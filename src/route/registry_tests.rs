@@ -305,7 +305,8 @@ fn no_error_quotes_what_the_file_holds() {
     let err = load(&not_a_registry).expect_err("not a registry");
     assert_eq!(
         err.to_string(),
-        "registry registry.csv line 1: not the header \"device_id,mpan_core,gsp_group\" (1 field)"
+        "registry registry.csv line 1: not the header \"device_id,mpan_core,gsp_group\" or \
+         \"device_id,mpan_core,gsp_group,substation_id,feeder_id\" (1 field)"
     );
     let rows = [
         SECRET.to_owned(),
@@ -321,4 +322,133 @@ fn no_error_quotes_what_the_file_holds() {
     for line in 2..=6 {
         assert!(message.contains(&format!("line {line}: ")), "{message}");
     }
+}
+
+#[test]
+fn a_five_column_registry_names_each_devices_feeder_and_counts_its_supplies() {
+    let text = format!(
+        "device_id,mpan_core,gsp_group,substation_id,feeder_id\n\
+         00-00-00-00-00-00-00-01,{},_C, SS-1 ,F1\n\
+         00-00-00-00-00-00-00-02,{},_C,SS-1,F1\n\
+         00-00-00-00-00-00-00-03,{},_C,SS-2,F1\n\
+         00-00-00-00-00-00-00-04,{},_C,,\n",
+        mpan(12, 1),
+        mpan(12, 2),
+        mpan(12, 3),
+        mpan(12, 4)
+    );
+    let registry = load(&text).expect("loads");
+    assert_eq!(registry.len(), 4);
+    let feeder = |n: &str| {
+        registry
+            .feeder_of(device(n))
+            .and_then(|id| registry.feeder(id))
+            .map(|f| (f.substation.to_owned(), f.feeder.to_owned(), f.supplies))
+    };
+    assert_eq!(
+        feeder("00-00-00-00-00-00-00-01"),
+        Some(("SS-1".into(), "F1".into(), 2))
+    );
+    assert_eq!(
+        registry.feeder_of(device("00-00-00-00-00-00-00-01")),
+        registry.feeder_of(device("00-00-00-00-00-00-00-02"))
+    );
+    assert_eq!(
+        feeder("00-00-00-00-00-00-00-03"),
+        Some(("SS-2".into(), "F1".into(), 1))
+    );
+    assert_eq!(feeder("00-00-00-00-00-00-00-04"), None);
+    assert_eq!(
+        registry.get(device("00-00-00-00-00-00-00-03")),
+        Some(RegistryEntry {
+            mpan: mpan(12, 3),
+            gsp: gsp("_C"),
+        }),
+        "the feeder index leaves the packed entry intact"
+    );
+    let mut out = Vec::new();
+    registry.write_csv(&mut out).expect("written");
+    let written = String::from_utf8(out).expect("UTF-8");
+    assert!(written.starts_with(HEADER_WITH_FEEDERS), "{written}");
+    assert_eq!(load(&written).expect("loads back"), registry);
+    assert_eq!(
+        format!("{registry:?}"),
+        "Registry { devices: 4, feeders: 2 }"
+    );
+}
+
+#[test]
+fn feeder_columns_are_checked_row_by_row() {
+    let long = "x".repeat(65);
+    let text = format!(
+        "device_id,mpan_core,gsp_group,substation_id,feeder_id\n\
+         00-00-00-00-00-00-00-01,{},_C,SS-1,\n\
+         00-00-00-00-00-00-00-02,{},_C\n\
+         00-00-00-00-00-00-00-03,{},_C,{long},F1\n\
+         00-00-00-00-00-00-00-04,{},_C,SS-1,F1\n",
+        mpan(12, 1),
+        mpan(12, 2),
+        mpan(12, 3),
+        mpan(12, 4)
+    );
+    let (errors, total) = row_errors(&text);
+    assert_eq!(total, 3);
+    assert_eq!(
+        errors,
+        [
+            (
+                2,
+                "substation_id and feeder_id must be both given or both empty".to_owned()
+            ),
+            (
+                3,
+                "expected 5 fields (device_id,mpan_core,gsp_group,substation_id,feeder_id), \
+                 found 3"
+                    .to_owned()
+            ),
+            (4, "substation_id is longer than 64 bytes".to_owned()),
+        ]
+    );
+    let three = format!(
+        "device_id,mpan_core,gsp_group\n00-00-00-00-00-00-00-01,{},_C,SS-1,F1\n",
+        mpan(12, 1)
+    );
+    let (errors, _) = row_errors(&three);
+    assert_eq!(
+        errors,
+        [(
+            2,
+            "expected 3 fields (device_id,mpan_core,gsp_group), found 5".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn insert_on_feeder_registers_a_new_device_only() {
+    let mut registry = Registry::empty();
+    let entry = RegistryEntry {
+        mpan: mpan(12, 1),
+        gsp: gsp("_C"),
+    };
+    let id = device("00-db-12-34-56-78-90-a0");
+    assert!(registry.insert_on_feeder(id, entry, "SS-1", "F1"));
+    assert!(!registry.insert_on_feeder(id, entry, "SS-1", "F2"));
+    assert_eq!(registry.get(id), Some(entry));
+    let feeder = registry.feeder_of(id).and_then(|f| registry.feeder(f));
+    assert_eq!(feeder.map(|f| (f.feeder, f.supplies)), Some(("F1", 1)));
+
+    // A loaded registry (its name maps dropped) still interns an added device's feeder.
+    let text = format!(
+        "{HEADER_WITH_FEEDERS}\n00-00-00-00-00-00-00-01,{},_C,SS-1,F1\n",
+        mpan(12, 2)
+    );
+    let mut loaded = load(&text).expect("loads");
+    let other = device("00-00-00-00-00-00-00-02");
+    assert!(loaded.insert_on_feeder(other, entry, "SS-1", "F1"));
+    let id = loaded.feeder_of(other).expect("on a feeder");
+    assert_eq!(
+        loaded.feeder_of(device("00-00-00-00-00-00-00-01")),
+        Some(id)
+    );
+    assert_eq!(loaded.feeder(id).map(|f| f.supplies), Some(2));
 }

@@ -226,6 +226,14 @@ struct FakeFeed {
 #[tonic::async_trait]
 impl AlertFeed for FakeFeed {
     type SubscribeStream = ReceiverStream<Result<Alert, Status>>;
+    type WatchSummariesStream = ReceiverStream<Result<crate::proto::OutageSummary, Status>>;
+
+    async fn watch_summaries(
+        &self,
+        _request: Request<crate::proto::SummaryRequest>,
+    ) -> Result<Response<Self::WatchSummariesStream>, Status> {
+        Err(Status::unimplemented("the fake feed has no summaries"))
+    }
 
     async fn subscribe(
         &self,
