@@ -1,8 +1,9 @@
 //! The pure core of storm summaries: per-area counts, per-subscriber loss rates, per-watcher
 //! windows and the inferences, all by the times it is given (no clock, no I/O).
 //!
-//! - An **area** is GSP group × distributor × substation × feeder. It keeps its open supply
-//!   points, its losses of the last minute and its current *episode*: from its first loss
+//! - An **area** is GSP group × distributor × substation × feeder. It counts its open supply
+//!   points (per partition, so that a partition's can be forgotten: no per-supply state, so
+//!   summaries cost memory per area, not per outage), its losses of the last minute and its current *episode*: from its first loss
 //!   while nothing was open to the moment nothing is open again.
 //! - **FEEDER_OUTAGE**: within an episode, the area's losses of the last minute reached
 //!   `feeder_min_supplies`, or `feeder_min_share` of the feeder's registered supplies. It is
@@ -23,7 +24,7 @@ use hashbrown::Equivalent;
 
 use super::window::MinuteCounter;
 use super::{Change, Input, Note, OpenPoint};
-use crate::domain::{DeviceId, DistributorId, GspGroup, MpanCore, SupplyPoint, UtcMillis};
+use crate::domain::{DeviceId, DistributorId, GspGroup, MpanCore, UtcMillis};
 use crate::log::{Partition, partition_of};
 use crate::route::SubscriberId;
 
@@ -193,8 +194,9 @@ pub struct Summariser {
     areas: Vec<Area>,
     index: hashbrown::HashMap<AreaKey, u32, foldhash::fast::RandomState>,
     by_subscriber: HashMap<SubscriberId, Vec<u32>>,
-    /// Open supply points and their area.
-    open: HashMap<SupplyPoint, u32>,
+    /// Open supply points by area and partition. The owners' notes are exact (an outage is
+    /// noted opened once and closed once), so counts suffice.
+    open: HashMap<(u32, Partition), u64>,
     losses: HashMap<SubscriberId, MinuteCounter>,
     watchers: Vec<Watcher>,
     next_watch: u64,
@@ -236,8 +238,8 @@ impl Summariser {
     }
 
     /// Supply points known to be off.
-    pub fn open_count(&self) -> usize {
-        self.open.len()
+    pub fn open_count(&self) -> u64 {
+        self.open.values().sum()
     }
 
     /// Starts a watcher of `subscriber`'s areas; its first window starts at `now`.
@@ -339,36 +341,29 @@ impl Summariser {
     }
 
     fn note(&mut self, note: Note, places: &impl Locate) {
+        let Some(area) = self.area_of(note.point.device, note.mpan, places) else {
+            return;
+        };
+        let partition = partition_of(note.point.device, self.settings.partitions);
         match note.change {
             Change::Lost => {
-                if self.open.contains_key(&note.point) {
-                    return;
-                }
-                let Some(area) = self.area_of(note.point.device, note.mpan, places) else {
-                    return;
-                };
-                self.open.insert(note.point, area);
+                *self.open.entry((area, partition)).or_default() += 1;
                 self.supply_off(area, note.at, true);
                 self.count(area, true);
             }
             Change::Restored => {
-                let area = match self.open.remove(&note.point) {
-                    Some(area) => {
-                        self.supply_on(area, note.at);
-                        area
+                // Not counted open here (a note dropped on a full queue, or a registry reload
+                // that moved the supply): counted as restored, no count goes below zero.
+                if let Entry::Occupied(mut open) = self.open.entry((area, partition)) {
+                    *open.get_mut() -= 1;
+                    if *open.get() == 0 {
+                        open.remove();
                     }
-                    None => match self.area_of(note.point.device, note.mpan, places) {
-                        Some(area) => area,
-                        None => return,
-                    },
-                };
+                    self.supply_on(area, note.at);
+                }
                 self.count(area, false);
             }
-            Change::LearnedLate => {
-                if let Some(area) = self.area_of(note.point.device, note.mpan, places) {
-                    self.count(area, false);
-                }
-            }
+            Change::LearnedLate => self.count(area, false),
         }
     }
 
@@ -376,11 +371,9 @@ impl Summariser {
     /// open, but not losses of now.
     pub fn add_open(&mut self, open: &[OpenPoint], places: &impl Locate) {
         for point in open {
-            if self.open.contains_key(&point.point) {
-                continue;
-            }
             if let Some(area) = self.area_of(point.point.device, point.mpan, places) {
-                self.open.insert(point.point, area);
+                let partition = partition_of(point.point.device, self.settings.partitions);
+                *self.open.entry((area, partition)).or_default() += 1;
                 self.supply_off(area, point.lost_at, false);
             }
         }
@@ -389,18 +382,17 @@ impl Summariser {
     /// Forgets the open outages of `partition` (its owner stopped here, or is about to say
     /// again what is open in it).
     pub fn release(&mut self, partition: Partition) {
-        let partitions = self.settings.partitions;
         let mut gone = Vec::new();
-        self.open.retain(|point, area| {
-            let keep = partition_of(point.device, partitions) != partition;
+        self.open.retain(|(area, of), count| {
+            let keep = *of != partition;
             if !keep {
-                gone.push(*area);
+                gone.push((*area, *count));
             }
             keep
         });
-        for area in gone {
+        for (area, count) in gone {
             if let Some(area) = self.areas.get_mut(area as usize) {
-                area.open = area.open.saturating_sub(1);
+                area.open = area.open.saturating_sub(count);
                 if area.open == 0 {
                     area.episode = None;
                 }
