@@ -4,8 +4,8 @@
 //! |---|---|
 //! | log entry | `v=1` u8, kind u8, device u64, phase u8, lost_at i64, restored_at i64 (`i64::MIN` = none), due_at i64, deadline i64, emitted_at i64, received_at i64, learned_late u8, event_mpan u64 (`u64::MAX` = none), destination tag u8, then routed: subscriber u16, mpan u64, distributor u8, gsp letter u8 (0 = none); parked: reason u8, distributor u8 |
 //! | open outage | lost_at i64, received_at i64, state u8 (1 pending, 2 alerted), mpan u64 (`u64::MAX` = none) |
-//! | device event (JetStream) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
-//! | event record | `v=1` u8, arrival i64, received i64, event count u32, then per event: device u64, phase u8, event key u128, mpan u64, kind u8, lost_at or restored_at i64, restored's lost_at i64 (50 bytes) |
+//! | device event (JetStream messages of earlier versions; read only) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
+//! | event record (a segment record; a JetStream event message) | `v=1` u8, arrival i64, received i64, event count u32, then per event: device u64, phase u8, event key u128, mpan u64, kind u8, lost_at or restored_at i64, restored's lost_at i64 (50 bytes) |
 //!
 //! Decoding re-validates MPANs and enums; a record that fails is reported as corruption,
 //! never turned into a default.
@@ -243,7 +243,9 @@ pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
 
 const EVENT_VERSION: u8 = 1;
 
-/// Encodes a validated device event (for the JetStream events stream).
+/// Encodes a validated device event as earlier versions wrote each JetStream event message
+/// (now written only by tests: messages hold records).
+#[cfg(test)]
 pub fn encode_event(event: &DeviceEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + EVENT_BYTES);
     out.push(EVENT_VERSION);
@@ -288,7 +290,7 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes [`encode_event`]'s output.
+/// Decodes one device event as earlier versions wrote each JetStream event message.
 pub fn decode_event(bytes: &[u8]) -> Result<DeviceEvent, Corrupt> {
     let mut r = Reader::new(bytes, "device event");
     if r.u8()? != EVENT_VERSION {
@@ -329,13 +331,23 @@ const RECORD_VERSION: u8 = 1;
 
 /// Encodes an event record (a partition's log record).
 pub fn encode_record(record: &EventRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21 + record.events.len() * EVENT_BYTES);
+    encode_record_of(record.arrival, record.received, &record.events)
+}
+
+/// Encodes the record of `events` with those times, as [`encode_record`] does (for a part of
+/// a record, without copying the events).
+pub fn encode_record_of(
+    arrival: UtcMillis,
+    received: UtcMillis,
+    events: &[DeviceEvent],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + events.len() * EVENT_BYTES);
     out.push(RECORD_VERSION);
-    out.extend_from_slice(&record.arrival.0.to_le_bytes());
-    out.extend_from_slice(&record.received.0.to_le_bytes());
-    let count = u32::try_from(record.events.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&arrival.0.to_le_bytes());
+    out.extend_from_slice(&received.0.to_le_bytes());
+    let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&count.to_le_bytes());
-    for event in &record.events {
+    for event in events {
         push_event(&mut out, event);
     }
     out

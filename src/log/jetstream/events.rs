@@ -1,15 +1,23 @@
 //! The event log on JetStream: one subject per partition of the `{P}_EVENTS` stream.
 //!
-//! Ingest appends (the log sequences: JetStream stamps each message with its arrival). Each
-//! event is its own message whose `Nats-Msg-Id` is the event key (device and `event_id`), so
-//! JetStream drops a resend within the de-duplication window and says so in its ack; an
-//! append answers once every event is stored. A supply point's events are stored in order: a
-//! second event of a point is published only once the earlier ones are acknowledged, so a
-//! publish that fails (a leader just died) followed by one that succeeds cannot swap them.
+//! Ingest appends (the log sequences: JetStream stamps each message with its arrival). A
+//! partition's part of an ingest batch is one message (header `Outage-Relay-Record`, the
+//! event-record layout of `log::codec`), split only where it would pass
+//! [`EVENTS_PER_MESSAGE`]; the messages of one append are published without waiting for each
+//! other's acks (at most [`ACK_WINDOW`] in flight), and the append answers once every one is
+//! stored. A message's `Nats-Msg-Id` is an xxh3-128 of its event keys, so JetStream drops a
+//! resend of the same part within its de-duplication window and says so in its ack (its
+//! events count as duplicates); a resend cut differently is stored again and its events are
+//! dropped by the owner's event-id window when applied (they count as accepted). A supply
+//! point's events are stored in order: within a message they keep the batch's order, and a
+//! message holding a point of a message not yet acknowledged is published only after the
+//! earlier ones are, so a publish that fails (a leader just died) followed by one that
+//! succeeds cannot swap them.
 //!
 //! A mark is a message without payload (header `Outage-Relay-Mark`), no message id. Reading
-//! is an ordered consumer on the partition's subject: each message is a record of its one
-//! event (or a mark) whose arrival is its JetStream timestamp.
+//! is an ordered consumer on the partition's subject: each message is a record whose arrival
+//! is its JetStream timestamp. Messages of one event each without the record header (what
+//! earlier versions wrote) are still read.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,8 +32,8 @@ use futures::{FutureExt, StreamExt};
 use metrics::counter;
 
 use super::Cluster;
-use crate::domain::UtcMillis;
-use crate::log::codec::{decode_event, encode_event};
+use crate::domain::{DeviceEvent, SupplyPoint, UtcMillis};
+use crate::log::codec::{decode_event, decode_record, encode_record_of};
 use crate::log::{
     Appended, EventLog, EventReader, EventRecord, LogError, Logged, Partition, Sequencing,
 };
@@ -33,8 +41,13 @@ use crate::telemetry;
 
 /// Header marking a mark.
 const MARK: &str = "Outage-Relay-Mark";
+/// Header marking a message that holds an event record (several events).
+const RECORD: &str = "Outage-Relay-Record";
 /// Acks of one append awaited at a time.
 pub const ACK_WINDOW: usize = 1024;
+/// Events in one message at the most: 8,192 × 50 bytes stays well inside NATS's default
+/// 1 MiB payload.
+pub const EVENTS_PER_MESSAGE: usize = 8192;
 
 fn unavailable(what: &str, err: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!(
@@ -77,33 +90,35 @@ async fn publish(
             duplicates: 0,
         });
     }
-    let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
+    let mut acks: VecDeque<(PublishAckFuture, u64)> = VecDeque::new();
     let mut appended = Appended::default();
-    let mut unacked = HashSet::new();
-    for event in &record.events {
-        if !unacked.insert(event.point) {
+    let mut unacked: HashSet<SupplyPoint> = HashSet::new();
+    for part in record.events.chunks(EVENTS_PER_MESSAGE) {
+        if part.iter().any(|event| unacked.contains(&event.point)) {
             while let Some(ack) = acks.pop_front() {
                 count(&mut appended, ack).await?;
             }
             unacked.clear();
-            unacked.insert(event.point);
         }
         if acks.len() >= ACK_WINDOW
             && let Some(ack) = acks.pop_front()
         {
             count(&mut appended, ack).await?;
         }
+        unacked.extend(part.iter().map(|event| event.point));
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{:032x}", event.key.0).as_str(),
+            message_id(part).as_str(),
         );
+        headers.insert(RECORD, "1");
+        let payload = encode_record_of(record.arrival, record.received, part);
         let ack = cluster
             .js
-            .publish_with_headers(subject.clone(), headers, Bytes::from(encode_event(event)))
+            .publish_with_headers(subject.clone(), headers, Bytes::from(payload))
             .await
             .map_err(|err| unavailable("publish", err))?;
-        acks.push_back(ack);
+        acks.push_back((ack, part.len() as u64));
     }
     for ack in acks {
         count(&mut appended, ack).await?;
@@ -111,11 +126,24 @@ async fn publish(
     Ok(appended)
 }
 
-async fn count(appended: &mut Appended, ack: PublishAckFuture) -> Result<(), LogError> {
+/// The `Nats-Msg-Id` of a message holding `events`: the same events in the same order give
+/// the same id.
+fn message_id(events: &[DeviceEvent]) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for event in events {
+        hasher.update(&event.key.0.to_le_bytes());
+    }
+    format!("{:032x}", hasher.digest128())
+}
+
+async fn count(
+    appended: &mut Appended,
+    (ack, events): (PublishAckFuture, u64),
+) -> Result<(), LogError> {
     let ack = ack.await.map_err(|err| unavailable("ack", err))?;
     appended.position = appended.position.max(ack.sequence);
     if ack.duplicate {
-        appended.duplicates += 1;
+        appended.duplicates += events;
     }
     Ok(())
 }
@@ -211,23 +239,31 @@ impl EventReader for JsEventReader {
             i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
         );
         let position = info.stream_sequence;
-        let is_mark = message
-            .headers
-            .as_ref()
-            .is_some_and(|headers| headers.get(MARK).is_some());
-        let events = if is_mark {
-            Vec::new()
-        } else {
-            vec![decode_event(&message.payload)?]
+        let has = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .is_some_and(|headers| headers.get(name).is_some())
         };
-        Ok(Some(Logged {
-            position,
-            record: EventRecord {
+        let record = if has(MARK) {
+            EventRecord {
                 arrival,
                 received: arrival,
-                events,
-            },
-        }))
+                events: Vec::new(),
+            }
+        } else if has(RECORD) {
+            EventRecord {
+                arrival,
+                ..decode_record(&message.payload)?
+            }
+        } else {
+            EventRecord {
+                arrival,
+                received: arrival,
+                events: vec![decode_event(&message.payload)?],
+            }
+        };
+        Ok(Some(Logged { position, record }))
     }
 
     fn lag(&self) -> u64 {
