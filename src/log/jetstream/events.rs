@@ -270,3 +270,34 @@ impl EventReader for JsEventReader {
         self.lag
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DeviceId;
+    use crate::log::conformance::loss;
+
+    #[test]
+    fn a_message_id_names_the_events_and_their_order() {
+        let events: Vec<DeviceEvent> = (0..4).map(|n| loss(DeviceId(n), n as i64)).collect();
+        let again = events.clone();
+        assert_eq!(message_id(&events), message_id(&again), "a resend");
+        assert_ne!(
+            message_id(&events),
+            message_id(&events[..3]),
+            "cut differently"
+        );
+        let mut swapped = events.clone();
+        swapped.swap(0, 1);
+        assert_ne!(message_id(&events), message_id(&swapped), "another order");
+        assert_eq!(message_id(&events).len(), 32);
+    }
+
+    #[test]
+    fn a_batch_part_fits_a_message() {
+        let events: Vec<DeviceEvent> =
+            std::iter::repeat_n(loss(DeviceId(1), 0), EVENTS_PER_MESSAGE).collect();
+        let payload = encode_record_of(UtcMillis(0), UtcMillis(0), &events);
+        assert!(payload.len() < 1024 * 1024, "{} bytes", payload.len());
+    }
+}
