@@ -92,9 +92,11 @@ async fn publish(
     }
     let mut acks: VecDeque<(PublishAckFuture, u64)> = VecDeque::new();
     let mut appended = Appended::default();
+    // Points of messages not yet acknowledged; only a record of several messages needs them.
+    let several = record.events.len() > EVENTS_PER_MESSAGE;
     let mut unacked: HashSet<SupplyPoint> = HashSet::new();
     for part in record.events.chunks(EVENTS_PER_MESSAGE) {
-        if part.iter().any(|event| unacked.contains(&event.point)) {
+        if several && part.iter().any(|event| unacked.contains(&event.point)) {
             while let Some(ack) = acks.pop_front() {
                 count(&mut appended, ack).await?;
             }
@@ -105,7 +107,9 @@ async fn publish(
         {
             count(&mut appended, ack).await?;
         }
-        unacked.extend(part.iter().map(|event| event.point));
+        if several {
+            unacked.extend(part.iter().map(|event| event.point));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
