@@ -80,6 +80,9 @@ pub const LEASE_CHANGES: &str = "outage_relay_lease_changes_total";
 pub const ALERTS_DEDUPLICATED: &str = "outage_relay_alerts_deduplicated_total";
 /// Failed JetStream operations, by `operation` (publish, snapshot, consume).
 pub const JETSTREAM_ERRORS: &str = "outage_relay_jetstream_errors_total";
+/// Stalls of a subscriber's alert stream: a publish failed and its first retry too (the
+/// stream has no leader, or the cluster is unreachable), by `subscriber` (JetStream backend).
+pub const ALERT_STREAM_STALLS: &str = "outage_relay_alert_stream_stalls_total";
 /// Partition owners that ended on an error, and checkpoints not saved, by `what`
 /// (`partition`, `checkpoint`).
 pub const OWNER_ERRORS: &str = "outage_relay_owner_errors_total";
@@ -224,6 +227,10 @@ fn describe() {
     describe_counter!(
         JETSTREAM_ERRORS,
         "Failed JetStream operations, by operation"
+    );
+    describe_counter!(
+        ALERT_STREAM_STALLS,
+        "Stalls of a subscriber's alert stream (a publish and its first retry failed), by subscriber"
     );
     describe_counter!(
         OWNER_ERRORS,

@@ -30,6 +30,9 @@
 //! Names start with `store.jetstream.prefix` (`{P}` above), so several relays can share a
 //! cluster. nats-server 2.9 is enough; see `provision` for a client workaround it needs.
 
+pub mod alert_batch;
+pub mod alert_stream;
+pub mod alert_writer;
 pub mod alerts;
 pub mod checkpoints;
 pub mod events;
