@@ -77,8 +77,9 @@ pub struct JsAlerts {
     streams: Arc<[AlertStream]>,
     /// Each subscriber's writer on this instance, started with its first alert.
     writers: Arc<[OnceLock<mpsc::UnboundedSender<Job>>]>,
-    /// Partitions replaying: their alerts already stored after the checkpoint's heads.
-    guards: Arc<Mutex<HashMap<Partition, HashMap<AlertId, u64>>>>,
+    /// Partitions that replayed: their alerts already stored after the checkpoint's heads,
+    /// and since when (see [`GUARD_FOR`]).
+    guards: Arc<Mutex<HashMap<Partition, Guard>>>,
     /// One per partition: its parks run one at a time, in call order.
     order: Arc<[Arc<tokio::sync::Mutex<()>>]>,
 }
@@ -447,6 +448,15 @@ async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, 
     Ok(parked)
 }
 
+/// A replayed partition's alerts that were stored after its checkpoint, by id.
+type Guard = (tokio::time::Instant, HashMap<AlertId, u64>);
+
+/// How long a guard answers for a replayed partition. Not only the replay of its records
+/// emits alerts again: a timer the earlier owner had fired fires again at the next mark
+/// after the replay. A guard's entries go once answered; the guard goes after this long,
+/// as JetStream's duplicate window for a message sent again.
+const GUARD_FOR: Duration = Duration::from_secs(30 * 60);
+
 /// One subscriber's alerts of an append, and where each goes in the append's answer.
 type Part = (Vec<(Alert, Destination)>, Vec<usize>);
 
@@ -520,13 +530,14 @@ impl AlertLog for JsAlerts {
         let mut answers: Vec<Option<Stored>> = vec![None; total];
         let mut parts: HashMap<SubscriberId, Part> = HashMap::new();
         {
-            let guards = self.guards.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut guards = self.guards.lock().unwrap_or_else(|poison| poison.into_inner());
+            guards.retain(|_, (since, stored)| !stored.is_empty() && since.elapsed() < GUARD_FOR);
             let partitions = self.cluster.settings.partitions;
             for (index, (alert, route)) in alerts.into_iter().enumerate() {
                 let replayed = guards
-                    .get(&partition_of(alert.point.device, partitions))
-                    .and_then(|stored| stored.get(&alert.id()));
-                if let Some(&sequence) = replayed {
+                    .get_mut(&partition_of(alert.point.device, partitions))
+                    .and_then(|(_, stored)| stored.remove(&alert.id()));
+                if let Some(sequence) = replayed {
                     answers[index] = Some(Stored {
                         sequence,
                         duplicate: true,
@@ -752,14 +763,11 @@ impl AlertLog for JsAlerts {
         self.guards
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .insert(partition, stored);
+            .insert(partition, (tokio::time::Instant::now(), stored));
         Ok(())
     }
 
-    fn replayed(&self, partition: Partition) {
-        self.guards
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(&partition);
+    fn replayed(&self, _partition: Partition) {
+        // The guard stays: timers the earlier owner fired fire again after the replay.
     }
 }
