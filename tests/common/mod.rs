@@ -7,6 +7,7 @@
 //! hanging it; no test asserts how quickly anything happens.
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
+pub mod cluster;
 pub mod pki;
 pub mod process;
 pub mod storm;

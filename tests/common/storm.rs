@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outage_relay::domain::UtcMillis;
 use outage_relay::proto::admin_client::AdminClient;
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::ingest_client::IngestClient;
@@ -455,6 +456,12 @@ pub struct Receipt {
     pub emitted_by: String,
     /// Relay time of the emission, ms.
     pub emitted_at: i64,
+    /// When it was due, ms (a POA: loss + debounce; a PRA: its restoration).
+    pub due_at: i64,
+    /// Its SLA deadline, ms.
+    pub deadline: i64,
+    /// When the subscriber received it (the test's clock, which is the relays' clock), ms.
+    pub received_at: i64,
 }
 
 impl Receipt {
@@ -470,7 +477,15 @@ impl Receipt {
             subscriber: alert.subscriber.clone(),
             emitted_by: alert.emitted_by.clone(),
             emitted_at: ms(alert.emitted_at.as_ref()),
+            due_at: ms(alert.due_at.as_ref()),
+            deadline: ms(alert.deadline.as_ref()),
+            received_at: UtcMillis::system_now().0,
         }
+    }
+
+    /// Whether it is a POA.
+    pub fn is_poa(&self) -> bool {
+        self.kind == AlertKind::PowerOutage as i32
     }
 
     /// The ID its fields call for.

@@ -69,7 +69,11 @@ impl Placed {
 pub fn encode(alerts: &[(Alert, Destination)]) -> Bytes {
     let mut out = Vec::with_capacity(5 + alerts.len() * 104);
     out.push(BATCH_VERSION);
-    out.extend_from_slice(&u32::try_from(alerts.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(alerts.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     for (alert, destination) in alerts {
         let entry = encode_entry(alert, destination);
         out.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -207,7 +211,10 @@ mod tests {
         assert_eq!((entries[0].sequence, entries[0].alert), (17, alert));
         assert_eq!(
             Placed::of(None, 17).expect("placed"),
-            Placed { first: 17, count: 1 }
+            Placed {
+                first: 17,
+                count: 1
+            }
         );
     }
 
@@ -232,9 +239,7 @@ mod tests {
 
     #[test]
     fn a_cut_stays_under_the_message_limits() {
-        let many: Vec<_> = (0..(ALERTS_PER_MESSAGE as u64 + 10))
-            .map(routed)
-            .collect();
+        let many: Vec<_> = (0..(ALERTS_PER_MESSAGE as u64 + 10)).map(routed).collect();
         let cut = next_cut(&many);
         assert_eq!(cut, ALERTS_PER_MESSAGE);
         assert!(encode(&many[..cut]).len() <= MESSAGE_BYTES + 512);

@@ -88,7 +88,10 @@ impl AlertStream {
 
     /// Notes where the message at `stream_sequence` sits.
     pub fn remember(&self, stream_sequence: u64, placed: Placed) {
-        let mut known = self.known.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         known.insert(stream_sequence, placed);
         while known.len() > KNOWN_MAX {
             known.pop_first();
@@ -96,13 +99,19 @@ impl AlertStream {
     }
 
     fn recalled(&self, stream_sequence: u64) -> Option<Placed> {
-        let known = self.known.lock().unwrap_or_else(|poison| poison.into_inner());
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         known.get(&stream_sequence).copied()
     }
 
     /// The highest DNO sequence this instance knows was stored (0: none known).
     pub fn known_head(&self) -> u64 {
-        let known = self.known.lock().unwrap_or_else(|poison| poison.into_inner());
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         known.values().map(Placed::last).max().unwrap_or(0)
     }
 

@@ -530,7 +530,10 @@ impl AlertLog for JsAlerts {
         let mut answers: Vec<Option<Stored>> = vec![None; total];
         let mut parts: HashMap<SubscriberId, Part> = HashMap::new();
         {
-            let mut guards = self.guards.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut guards = self
+                .guards
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             guards.retain(|_, (since, stored)| !stored.is_empty() && since.elapsed() < GUARD_FOR);
             let partitions = self.cluster.settings.partitions;
             for (index, (alert, route)) in alerts.into_iter().enumerate() {
