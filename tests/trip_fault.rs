@@ -12,7 +12,8 @@
 //! obligation itself, not a speed test: how long the take-over took, and the due→received
 //! percentiles, are printed for the README and asserted on by nothing.
 //!
-//! Needs `NATS_URLS`, which `.ci/test` exports.
+//! Needs `NATS_URLS`, which `.ci/test` exports. `OUTAGE_RELAY_FAULT_KEEP=1` keeps the relays'
+//! logs of a run that passed.
 
 mod common;
 
@@ -174,5 +175,9 @@ async fn a_trip_loses_its_busiest_instance_and_every_alert_still_meets_its_deadl
     );
     if !failures.is_empty() {
         cluster::fail(seed, &failures, relays, dir);
+    }
+    if std::env::var_os("OUTAGE_RELAY_FAULT_KEEP").is_some() {
+        drop(relays);
+        println!("relay logs kept in {}", dir.keep().display());
     }
 }

@@ -172,18 +172,30 @@ impl JsAlerts {
             return Ok(found);
         }
         let partitions = self.cluster.settings.partitions;
-        let mut at = stream.locate(after + 1, &bounds).await?;
-        while at <= bounds.tail.stream {
-            if let Some(message) = stream.message(at).await? {
-                for entry in alert_batch::decode(Some(&message.headers), &message.payload, at)? {
-                    if entry.sequence > after
-                        && partition_of(entry.alert.point.device, partitions) == partition
-                    {
-                        found.insert(entry.alert.id(), entry.sequence);
-                    }
+        let start = stream.locate(after + 1, &bounds).await?;
+        // One consumer reads the range through, rather than a request per message.
+        let mut messages = open_reader(&self.cluster, stream.stream.clone(), None, start).await?;
+        let what = format!("alert stream of {}", stream.name);
+        loop {
+            let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| unavailable(&what, "the stream stopped answering"))?
+                .ok_or_else(|| unavailable(&what, "the consumer ended"))?
+                .map_err(|err| unavailable(&what, err))?;
+            let at = message
+                .info()
+                .map_err(|err| unavailable(&what, err))?
+                .stream_sequence;
+            for entry in alert_batch::decode(message.headers.as_ref(), &message.payload, at)? {
+                if entry.sequence > after
+                    && partition_of(entry.alert.point.device, partitions) == partition
+                {
+                    found.insert(entry.alert.id(), entry.sequence);
                 }
             }
-            at += 1;
+            if at >= bounds.tail.stream {
+                break;
+            }
         }
         Ok(found)
     }
