@@ -392,9 +392,10 @@ pub fn write_config(dir: &Path, prefix: &str, partitions: usize) -> PathBuf {
 /// How the alerts of a run were delivered, from each alert's first receipt.
 #[derive(Debug, Default)]
 pub struct Delivery {
-    /// POAs: due→received, ms, sorted.
+    /// POAs: ms from when each could first be emitted (its due time, or when its event
+    /// reached the relay if later: its `emitted_at`, log time) to its first receipt, sorted.
     pub poa_ms: Vec<i64>,
-    /// PRAs: due→received, ms, sorted.
+    /// PRAs: the same.
     pub pra_ms: Vec<i64>,
     /// Alerts first received after their SLA deadline, described.
     pub late: Vec<String>,
@@ -417,7 +418,7 @@ impl Delivery {
                     .or_insert(receipt);
             }
             for receipt in first.into_values() {
-                let latency = receipt.received_at - receipt.due_at;
+                let latency = receipt.received_at - receipt.due_at.max(receipt.emitted_at);
                 if receipt.is_poa() {
                     delivery.poa_ms.push(latency);
                 } else {
@@ -448,7 +449,8 @@ impl Delivery {
             }
             let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
             format!(
-                "{} alerts, due→received p50 {} ms, p99 {} ms, max {} ms",
+                "{} alerts, due→received (from when each could be emitted) p50 {} ms, p99 {} ms, \
+                 max {} ms",
                 sorted.len(),
                 at(0.5),
                 at(0.99),
