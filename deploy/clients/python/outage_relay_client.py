@@ -205,7 +205,9 @@ class StateFile:
         except (ValueError, KeyError, TypeError) as err:
             raise UsageError(f"{self.path} is not a state file of this client") from err
         if subscriber != self.subscriber:
-            raise UsageError(f"{self.path} is {subscriber!r}'s state, not {self.subscriber!r}'s")
+            raise UsageError(
+                f"{self.path} belongs to subscriber {subscriber!r}, not {self.subscriber!r}"
+            )
         if not isinstance(sequence, int) or sequence < 0:
             raise UsageError(f"{self.path}: acked_sequence must be a whole number")
         return sequence
@@ -560,17 +562,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     watch = commands.add_parser("watch-summaries", help="print storm summaries")
     for command in (subscribe, watch):
         command.add_argument(
-            "--target", default="http://127.0.0.1:50051", help="the relay (default %(default)s)"
+            "--target",
+            metavar="URL",
+            default="http://127.0.0.1:50051",
+            help="the relay (default %(default)s)",
         )
-        command.add_argument("--subscriber", required=True, help="whose alerts or areas, e.g. ukpn")
         command.add_argument(
-            "--output", type=Path, help="append JSON lines to FILE instead of stdout"
+            "--subscriber", metavar="NAME", required=True, help="whose alerts or areas, e.g. ukpn"
+        )
+        command.add_argument(
+            "--output",
+            type=Path,
+            metavar="FILE",
+            help="append JSON lines to FILE instead of stdout",
         )
         command.add_argument(
             "--once-count", type=positive, metavar="N", help="stop after N alerts or summaries"
         )
         command.add_argument(
-            "--proto-dir", type=Path, default=DEFAULT_PROTO_DIR, help="the relay's proto/ directory"
+            "--proto-dir",
+            metavar="DIR",
+            type=Path,
+            default=DEFAULT_PROTO_DIR,
+            help="the relay's proto/ directory",
         )
         command.add_argument(
             "--tls-ca",
