@@ -392,8 +392,9 @@ class Subscriber:
         saved = state.load() if state else 0
         #: The highest sequence handled: the stream resumes after it.
         self.handled = saved if saved > 0 else max(from_sequence - 1, 0)
-        #: The highest sequence acknowledged (and saved).
-        self.acked = saved
+        #: The highest sequence acknowledged (and saved), or skipped with ``from_sequence``:
+        #: alerts before ``from_sequence`` are never acknowledged by this client.
+        self.acked = self.handled
         #: Alerts handled in this run.
         self.received = 0
 
