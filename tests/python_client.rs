@@ -25,12 +25,17 @@ const CLIENT: &str = concat!(
     "/deploy/clients/python/outage_relay_client.py"
 );
 
-/// The venv's Python, with the client's requirements installed.
+/// The venv's Python, with the client's requirements installed (a relative path is taken
+/// from the repository root, where tests run).
 fn python() -> String {
-    std::env::var("OUTAGE_RELAY_PYTHON").expect(
+    let python = std::env::var("OUTAGE_RELAY_PYTHON").expect(
         "OUTAGE_RELAY_PYTHON is not set: run .ci/test, which makes the Python venv with \
          deploy/clients/python/requirements.txt and exports it",
-    )
+    );
+    std::path::absolute(&python)
+        .unwrap_or_else(|err| panic!("OUTAGE_RELAY_PYTHON={python}: {err}"))
+        .display()
+        .to_string()
 }
 
 /// Starts the client with `args` in `dir`; its stderr goes to `dir/{name}.err`.
