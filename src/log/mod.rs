@@ -384,6 +384,12 @@ pub trait AlertLog: Send + Sync + 'static {
 
     /// `partition`'s replay is over: its guard may be dropped.
     fn replayed(&self, partition: Partition);
+
+    /// `partition`'s owner acts under `lease` from now on. A backend that stores appends
+    /// later than they are made (queued behind other work, or retried) drops the
+    /// partition's appends once the lease is no longer valid, so that nothing an earlier
+    /// owner appended lands after a new owner read what was stored.
+    fn fence(&self, _partition: Partition, _lease: &Lease) {}
 }
 
 /// A partition's state at a position of its event log.

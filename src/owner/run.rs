@@ -130,6 +130,7 @@ impl Owner {
             }
             None => (Saved::default(), AlertHeads::default(), 0),
         };
+        ctx.alerts.fence(partition, &lease);
         ctx.alerts
             .guard_replay(partition, ctx.partitions, &heads)
             .await?;

@@ -392,8 +392,8 @@ pub fn write_config(dir: &Path, prefix: &str, partitions: usize) -> PathBuf {
 /// How the alerts of a run were delivered, from each alert's first receipt.
 #[derive(Debug, Default)]
 pub struct Delivery {
-    /// POAs: ms from when each could first be emitted (its due time, or when its event
-    /// reached the relay if later: its `emitted_at`, log time) to its first receipt, sorted.
+    /// POAs: ms from when each could first be emitted ([`Shared::could_emit`]) to its first
+    /// receipt, sorted.
     pub poa_ms: Vec<i64>,
     /// PRAs: the same.
     pub pra_ms: Vec<i64>,
@@ -418,7 +418,7 @@ impl Delivery {
                     .or_insert(receipt);
             }
             for receipt in first.into_values() {
-                let latency = receipt.received_at - receipt.due_at.max(receipt.emitted_at);
+                let latency = receipt.received_at - shared.could_emit(&receipt);
                 if receipt.is_poa() {
                     delivery.poa_ms.push(latency);
                 } else {

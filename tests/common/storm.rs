@@ -563,6 +563,8 @@ pub struct Shared {
     duplicates_acked: AtomicU64,
     /// Subscriber reconnects.
     reconnects: AtomicU64,
+    /// Per device, when each of its batches was acknowledged (the test's clock, ms).
+    accepted: Mutex<HashMap<String, Vec<i64>>>,
 }
 
 impl Shared {
@@ -580,6 +582,7 @@ impl Shared {
             batch_retries: AtomicU64::new(0),
             duplicates_acked: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            accepted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -590,6 +593,24 @@ impl Shared {
     /// What the subscribers saw go wrong, taken out.
     pub fn take_anomalies(&self) -> Vec<String> {
         std::mem::take(&mut *self.anomalies.lock().expect("anomalies lock"))
+    }
+
+    /// When `receipt`'s alert could first have been emitted, as far as the test can tell: its
+    /// due time, or, if later, when the last batch with an event of its device acknowledged
+    /// before the receipt was acknowledged (an upper bound when the device sent later events).
+    pub fn could_emit(&self, receipt: &Receipt) -> i64 {
+        let accepted = self.accepted.lock().expect("accepted lock");
+        let acks = accepted.get(&receipt.device).map_or(&[][..], Vec::as_slice);
+        // An alert can reach its subscriber before its batch's ack reaches the publisher:
+        // then the device's first ack stands in.
+        let event = acks
+            .iter()
+            .copied()
+            .filter(|&at| at <= receipt.received_at)
+            .max()
+            .or_else(|| acks.iter().copied().min())
+            .unwrap_or(i64::MIN);
+        receipt.due_at.max(event)
     }
 
     /// What subscriber `index` has received so far, in order.
@@ -851,6 +872,7 @@ async fn publisher(
     for (id, events) in batches.into_iter().enumerate() {
         pacing.before(start, id, count).await;
         let len = events.len() as u64;
+        let devices: Vec<String> = events.iter().map(|e| e.device_id.clone()).collect();
         let batch = EventBatch {
             events,
             batch_id: id as u64,
@@ -897,6 +919,13 @@ async fn publisher(
         assert_eq!(ack.accepted + ack.duplicates, len, "batch {id}: {ack:?}");
         assert_eq!(ack.batch_id, id as u64);
         shared.batches_acked.fetch_add(1, Ordering::Relaxed);
+        let now = UtcMillis::system_now().0;
+        {
+            let mut accepted = shared.accepted.lock().expect("accepted lock");
+            for device in devices {
+                accepted.entry(device).or_default().push(now);
+            }
+        }
         shared
             .duplicates_acked
             .fetch_add(ack.duplicates, Ordering::Relaxed);

@@ -10,12 +10,19 @@
 //! - a publish whose outcome is unknown (a timeout while a leader is elected) is sent again
 //!   unchanged: if the first copy was stored, the stream recognises the message id and
 //!   acknowledges the first copy, whose placement the writer then reads;
-//! - it keeps trying for up to [`STORE_WITHIN`], then fails the jobs of the group.
+//! - it keeps trying for up to [`STORE_WITHIN`], then fails the jobs of the group;
+//! - it stores nothing for a partition whose owner's lease is no longer valid (its fence,
+//!   [`crate::log::AlertLog::fence`]): a job queued under an ended lease is refused, and a
+//!   group being retried is given up once one of its partitions' leases ends. A new owner
+//!   reads what was stored after its checkpoint only once the lease ended, so nothing the
+//!   earlier owner appended lands after that read.
 //!
 //! Writers of different subscribers do not wait for each other: a stream without a leader
 //! holds up only its own subscriber's alerts. The queue is unbounded in type, but bounded in
 //! practice by the owners, which keep at most `store.commit_queue` appends in flight each.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -29,7 +36,7 @@ use super::EMITTED_BY;
 use super::alert_batch::{self, COUNT, FIRST, Placed};
 use super::alert_stream::{AlertStream, Tail};
 use crate::domain::Alert;
-use crate::log::{Destination, LogError, Stored};
+use crate::log::{Destination, Lease, LogError, Partition, Stored};
 use crate::telemetry;
 
 /// Alerts a writer takes from its queue in one turn.
@@ -39,11 +46,18 @@ pub const STORE_WITHIN: Duration = Duration::from_secs(20);
 /// First and longest wait before a message is sent again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Messages a writer has in flight at once (see [`Writer::pipeline`]).
+pub const WINDOW: usize = 8;
 /// How often the DNO's head is recorded in the cursors bucket while alerts are stored.
 const RECORD_HEAD_EVERY: Duration = Duration::from_secs(1);
 
+/// The leases under which this instance's owners act, by partition.
+pub type Fences = Arc<Mutex<HashMap<Partition, Lease>>>;
+
 /// Alerts of one append for one subscriber, and where to answer.
 pub struct Job {
+    /// The partition whose owner appended them (an append is one partition's).
+    pub partition: Partition,
     /// The alerts, in the order appended.
     pub alerts: Vec<(Alert, Destination)>,
     /// Resolved with one [`Stored`] per alert once all are stored.
@@ -51,10 +65,12 @@ pub struct Job {
 }
 
 /// Starts the writer of `stream`; its queue closes when every sender is dropped.
-pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Job> {
+pub fn spawn(stream: AlertStream, fences: Fences) -> mpsc::UnboundedSender<Job> {
     let (queue, jobs) = mpsc::unbounded_channel();
     let writer = Writer {
         stream,
+        fences,
+        group: Vec::new(),
         tail: None,
         head_recorded: (Instant::now(), 0),
     };
@@ -64,6 +80,9 @@ pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Job> {
 
 struct Writer {
     stream: AlertStream,
+    fences: Fences,
+    /// The partitions of the group being stored: a retry stops once one's lease ended.
+    group: Vec<Partition>,
     /// The stream's last message as far as this writer knows; `None`: read it first.
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
@@ -84,6 +103,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let (jobs, ended): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|job| self.valid(job.partition));
+            for job in ended {
+                let _ = job.done.send(Err(lease_ended(job.partition)));
+            }
+            self.group = jobs.iter().map(|job| job.partition).collect();
+            self.group.sort_unstable();
+            self.group.dedup();
             let alerts: Vec<(Alert, Destination)> = jobs
                 .iter()
                 .flat_map(|job| job.alerts.iter().copied())
@@ -108,22 +135,128 @@ impl Writer {
         }
     }
 
-    /// Stores `alerts` in order, one message after the other.
+    /// Whether `partition`'s owner may still have its alerts stored.
+    fn valid(&self, partition: Partition) -> bool {
+        self.fences
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&partition)
+            .is_none_or(Lease::valid)
+    }
+
+    /// The partition of the group being stored whose lease ended, if one did.
+    fn ended(&self) -> Option<Partition> {
+        self.group.iter().copied().find(|p| !self.valid(*p))
+    }
+
+    /// Stores `alerts` in order: windows of up to [`WINDOW`] messages pipelined, and a
+    /// message the pipeline did not store cleanly (with those after it in its window) one by
+    /// one.
     async fn store(&mut self, alerts: &[(Alert, Destination)]) -> Result<Vec<Stored>, LogError> {
         let mut stored = Vec::with_capacity(alerts.len());
         let mut rest = alerts;
         while !rest.is_empty() {
-            let (message, after) = rest.split_at(alert_batch::next_cut(rest));
-            stored.extend(self.store_message(message).await?);
-            rest = after;
+            if let Some(partition) = self.ended() {
+                return Err(lease_ended(partition));
+            }
+            let mut window = Vec::with_capacity(WINDOW);
+            while window.len() < WINDOW && !rest.is_empty() {
+                let (message, after) = rest.split_at(alert_batch::next_cut(rest));
+                window.push(message);
+                rest = after;
+            }
+            let (done, attempted) = match self.tail {
+                Some(tail) => self.pipeline(tail, &window, &mut stored).await,
+                None => (0, false),
+            };
+            for message in &window[done..] {
+                stored.extend(self.store_message(message, attempted).await?);
+            }
         }
         Ok(stored)
     }
 
+    /// Publishes `window`'s messages after `tail` without waiting between them: the first
+    /// with `Nats-Expected-Last-Sequence`, each other with `Nats-Expected-Last-Msg-Id` set to
+    /// the one before it, so the stream stores a message only right after the one before it
+    /// and the placements the headers claim hold. Returns how many messages (from the front)
+    /// were stored, and whether any after those was published (it may have been stored).
+    async fn pipeline(
+        &mut self,
+        tail: Tail,
+        window: &[&[(Alert, Destination)]],
+        stored: &mut Vec<Stored>,
+    ) -> (usize, bool) {
+        let cluster = self.stream.cluster();
+        let mut acks = Vec::with_capacity(window.len());
+        let mut first = tail.head + 1;
+        let mut previous: Option<String> = None;
+        for message in window {
+            let id = alert_batch::message_id(message);
+            let count = message.len() as u64;
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            match &previous {
+                Some(previous) => headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID,
+                    previous.as_str(),
+                ),
+                None => headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                    tail.stream.to_string().as_str(),
+                ),
+            }
+            headers.insert(FIRST, first.to_string().as_str());
+            headers.insert(COUNT, count.to_string().as_str());
+            headers.insert(EMITTED_BY, cluster.instance.as_str());
+            let published = cluster
+                .js
+                .publish_with_headers(
+                    self.stream.subject.clone(),
+                    headers,
+                    alert_batch::encode(message),
+                )
+                .await;
+            match published {
+                Ok(ack) => acks.push((ack, Placed { first, count })),
+                Err(_) => break,
+            }
+            first += count;
+            previous = Some(id);
+        }
+        let published = acks.len();
+        let mut at = tail.stream;
+        let mut done = 0;
+        for (ack, placed) in acks {
+            match ack.await {
+                Ok(ack) if !ack.duplicate && ack.sequence == at + 1 => {
+                    self.stream.remember(ack.sequence, placed);
+                    self.tail = Some(Tail {
+                        stream: ack.sequence,
+                        head: placed.last(),
+                    });
+                    stored.extend((0..placed.count).map(|index| Stored {
+                        sequence: placed.first + index,
+                        duplicate: false,
+                    }));
+                    at = ack.sequence;
+                    done += 1;
+                }
+                _ => {
+                    self.tail = None;
+                    break;
+                }
+            }
+        }
+        (done, published > done)
+    }
+
     /// Stores one message's alerts at the end of the stream.
+    /// `attempted`: it may have been stored already by a pipelined publish.
     async fn store_message(
         &mut self,
         alerts: &[(Alert, Destination)],
+        attempted: bool,
     ) -> Result<Vec<Stored>, LogError> {
         let id = alert_batch::message_id(alerts);
         let payload = alert_batch::encode(alerts);
@@ -159,7 +292,7 @@ impl Writer {
                             sequence: placed.first + index,
                             // A first publish acknowledged as a repeat: stored by an earlier
                             // owner. A later one: our own earlier publish was stored.
-                            duplicate: duplicate && publishes == 1,
+                            duplicate: duplicate && publishes == 1 && !attempted,
                         })
                         .collect());
                 }
@@ -177,6 +310,9 @@ impl Writer {
                 tracing::warn!(subscriber = %self.stream.name, %error, "alert stream not taking alerts; retrying");
             } else {
                 tracing::debug!(subscriber = %self.stream.name, %error, "alert publish failed; retrying");
+            }
+            if let Some(partition) = self.ended() {
+                return Err(lease_ended(partition));
             }
             if Instant::now() + delay > give_up {
                 return Err(LogError::Unavailable(format!(
@@ -268,6 +404,12 @@ impl Writer {
             }
         });
     }
+}
+
+fn lease_ended(partition: Partition) -> LogError {
+    LogError::Unavailable(format!(
+        "the lease of partition {partition} ended: its alerts are not stored by this instance"
+    ))
 }
 
 /// What one publish did.

@@ -48,8 +48,8 @@ use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
 use crate::log::codec::{decode_entry, encode_entry};
 use crate::log::{
-    AlertHeads, AlertLog, AlertReader, Destination, Expired, LogEntry, LogError, LogStatus, Parked,
-    Partition, SlaMark, Stored, partition_of,
+    AlertHeads, AlertLog, AlertReader, Destination, Expired, Lease, LogEntry, LogError, LogStatus,
+    Parked, Partition, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
 use crate::telemetry;
@@ -82,6 +82,8 @@ pub struct JsAlerts {
     guards: Arc<Mutex<HashMap<Partition, Guard>>>,
     /// One per partition: its parks run one at a time, in call order.
     order: Arc<[Arc<tokio::sync::Mutex<()>>]>,
+    /// Each owned partition's lease: writers drop a partition's alerts once it is not valid.
+    fences: alert_writer::Fences,
 }
 
 impl JsAlerts {
@@ -112,6 +114,7 @@ impl JsAlerts {
             writers,
             guards: Arc::default(),
             order,
+            fences: Arc::default(),
         }
     }
 
@@ -131,7 +134,7 @@ impl JsAlerts {
 
     fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Job> {
         self.writers[usize::from(log.0)]
-            .get_or_init(|| alert_writer::spawn(self.stream(log).clone()))
+            .get_or_init(|| alert_writer::spawn(self.stream(log).clone(), Arc::clone(&self.fences)))
     }
 
     /// The stream's bounds once its head reaches `sequence`, or as they stand after
@@ -539,6 +542,10 @@ impl AlertLog for JsAlerts {
         alerts: Vec<(Alert, Route)>,
     ) -> BoxFuture<'static, Result<Vec<Stored>, LogError>> {
         let total = alerts.len();
+        let partitions = self.cluster.settings.partitions;
+        let partition = alerts
+            .first()
+            .map_or(0, |(alert, _)| partition_of(alert.point.device, partitions));
         let mut answers: Vec<Option<Stored>> = vec![None; total];
         let mut parts: HashMap<SubscriberId, Part> = HashMap::new();
         {
@@ -547,7 +554,6 @@ impl AlertLog for JsAlerts {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             guards.retain(|_, (since, stored)| !stored.is_empty() && since.elapsed() < GUARD_FOR);
-            let partitions = self.cluster.settings.partitions;
             for (index, (alert, route)) in alerts.into_iter().enumerate() {
                 let replayed = guards
                     .get_mut(&partition_of(alert.point.device, partitions))
@@ -568,7 +574,11 @@ impl AlertLog for JsAlerts {
         let mut waiting = Vec::with_capacity(parts.len());
         for (log, (alerts, places)) in parts {
             let (done, stored) = oneshot::channel();
-            let queued = self.writer(log).send(Job { alerts, done });
+            let queued = self.writer(log).send(Job {
+                partition,
+                alerts,
+                done,
+            });
             waiting.push((stored, places, queued.is_ok()));
         }
         async move {
@@ -768,13 +778,12 @@ impl AlertLog for JsAlerts {
                 .map_or(0, |(_, head)| *head);
             stored.extend(self.stored_after(log, after, partition).await?);
         }
-        if !stored.is_empty() {
-            tracing::info!(
-                partition,
-                alerts = stored.len(),
-                "alerts stored after the checkpoint; a replay emitting them again stores nothing"
-            );
-        }
+        tracing::info!(
+            partition,
+            alerts = stored.len(),
+            heads = ?heads.0,
+            "alerts stored after the checkpoint's heads; a replay emitting them again stores nothing"
+        );
         self.guards
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -784,5 +793,12 @@ impl AlertLog for JsAlerts {
 
     fn replayed(&self, _partition: Partition) {
         // The guard stays: timers the earlier owner fired fire again after the replay.
+    }
+
+    fn fence(&self, partition: Partition, lease: &Lease) {
+        self.fences
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(partition, lease.clone());
     }
 }
