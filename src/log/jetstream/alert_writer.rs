@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::EMITTED_BY;
 use super::alert_batch::{self, COUNT, FIRST, Placed};
-use super::alert_stream::{AlertStream, Tail};
+use super::alert_stream::{self, AlertStream, Tail};
 use crate::domain::Alert;
 use crate::log::{Destination, Lease, LogError, Partition, Stored};
 use crate::telemetry;
@@ -165,12 +165,14 @@ impl Writer {
                 window.push(message);
                 rest = after;
             }
+            let before = self.tail.map(|tail| tail.stream);
             let (done, attempted) = match self.tail {
                 Some(tail) => self.pipeline(tail, &window, &mut stored).await,
                 None => (0, false),
             };
+            let scan_from = if attempted { before } else { None };
             for message in &window[done..] {
-                stored.extend(self.store_message(message, attempted).await?);
+                stored.extend(self.store_message(message, scan_from).await?);
             }
         }
         Ok(stored)
@@ -252,12 +254,19 @@ impl Writer {
     }
 
     /// Stores one message's alerts at the end of the stream.
-    /// `attempted`: it may have been stored already by a pipelined publish.
+    /// `scan_from`: a pipelined publish of it may have been stored after this stream
+    /// sequence.
+    ///
+    /// A publish whose outcome is unknown may still be stored later (a proposal the old
+    /// leader made, committed by the new one), after the retry was checked against the
+    /// stream's duplicate window: so before publishing again, the writer looks for the
+    /// message's id among the messages stored since the tail that publish assumed.
     async fn store_message(
         &mut self,
         alerts: &[(Alert, Destination)],
-        attempted: bool,
+        mut scan_from: Option<u64>,
     ) -> Result<Vec<Stored>, LogError> {
+        let attempted = scan_from.is_some();
         let id = alert_batch::message_id(alerts);
         let payload = alert_batch::encode(alerts);
         let count = alerts.len() as u64;
@@ -270,17 +279,24 @@ impl Writer {
             let outcome = match self.tail {
                 Some(tail) => {
                     publishes += 1;
-                    self.publish(tail, &id, count, payload.clone()).await
+                    let outcome = self.publish(tail, &id, count, payload.clone()).await;
+                    if matches!(outcome, Attempt::Failed(_)) {
+                        scan_from =
+                            Some(scan_from.map_or(tail.stream, |from| from.min(tail.stream)));
+                    }
+                    outcome
                 }
-                None => self
-                    .stream
-                    .bounds()
-                    .await
-                    .map(|bounds| {
-                        self.tail = Some(bounds.tail);
-                        Attempt::Retry
-                    })
-                    .unwrap_or_else(|err| Attempt::Failed(err.to_string())),
+                None => match self.stream.bounds().await {
+                    Ok(bounds) => match scan_from {
+                        Some(from) => self.find(&id, from, bounds.tail.stream).await,
+                        None => {
+                            self.tail = Some(bounds.tail);
+                            Attempt::Retry
+                        }
+                    }
+                    .and_tail(bounds.tail, &mut self.tail),
+                    Err(err) => Attempt::Failed(err.to_string()),
+                },
             };
             let error = match outcome {
                 Attempt::Stored(placed, duplicate) => {
@@ -323,6 +339,24 @@ impl Writer {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
         }
+    }
+
+    /// Looks for the message `id` among those stored after stream sequence `from` up to
+    /// `to`: found, it is stored there.
+    async fn find(&self, id: &str, from: u64, to: u64) -> Attempt {
+        for at in from + 1..=to {
+            match self.stream.message(at).await {
+                Ok(Some(message)) if alert_stream::message_id(&message) == Some(id) => {
+                    return match Placed::of(Some(&message.headers), at) {
+                        Ok(placed) => Attempt::Stored(placed, false),
+                        Err(err) => Attempt::Failed(err.to_string()),
+                    };
+                }
+                Ok(_) => {}
+                Err(err) => return Attempt::Failed(err.to_string()),
+            }
+        }
+        Attempt::Retry
     }
 
     /// One publish after `tail`.
@@ -410,6 +444,16 @@ fn lease_ended(partition: Partition) -> LogError {
     LogError::Unavailable(format!(
         "the lease of partition {partition} ended: its alerts are not stored by this instance"
     ))
+}
+
+impl Attempt {
+    /// After reading the tail: a retry goes on from `tail`.
+    fn and_tail(self, tail: Tail, known: &mut Option<Tail>) -> Self {
+        if matches!(self, Self::Retry) {
+            *known = Some(tail);
+        }
+        self
+    }
 }
 
 /// What one publish did.
