@@ -520,7 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_oldest_unacknowledged_alert_is_the_one_after_the_cursor() {
         let alerts = log_with_two_alerts().await;
-        alerts.ack(LOG, 1).await.expect("ack");
+        alerts.ack(LOG, 1, UtcMillis(0)).await.expect("ack");
         let status = alerts.status(LOG).await.expect("status");
         let oldest = oldest_unacked(&alerts, LOG, status)
             .await
@@ -537,7 +537,7 @@ mod tests {
         let alerts = log_with_two_alerts().await;
         let before = alerts.status(LOG).await.expect("status");
         assert_eq!(before.backlog(), 2);
-        alerts.ack(LOG, 2).await.expect("ack");
+        alerts.ack(LOG, 2, UtcMillis(0)).await.expect("ack");
         let oldest = oldest_unacked(&alerts, LOG, before).await.expect("read");
         assert!(oldest.is_none(), "{oldest:?}");
     }

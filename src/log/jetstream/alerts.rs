@@ -34,8 +34,8 @@ use super::{Cluster, EMITTED_BY};
 use crate::domain::{Alert, UtcMillis};
 use crate::log::codec::{decode_entry, encode_entry};
 use crate::log::{
-    AlertHeads, AlertLog, AlertReader, Destination, Expired, LogEntry, LogError, LogStatus, Parked,
-    Partition, SlaMark, Stored, partition_of,
+    AlertHeads, AlertLog, AlertReader, Delivered, Destination, Expired, LogEntry, LogError,
+    LogStatus, Parked, Partition, Retention, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
 use crate::telemetry;
@@ -496,7 +496,12 @@ impl AlertLog for JsAlerts {
         })
     }
 
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
+    async fn ack(
+        &self,
+        log: SubscriberId,
+        upto: u64,
+        _at: UtcMillis,
+    ) -> Result<LogStatus, LogError> {
         let (first, head) = self.bounds_reaching(log, upto).await?;
         if upto > head {
             return Err(LogError::BeyondHead {
@@ -518,6 +523,17 @@ impl AlertLog for JsAlerts {
                 });
             }
         }
+    }
+
+    async fn deliveries(
+        &self,
+        _log: SubscriberId,
+        _from: UtcMillis,
+        _to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError> {
+        Err(LogError::Unavailable(
+            "the JetStream backend keeps no delivery journal yet".into(),
+        ))
     }
 
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
@@ -587,8 +603,7 @@ impl AlertLog for JsAlerts {
     async fn maintain(
         &self,
         _now: UtcMillis,
-        _max_alerts: u64,
-        _max_age: Duration,
+        _retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
         // The streams' own limits (max age, max messages) do retention.
         Ok(Vec::new())
