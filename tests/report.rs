@@ -11,10 +11,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::process::{free_port, run_to_exit, spawn, wait_healthy};
-use common::{LONG_AGO_MS, bounded, device, lost, ms, now_ms, valid_mpan};
+use common::{
+    LONG_AGO_MS, TestRelay, bounded, device, eventually, lost, ms, nats_urls, now_ms,
+    unique_prefix, valid_mpan,
+};
+use outage_relay::config::Backend;
 use outage_relay::proto::alert_feed_client::AlertFeedClient;
 use outage_relay::proto::ingest_client::IngestClient;
-use outage_relay::proto::{AckRequest, Alert, DeviceEvent, EventBatch, SubscribeRequest};
+use outage_relay::proto::{
+    AckRequest, Alert, DeviceEvent, EventBatch, GetClusterStatusRequest, SubscribeRequest,
+};
 use tonic::transport::Channel;
 
 /// The relay's debounce (`--debounce 1s`).
@@ -134,6 +140,51 @@ async fn report(dir: &Path, source: &[&str], name: &str) -> String {
     std::fs::read_to_string(out.join("compliance.csv")).expect("compliance.csv")
 }
 
+/// Delivers alerts to `ukpn` and `nged` and acknowledges them as [`expected`] counts them.
+async fn play(channel: &Channel) {
+    // ukpn: one alert due at once with its deadline SHORT_MS ahead (sequence 1), acknowledged
+    // after it: late, the relay's fault (its event came in time); two more acknowledged at
+    // once (2, 3): within SLA.
+    let now = now_ms();
+    let late_lost_at = now - DEBOUNCE_MS - POA_SLA_MS + SHORT_MS;
+    publish(channel, vec![loss(1, 12, late_lost_at)]).await;
+    let first = receive(channel, "ukpn", 1).await;
+    wait_past(ms(first[0].deadline.as_ref())).await;
+    ack(channel, "ukpn", first[0].sequence).await;
+    publish(channel, vec![loss(2, 12, now_ms()), loss(3, 12, now_ms())]).await;
+    let prompt = receive(channel, "ukpn", 2).await;
+    ack(channel, "ukpn", prompt[1].sequence).await;
+    for alert in &prompt {
+        assert!(
+            now_ms() <= ms(alert.deadline.as_ref()),
+            "acknowledged within the window"
+        );
+    }
+    // ukpn: one more never acknowledged, its deadline passed before the report.
+    publish(
+        channel,
+        vec![loss(4, 12, now_ms() - DEBOUNCE_MS - POA_SLA_MS + SHORT_MS)],
+    )
+    .await;
+    let never = receive(channel, "ukpn", 1).await;
+    assert_eq!(never[0].sequence, 4);
+    // nged: one whose event came long after its deadline, acknowledged: late, upstream.
+    publish(channel, vec![loss(5, 11, now_ms() - LONG_AGO_MS)]).await;
+    let upstream = receive(channel, "nged", 1).await;
+    ack(channel, "nged", upstream[0].sequence).await;
+    wait_past(ms(never[0].deadline.as_ref())).await;
+}
+
+/// What [`play`] leaves: (alerts, within SLA, late relay, late upstream, never, pending).
+fn expected() -> Figures {
+    [
+        (("nged".into(), "poa".into()), [1, 0, 0, 1, 0, 0]),
+        (("ukpn".into(), "poa".into()), [4, 2, 1, 0, 1, 0]),
+    ]
+    .into_iter()
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_counts_what_subscribers_received_and_acknowledged_across_a_kill() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -158,37 +209,7 @@ async fn the_report_counts_what_subscribers_received_and_acknowledged_across_a_k
     let mut relay = spawn(&serve, dir.path(), "serve");
     let channel = wait_healthy(&url, dir.path()).await;
 
-    // ukpn: one alert due at once with its deadline SHORT_MS ahead (sequence 1), acknowledged
-    // after it: late, the relay's fault (its event came in time); two more acknowledged at
-    // once (2, 3): within SLA.
-    let now = now_ms();
-    let late_lost_at = now - DEBOUNCE_MS - POA_SLA_MS + SHORT_MS;
-    publish(&channel, vec![loss(1, 12, late_lost_at)]).await;
-    let first = receive(&channel, "ukpn", 1).await;
-    wait_past(ms(first[0].deadline.as_ref())).await;
-    ack(&channel, "ukpn", first[0].sequence).await;
-    publish(&channel, vec![loss(2, 12, now_ms()), loss(3, 12, now_ms())]).await;
-    let prompt = receive(&channel, "ukpn", 2).await;
-    ack(&channel, "ukpn", prompt[1].sequence).await;
-    for alert in &prompt {
-        assert!(
-            now_ms() <= ms(alert.deadline.as_ref()),
-            "acknowledged within the window"
-        );
-    }
-    // ukpn: one more never acknowledged, its deadline passed before the report.
-    publish(
-        &channel,
-        vec![loss(4, 12, now_ms() - DEBOUNCE_MS - POA_SLA_MS + SHORT_MS)],
-    )
-    .await;
-    let never = receive(&channel, "ukpn", 1).await;
-    assert_eq!(never[0].sequence, 4);
-    // nged: one whose event came long after its deadline, acknowledged: late, upstream.
-    publish(&channel, vec![loss(5, 11, now_ms() - LONG_AGO_MS)]).await;
-    let upstream = receive(&channel, "nged", 1).await;
-    ack(&channel, "nged", upstream[0].sequence).await;
-    wait_past(ms(never[0].deadline.as_ref())).await;
+    play(&channel).await;
 
     // Killed after the acks: they were durable when answered, so the report still has them.
     relay.kill();
@@ -197,15 +218,9 @@ async fn the_report_counts_what_subscribers_received_and_acknowledged_across_a_k
     wait_healthy(&url, dir.path()).await;
 
     let asked = report(dir.path(), &["--target", &url], "asked").await;
-    let expected: Figures = [
-        (("nged".into(), "poa".into()), [1, 0, 0, 1, 0, 0]),
-        (("ukpn".into(), "poa".into()), [4, 2, 1, 0, 1, 0]),
-    ]
-    .into_iter()
-    .collect();
     assert_eq!(
         figures(&asked),
-        expected,
+        expected(),
         "received 4 and 1, acknowledged 3 and 1:\n{asked}"
     );
 
@@ -230,4 +245,38 @@ async fn the_report_counts_what_subscribers_received_and_acknowledged_across_a_k
     .await;
     assert_eq!(status.code(), Some(64), "{bad}");
     assert!(bad.contains("YYYY-MM-DD"), "{bad}");
+}
+
+/// The JetStream backend (the cluster `.ci/test` starts): the report asked of a running
+/// relay counts the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_of_a_jetstream_relay_counts_what_subscribers_received_and_acknowledged() {
+    let relay = TestRelay::start_with(|config, _| {
+        config.store.backend = Backend::Jetstream;
+        config.store.jetstream.servers = nats_urls();
+        config.store.jetstream.prefix = unique_prefix("report");
+        config.store.jetstream.partitions = 2;
+        config.debounce = Duration::from_millis(DEBOUNCE_MS as u64);
+        config.poa_sla = Duration::from_millis(POA_SLA_MS as u64);
+    })
+    .await;
+    // Its owners first take their leases: until then an event waits to reach the relay.
+    eventually("every partition owned", || async {
+        let status = bounded(
+            "GetClusterStatus",
+            relay
+                .admin_client()
+                .await
+                .get_cluster_status(GetClusterStatusRequest {}),
+        )
+        .await
+        .expect("GetClusterStatus")
+        .into_inner();
+        (status.owned_here.len() == 2).then_some(())
+    })
+    .await;
+    play(&relay.channel().await).await;
+    let asked = report(relay.dir.path(), &["--target", &relay.url], "asked").await;
+    assert_eq!(figures(&asked), expected(), "{asked}");
+    relay.stop().await;
 }

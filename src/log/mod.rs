@@ -366,6 +366,24 @@ impl Settled {
         }
     }
 
+    /// `records` as [`Self::fate_of`] reads them, when several writers may have journalled
+    /// acks out of order or twice (instances acking for one subscriber): ordered by `upto`,
+    /// each starting after the one before, and a record's time no later than any record
+    /// after it (an ack covers everything before it).
+    pub fn normalise(mut records: Vec<Settled>) -> Vec<Settled> {
+        records.sort_by_key(|settled| (settled.upto, settled.at));
+        records.dedup_by_key(|settled| settled.upto);
+        let mut earliest = UtcMillis(i64::MAX);
+        for settled in records.iter_mut().rev() {
+            earliest = earliest.min(settled.at);
+            settled.at = earliest;
+        }
+        for index in 1..records.len() {
+            records[index].from = records[index - 1].upto + 1;
+        }
+        records
+    }
+
     /// The alerts of `entries` due in `[from, to)` whose fate `journal` knows, each with it.
     pub fn deliveries(
         journal: &[Settled],
@@ -646,4 +664,59 @@ pub trait Peers: Send + Sync + 'static {
         &self,
         request: crate::proto::ReloadRegistryRequest,
     ) -> Result<crate::proto::ReloadRegistryResponse, crate::error::RelayError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(from: u64, upto: u64, at: i64) -> Settled {
+        Settled {
+            from,
+            upto,
+            at: UtcMillis(at),
+            expired: false,
+        }
+    }
+
+    #[test]
+    fn a_sequence_takes_the_fate_of_the_first_record_that_covers_it() {
+        let journal = [
+            settled(3, 4, 10),
+            Settled {
+                expired: true,
+                ..settled(5, 7, 20)
+            },
+        ];
+        let fates: Vec<Option<Fate>> = (2..=8)
+            .map(|sequence| Settled::fate_of(&journal, sequence))
+            .collect();
+        assert_eq!(
+            fates,
+            [
+                None,
+                Some(Fate::Acked(UtcMillis(10))),
+                Some(Fate::Acked(UtcMillis(10))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Pending),
+            ]
+        );
+    }
+
+    #[test]
+    fn records_of_several_writers_are_put_in_order() {
+        let normalised = Settled::normalise(vec![
+            settled(1, 5, 30),
+            settled(1, 3, 40),
+            settled(4, 5, 35),
+            settled(6, 9, 50),
+        ]);
+        assert_eq!(
+            normalised,
+            [settled(1, 3, 30), settled(4, 5, 30), settled(6, 9, 50)],
+            "an ack through 5 at 30 acknowledged 1..=3 by then too"
+        );
+    }
 }

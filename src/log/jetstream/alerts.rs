@@ -14,6 +14,13 @@
 //!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
 //!   them (`store.retention_max_age`, `store.retention_max_alerts` are the stream's limits).
 //! - SLA marks (`sla.<name>`: entries seen, checked through, breaches) move by compare-and-set.
+//! - Each ack that moves a cursor is journalled first (`{P}_JOURNAL`, a journal record of
+//!   `log::codec` on the subscriber's subject, kept `store.report_retention`), then the
+//!   cursor moves: an ack that fails after its record was stored is sent again by the
+//!   subscriber, and the report orders and merges the records of several instances
+//!   ([`Settled::normalise`]). The alerts the report reads are the subscriber's stream, so
+//!   it reaches back as far as the stream keeps them (`store.retention_max_age`); alerts the
+//!   stream's limits removed unacknowledged are not journalled.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,10 +39,10 @@ use metrics::counter;
 
 use super::{Cluster, EMITTED_BY};
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{decode_entry, encode_entry};
+use crate::log::codec::{decode_entry, decode_settled, encode_entry, encode_settled};
 use crate::log::{
     AlertHeads, AlertLog, AlertReader, Delivered, Destination, Expired, LogEntry, LogError,
-    LogStatus, Parked, Partition, Retention, SlaMark, Stored, partition_of,
+    LogStatus, Parked, Partition, Retention, Settled, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
 use crate::telemetry;
@@ -84,6 +91,22 @@ impl JsAlerts {
 
     fn name(&self, log: SubscriberId) -> &str {
         self.table.name(log)
+    }
+
+    /// Stores `settled` in `log`'s journal.
+    async fn journal(&self, log: SubscriberId, settled: Settled) -> Result<(), LogError> {
+        let what = format!("journal of {}", self.name(log));
+        self.cluster
+            .js
+            .publish(
+                self.cluster.names.journal_subject(self.name(log)),
+                Bytes::from(encode_settled(&settled)),
+            )
+            .await
+            .map_err(|err| unavailable(&what, err))?
+            .await
+            .map_err(|err| unavailable(&what, err))?;
+        Ok(())
     }
 
     /// First retained and last stored sequence of `subscriber`'s stream.
@@ -345,10 +368,29 @@ fn entry_of(message: &async_nats::jetstream::Message) -> Result<LogEntry, LogErr
 
 /// Every message of `subject` in the parked stream, oldest first.
 async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, LogError> {
-    let what = "parked alerts";
+    read_all(cluster, cluster.names.parked_stream(), subject, |message| {
+        let entry = entry_of(message)?;
+        Ok(Parked {
+            key: entry.sequence,
+            entry,
+        })
+    })
+    .await
+}
+
+/// Every message of `subject` in `stream` stored when the read began, oldest first, each
+/// decoded by `decode`.
+async fn read_all<T>(
+    cluster: &Cluster,
+    stream: String,
+    subject: String,
+    decode: impl Fn(&async_nats::jetstream::Message) -> Result<T, LogError>,
+) -> Result<Vec<T>, LogError> {
+    let what = format!("stream {stream}");
+    let what = what.as_str();
     let mut stream = cluster
         .js
-        .get_stream(cluster.names.parked_stream())
+        .get_stream(&stream)
         .await
         .map_err(|err| unavailable(what, err))?;
     let info = stream.info().await.map_err(|err| unavailable(what, err))?;
@@ -368,7 +410,7 @@ async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, 
         .messages()
         .await
         .map_err(|err| unavailable(what, err))?;
-    let mut parked = Vec::new();
+    let mut read = Vec::new();
     while left > 0 {
         let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
             .await
@@ -379,13 +421,9 @@ async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, 
             .info()
             .map_err(|err| unavailable(what, err))?
             .pending;
-        let entry = entry_of(&message)?;
-        parked.push(Parked {
-            key: entry.sequence,
-            entry,
-        });
+        read.push(decode(&message)?);
     }
-    Ok(parked)
+    Ok(read)
 }
 
 /// Follows a subscriber's stream.
@@ -500,7 +538,7 @@ impl AlertLog for JsAlerts {
         &self,
         log: SubscriberId,
         upto: u64,
-        _at: UtcMillis,
+        at: UtcMillis,
     ) -> Result<LogStatus, LogError> {
         let (first, head) = self.bounds_reaching(log, upto).await?;
         if upto > head {
@@ -510,9 +548,24 @@ impl AlertLog for JsAlerts {
             });
         }
         let key = cursor_key(self.name(log));
+        let mut journalled = false;
         loop {
             let (text, revision) = read_text(&self.cluster.cursors, &key).await?;
             let acked: u64 = text.parse().unwrap_or(0);
+            if upto > acked && !journalled {
+                self.journal(
+                    log,
+                    Settled {
+                        from: acked + 1,
+                        upto,
+                        at,
+                        expired: false,
+                    },
+                )
+                .await?;
+                journalled = true;
+                continue;
+            }
             if upto <= acked
                 || compare_and_set(&self.cluster.cursors, &key, upto.to_string(), revision).await?
             {
@@ -527,12 +580,31 @@ impl AlertLog for JsAlerts {
 
     async fn deliveries(
         &self,
-        _log: SubscriberId,
-        _from: UtcMillis,
-        _to: UtcMillis,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
     ) -> Result<Vec<Delivered>, LogError> {
-        Err(LogError::Unavailable(
-            "the JetStream backend keeps no delivery journal yet".into(),
+        let name = self.name(log);
+        let names = &self.cluster.names;
+        let journal = read_all(
+            &self.cluster,
+            names.journal_stream(),
+            names.journal_subject(name),
+            |message| Ok(decode_settled(&message.payload)?),
+        )
+        .await?;
+        let entries = read_all(
+            &self.cluster,
+            names.alerts_stream(name),
+            names.alert_subject(name),
+            |message| entry_of(message).map(|entry| (entry.sequence, entry.alert)),
+        )
+        .await?;
+        Ok(Settled::deliveries(
+            &Settled::normalise(journal),
+            entries,
+            from,
+            to,
         ))
     }
 

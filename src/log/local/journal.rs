@@ -5,10 +5,8 @@
 //! Every move of its cursor appends one record, in the same group commit as the cursor
 //! record (so one small write per ack call, never one per alert):
 //!
-//! | record | layout (little-endian) |
-//! |---|---|
-//! | acked | tag 6 u8, from u64, upto u64, at i64: sequences `from..=upto` acknowledged at `at` |
-//! | expired | tag 7 u8, from u64, upto u64, at i64: removed by retention unacknowledged at `at` |
+//! The records (`log::codec`'s journal record) say "sequences `from..=upto` were acknowledged
+//! (or removed by retention unacknowledged) at `at`".
 //!
 //! The alerts themselves are the `entries/` records: they are no longer deleted when
 //! acknowledged, but kept until `store.report_retention` after they were settled. The writer
@@ -25,42 +23,11 @@ use std::time::Duration;
 use super::segment::{SegmentLog, SegmentOptions, SegmentReader};
 use super::{READ_BYTES, segment_error};
 use crate::domain::UtcMillis;
-use crate::log::codec::{Corrupt, Reader, decode_entry};
+use crate::log::codec::{decode_entry, decode_settled};
 use crate::log::{Delivered, LogError, Settled};
 
-const ACKED: u8 = 6;
-const EXPIRED: u8 = 7;
 /// Marks of the in-memory index are at least this far apart.
 const MARK_EVERY: Duration = Duration::from_secs(60);
-
-/// Encodes a journal record.
-pub fn encode_settled(settled: &Settled) -> Vec<u8> {
-    let mut out = Vec::with_capacity(25);
-    out.push(if settled.expired { EXPIRED } else { ACKED });
-    out.extend_from_slice(&settled.from.to_le_bytes());
-    out.extend_from_slice(&settled.upto.to_le_bytes());
-    out.extend_from_slice(&settled.at.0.to_le_bytes());
-    out
-}
-
-/// Decodes [`encode_settled`]'s output.
-pub fn decode_settled(bytes: &[u8]) -> Result<Settled, Corrupt> {
-    let mut r = Reader::new(bytes, "journal record");
-    let expired = match r.u8()? {
-        ACKED => false,
-        EXPIRED => true,
-        _ => return Err(Corrupt("journal record")),
-    };
-    let (from, upto) = (r.u64()?, r.u64()?);
-    let at = r.time()?;
-    r.done()?;
-    Ok(Settled {
-        from,
-        upto,
-        at,
-        expired,
-    })
-}
 
 /// A sparse index of a journal: `(position, record)` at most one a minute, oldest first.
 #[derive(Debug, Default)]
@@ -217,6 +184,7 @@ pub fn open(dir: &Path, options: SegmentOptions) -> Result<(SegmentLog, JournalM
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::codec::encode_settled;
 
     fn settled(from: u64, upto: u64, at: i64) -> Settled {
         Settled {

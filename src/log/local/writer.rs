@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use std::sync::Arc;
 
-use super::journal::{JournalMarks, encode_settled};
+use super::journal::JournalMarks;
 use super::meta::{Cursor, ParkedRecord, encode_cursor, encode_parked};
 use super::recent::Recent;
 use super::segment::{SegmentLog, SegmentReader};
@@ -26,7 +26,7 @@ use super::segment_error;
 use super::sync_pool::SyncPool;
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{decode_entry, encode_entry, encode_record};
+use crate::log::codec::{decode_entry, encode_entry, encode_record, encode_settled};
 use crate::log::{
     AlertHeads, Appended, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
     Partition, Retention, Settled, SlaMark, Stored, partition_of,
