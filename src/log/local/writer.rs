@@ -198,9 +198,12 @@ type Reply = Box<dyn FnOnce(Result<(), LogError>) + Send>;
 
 /// Work done after the group is durable.
 enum After {
-    TruncateEvents(Partition, u64),
-    TruncateEntries(usize),
-    TruncateJournal(usize, u64),
+    /// Delete a partition's event segments up to a position.
+    Events(Partition, u64),
+    /// Delete a subscriber's entry segments no reader or report needs.
+    Entries(usize),
+    /// Delete a subscriber's journal segments before a position.
+    Journal(usize, u64),
 }
 
 /// The writer thread's state.
@@ -334,7 +337,7 @@ impl Writer {
 
     fn after(&mut self, work: After) -> Result<(), LogError> {
         match work {
-            After::TruncateEvents(partition, through) => {
+            After::Events(partition, through) => {
                 if let Some(events) = self.events.get_mut(usize::from(partition)) {
                     events
                         .log
@@ -342,7 +345,7 @@ impl Writer {
                         .map_err(segment_error)?;
                 }
             }
-            After::TruncateEntries(index) => {
+            After::Entries(index) => {
                 if let Some(log) = self.subscribers.get_mut(index) {
                     // Settled entries stay for the report until the journal forgets them.
                     log.entries
@@ -350,7 +353,7 @@ impl Writer {
                         .map_err(segment_error)?;
                 }
             }
-            After::TruncateJournal(index, before) => {
+            After::Journal(index, before) => {
                 if let Some(log) = self.subscribers.get_mut(index) {
                     log.journal.truncate_before(before).map_err(segment_error)?;
                 }
@@ -480,7 +483,7 @@ impl Writer {
                 through,
                 reply,
             } => {
-                after.push(After::TruncateEvents(partition, through));
+                after.push(After::Events(partition, through));
                 replies.push(answer(reply, ()));
             }
             Request::Maintain {
@@ -648,7 +651,7 @@ impl Writer {
             subscriber.cursor.first_retained = subscriber.cursor.first_retained.max(upto + 1);
             write_cursor(subscriber)?;
             Touched::add(&mut touched.cursors, index);
-            after.push(After::TruncateEntries(index));
+            after.push(After::Entries(index));
         }
         Ok(subscriber.cursor.status(head))
     }
@@ -688,8 +691,8 @@ impl Writer {
         for (index, log) in self.subscribers.iter_mut().enumerate() {
             if let Some(forget) = log.marks.forget_before(report_cutoff) {
                 log.unreported = log.unreported.max(forget.entries_before);
-                after.push(After::TruncateJournal(index, forget.journal_before));
-                after.push(After::TruncateEntries(index));
+                after.push(After::Journal(index, forget.journal_before));
+                after.push(After::Entries(index));
             }
             let head = log.published_head();
             let old_first = log.cursor.first_retained.max(log.cursor.acked + 1);
@@ -721,7 +724,7 @@ impl Writer {
             log.cursor.acked = log.cursor.acked.max(first - 1);
             write_cursor(log)?;
             Touched::add(&mut touched.cursors, index);
-            after.push(After::TruncateEntries(index));
+            after.push(After::Entries(index));
             expired.push(Expired {
                 log: SubscriberId(u16::try_from(index).unwrap_or(u16::MAX)),
                 removed,
