@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::debounce::{OpenOutage, OutageState};
 use crate::deliver::Delivery;
 use crate::deliver::convert::alert_to_proto;
-use crate::domain::{DeviceId, SupplyPoint};
+use crate::domain::{DeviceId, SupplyPoint, UtcMillis};
 use crate::error::RelayError;
 use crate::log::{
     AlertLog, Destination, LogEntry, LogError, LogStatus, OwnerAnswer, OwnerQuery, Ownership,
@@ -21,6 +21,7 @@ use crate::log::{
 };
 use crate::owner::Owners;
 use crate::proto::{self, admin_server::Admin};
+use crate::report::wire;
 use crate::route::{Registry, Router, SubscriberId};
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
@@ -76,6 +77,18 @@ impl AdminService {
             Some(owner) => owner.ask(query).await,
             None => self.peers.ask(partition, query).await,
         }
+    }
+
+    /// The subscriber named `wanted`, or every one when it is empty.
+    fn logs(&self, wanted: &str) -> Result<Vec<SubscriberId>, RelayError> {
+        let table = self.delivery.table();
+        if wanted.is_empty() {
+            return Ok(table.iter().map(|(id, _)| id).collect());
+        }
+        let log = table
+            .id_of(wanted)
+            .ok_or_else(|| RelayError::NotFound(format!("unknown subscriber {wanted:?}")))?;
+        Ok(vec![log])
     }
 
     async fn subscriber_status(
@@ -331,8 +344,69 @@ pub async fn load_registry(
     .map_err(|err| RelayError::Unavailable(format!("registry load task failed: {err}")))?
 }
 
+/// The stream `ListDeliveries` answers with.
+pub type DeliveriesStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<proto::ListDeliveriesResponse, Status>> + Send>,
+>;
+
+/// The time `ts` names, or `default` when unset; an invalid one is `INVALID_ARGUMENT`.
+fn time_or(
+    ts: Option<&prost_types::Timestamp>,
+    default: UtcMillis,
+    what: &str,
+) -> Result<UtcMillis, RelayError> {
+    ts.map_or(Ok(default), |ts| {
+        UtcMillis::from_proto(ts)
+            .ok_or_else(|| RelayError::InvalidArgument(format!("`{what}` is not a valid time")))
+    })
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type ListDeliveriesStream = DeliveriesStream;
+
+    async fn list_deliveries(
+        &self,
+        request: Request<proto::ListDeliveriesRequest>,
+    ) -> Result<Response<Self::ListDeliveriesStream>, Status> {
+        use futures::StreamExt;
+        let request = request.into_inner();
+        let from = time_or(request.from.as_ref(), UtcMillis(i64::MIN), "from")?;
+        let to = time_or(request.to.as_ref(), UtcMillis(i64::MAX), "to")?;
+        if from > to {
+            return Err(
+                RelayError::InvalidArgument(format!("`from` {from} is after `to` {to}")).into(),
+            );
+        }
+        let logs = self.logs(&request.subscriber)?;
+        let table = Arc::clone(self.delivery.table());
+        let alerts = Arc::clone(self.delivery.alerts());
+        let stream = futures::stream::iter(logs)
+            .then(move |log| {
+                let (alerts, name) = (Arc::clone(&alerts), table.name(log).to_owned());
+                async move {
+                    let answers: Vec<Result<proto::ListDeliveriesResponse, Status>> =
+                        match alerts.deliveries(log, from, to).await {
+                            Ok(found) => found
+                                .chunks(wire::PER_MESSAGE)
+                                .map(|chunk| {
+                                    Ok(proto::ListDeliveriesResponse {
+                                        deliveries: chunk
+                                            .iter()
+                                            .map(|d| wire::to_proto(&name, d))
+                                            .collect(),
+                                    })
+                                })
+                                .collect(),
+                            Err(err) => vec![Err(RelayError::from(err).into())],
+                        };
+                    futures::stream::iter(answers)
+                }
+            })
+            .flatten();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_device_state(
         &self,
         request: Request<proto::GetDeviceStateRequest>,
@@ -407,16 +481,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::GetDeliveryStatusRequest>,
     ) -> Result<Response<proto::GetDeliveryStatusResponse>, Status> {
-        let wanted = request.into_inner().subscriber;
-        let table = self.delivery.table();
-        let logs: Vec<SubscriberId> =
-            if wanted.is_empty() {
-                table.iter().map(|(id, _)| id).collect()
-            } else {
-                vec![table.id_of(&wanted).ok_or_else(|| {
-                    RelayError::NotFound(format!("unknown subscriber {wanted:?}"))
-                })?]
-            };
+        let logs = self.logs(&request.into_inner().subscriber)?;
         let mut subscribers = Vec::with_capacity(logs.len());
         for log in logs {
             subscribers.push(self.subscriber_status(log).await?);
@@ -520,7 +585,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_oldest_unacknowledged_alert_is_the_one_after_the_cursor() {
         let alerts = log_with_two_alerts().await;
-        alerts.ack(LOG, 1).await.expect("ack");
+        alerts.ack(LOG, 1, UtcMillis(0)).await.expect("ack");
         let status = alerts.status(LOG).await.expect("status");
         let oldest = oldest_unacked(&alerts, LOG, status)
             .await
@@ -537,7 +602,7 @@ mod tests {
         let alerts = log_with_two_alerts().await;
         let before = alerts.status(LOG).await.expect("status");
         assert_eq!(before.backlog(), 2);
-        alerts.ack(LOG, 2).await.expect("ack");
+        alerts.ack(LOG, 2, UtcMillis(0)).await.expect("ack");
         let oldest = oldest_unacked(&alerts, LOG, before).await.expect("read");
         assert!(oldest.is_none(), "{oldest:?}");
     }

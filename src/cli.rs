@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::config::{Backend, Config, ConfigError, MetricsTls, TlsMode};
+use crate::report::ReportArgs;
 use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
 use crate::tools::sink::SinkArgs;
@@ -39,6 +40,9 @@ pub enum Command {
     CheckConfig(ServeArgs),
     /// Run the SLA benchmark: a generated fleet and a scripted scenario against the relay.
     Bench(BenchArgs),
+    /// Write the SLA compliance report (compliance.csv, compliance.html) per subscriber, day
+    /// and kind, from a data directory or a running relay.
+    Report(ReportArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {

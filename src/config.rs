@@ -70,6 +70,8 @@ pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_RETENTION_MAX_ALERTS: u64 = 20_000_000;
 /// Unacknowledged alerts older than this are removed and counted.
 pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Settled alerts and their ack times are kept 35 days: a month's report, and some slack.
+pub const DEFAULT_REPORT_RETENTION: Duration = Duration::from_secs(35 * 24 * 3600);
 /// Bound on graceful shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Longest gRPC message accepted, bytes (a full batch of 10,000 events is about 1 MB).
@@ -414,6 +416,10 @@ pub struct StoreConfig {
     /// Unacknowledged alerts older than this (by emission) are removed.
     #[serde(with = "humantime_serde")]
     pub retention_max_age: Duration,
+    /// Acknowledged (or removed) alerts and the time of each ack are kept this long after it
+    /// for `outage-relay report`.
+    #[serde(with = "humantime_serde")]
+    pub report_retention: Duration,
     /// The JetStream cluster, for `backend = "jetstream"`.
     pub jetstream: JetStreamConfig,
 }
@@ -431,6 +437,7 @@ impl Default for StoreConfig {
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
+            report_retention: DEFAULT_REPORT_RETENTION,
             jetstream: JetStreamConfig::default(),
         }
     }

@@ -39,6 +39,7 @@
 //! - [`sla`]: the deadline watch, one per subscriber.
 //! - [`timers`]: the due-time queues the owners and SLA watches fire from.
 //! - [`admin`]: the operator gRPC service.
+//! - [`report`]: `outage-relay report`, the SLA compliance report from the delivery journal.
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles, and the `/metrics` listener (HTTPS, with or
@@ -59,6 +60,7 @@ pub mod ingest;
 pub mod log;
 pub mod owner;
 pub mod proto;
+pub mod report;
 pub mod route;
 pub mod runtime;
 pub mod security;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Command::Health(args) => Ok(outage_relay::tools::health::run(args).await),
             Command::CheckConfig(args) => check_config(args),
             Command::Bench(args) => outage_relay::bench::run(args, shutdown).await,
+            Command::Report(args) => outage_relay::report::run(args).await,
         }
     });
     match result {

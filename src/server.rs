@@ -35,7 +35,9 @@ use crate::log::jetstream::peers::JsPeers;
 use crate::log::local::{Local, Options as LocalOptions};
 use crate::log::memory::{MemoryAlerts, MemoryCheckpoints, MemoryEvents};
 use crate::log::single::{AllHere, NoPeers};
-use crate::log::{AlertLog, Checkpoints, EventLog, Ownership, Peers, Sequencing, StartUnit, Unit};
+use crate::log::{
+    AlertLog, Checkpoints, EventLog, Ownership, Peers, Retention, Sequencing, StartUnit, Unit,
+};
 use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::proto;
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
@@ -546,11 +548,7 @@ async fn maintenance(
             .set(if admission.refused() { 1.0 } else { 0.0 });
         let retained = delivery
             .alerts()
-            .maintain(
-                clock.now(),
-                config.store.retention_max_alerts,
-                config.store.retention_max_age,
-            )
+            .maintain(clock.now(), Retention::from_config(&config))
             .await;
         match retained {
             Ok(expired) => {

@@ -117,7 +117,7 @@ async fn an_alert_acknowledged_in_time_is_no_breach() {
     f.start_watch();
     f.write(&[alert(1, 60), alert(2, 60)]).await;
     pass(30).await;
-    f.alerts.ack(LOG, 2).await.expect("ack");
+    f.alerts.ack(LOG, 2, UtcMillis(0)).await.expect("ack");
     pass(60).await;
     assert_eq!(f.breaches().await, 0);
 }

@@ -145,7 +145,7 @@ impl AlertFeed for FeedService {
         let status = self
             .delivery
             .alerts()
-            .ack(log, request.sequence)
+            .ack(log, request.sequence, self.delivery.clock().now())
             .await
             .map_err(|err| match err {
                 LogError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(

@@ -206,7 +206,7 @@ async fn session(
                     return Err(SessionError::AckBeyondSent { acked: ack.sequence, sent });
                 }
                 if ack.sequence > acked {
-                    let status = alerts.ack(log, ack.sequence).await?;
+                    let status = alerts.ack(log, ack.sequence, delivery.clock().now()).await?;
                     acked = status.acked;
                     delivery.acked(log, status);
                 }

@@ -5,6 +5,7 @@
 //! | log entry | `v=1` u8, kind u8, device u64, phase u8, lost_at i64, restored_at i64 (`i64::MIN` = none), due_at i64, deadline i64, emitted_at i64, received_at i64, learned_late u8, event_mpan u64 (`u64::MAX` = none), destination tag u8, then routed: subscriber u16, mpan u64, distributor u8, gsp letter u8 (0 = none); parked: reason u8, distributor u8 |
 //! | open outage | lost_at i64, received_at i64, state u8 (1 pending, 2 alerted), mpan u64 (`u64::MAX` = none) |
 //! | device event (JetStream messages of earlier versions; read only) | `v=1` u8, device u64, phase u8, event key u128, mpan u64, kind u8 (1 lost, 2 restored), lost_at or restored_at i64, restored's lost_at i64 (`i64::MIN` = none) |
+//! | journal record (embedded `journal/` logs; JetStream journal messages) | tag u8 (6 acked, 7 removed by retention), from u64, upto u64, at i64: sequences `from..=upto` settled at `at` |
 //! | event record (a segment record; a JetStream event message) | `v=1` u8, arrival i64, received i64, event count u32, then per event: device u64, phase u8, event key u128, mpan u64, kind u8, lost_at or restored_at i64, restored's lost_at i64 (50 bytes) |
 //!
 //! Decoding re-validates MPANs and enums; a record that fails is reported as corruption,
@@ -18,7 +19,7 @@ use crate::domain::{
 };
 use crate::route::{ParkReason, Route, SubscriberId};
 
-use super::{Destination, EventRecord};
+use super::{Destination, EventRecord, Settled};
 
 const ENTRY_VERSION: u8 = 1;
 const NONE_TIME: i64 = i64::MIN;
@@ -238,6 +239,42 @@ pub fn decode_outage(bytes: &[u8]) -> Result<OpenOutage, Corrupt> {
         received_at,
         state,
         mpan,
+    })
+}
+
+const JOURNAL_ACKED: u8 = 6;
+const JOURNAL_EXPIRED: u8 = 7;
+
+/// Encodes a journal record.
+pub fn encode_settled(settled: &Settled) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.push(if settled.expired {
+        JOURNAL_EXPIRED
+    } else {
+        JOURNAL_ACKED
+    });
+    out.extend_from_slice(&settled.from.to_le_bytes());
+    out.extend_from_slice(&settled.upto.to_le_bytes());
+    out.extend_from_slice(&settled.at.0.to_le_bytes());
+    out
+}
+
+/// Decodes [`encode_settled`]'s output.
+pub fn decode_settled(bytes: &[u8]) -> Result<Settled, Corrupt> {
+    let mut r = Reader::new(bytes, "journal record");
+    let expired = match r.u8()? {
+        JOURNAL_ACKED => false,
+        JOURNAL_EXPIRED => true,
+        _ => return Err(Corrupt("journal record")),
+    };
+    let (from, upto) = (r.u64()?, r.u64()?);
+    let at = r.time()?;
+    r.done()?;
+    Ok(Settled {
+        from,
+        upto,
+        at,
+        expired,
     })
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    AlertHeads, AlertLog, Checkpoint, Checkpoints, EventLog, EventRecord, Lease, LogError,
-    Sequencing, partition_of,
+    AlertHeads, AlertLog, Checkpoint, Checkpoints, EventLog, EventRecord, Fate, Lease, LogError,
+    Retention, Sequencing, partition_of,
 };
 use crate::domain::event::EventKey;
 use crate::domain::{
@@ -115,6 +115,7 @@ pub async fn run_all(subject: &Subject) {
     a_truncated_log_keeps_the_records_after_the_checkpoint(subject).await;
     sequences_are_contiguous_per_subscriber_and_read_back(subject).await;
     acks_are_cumulative_never_move_back_and_never_pass_the_head(subject).await;
+    acked_alerts_stay_for_the_report_with_their_ack_time(subject).await;
     a_reader_waits_for_the_next_entry(subject).await;
     alerts_a_replay_emits_again_keep_their_first_sequence(subject).await;
     parked_alerts_are_listed_and_move_exactly_once(subject).await;
@@ -294,16 +295,22 @@ pub async fn acks_are_cumulative_never_move_back_and_never_pass_the_head(subject
         .await
         .expect("append");
     let head = stored.last().expect("stored").sequence;
-    let status = alerts.ack(NGED, head - 1).await.expect("ack");
+    let status = alerts
+        .ack(NGED, head - 1, UtcMillis(T0))
+        .await
+        .expect("ack");
     assert_eq!((status.acked, status.head), (head - 1, head));
-    let status = alerts.ack(NGED, head - 2).await.expect("an older ack");
+    let status = alerts
+        .ack(NGED, head - 2, UtcMillis(T0))
+        .await
+        .expect("an older ack");
     assert_eq!(
         status.acked,
         head - 1,
         "an older ack does not move the cursor back"
     );
     assert_eq!(
-        alerts.ack(NGED, head + 1).await,
+        alerts.ack(NGED, head + 1, UtcMillis(T0)).await,
         Err(LogError::BeyondHead {
             requested: head + 1,
             head
@@ -312,6 +319,54 @@ pub async fn acks_are_cumulative_never_move_back_and_never_pass_the_head(subject
     let status = alerts.status(NGED).await.expect("status");
     assert_eq!(status.acked, head - 1);
     assert!(status.first_retained <= status.acked + 1);
+}
+
+/// Acknowledged alerts are no longer read, but the report still finds them, each with the
+/// time of the first ack that covered it; one not acknowledged is pending.
+pub async fn acked_alerts_stay_for_the_report_with_their_ack_time(subject: &Subject) {
+    let alerts = &subject.alerts;
+    let log = SubscriberId(2);
+    let stored = alerts
+        .append(
+            (0..3)
+                .map(|n| (poa(DeviceId(0x00db_0000_0000_2800 + n), 0), route(log)))
+                .collect(),
+        )
+        .await
+        .expect("append");
+    let first = stored[0].sequence;
+    alerts
+        .ack(log, first, UtcMillis(T0 + 200_000))
+        .await
+        .expect("ack");
+    alerts
+        .ack(log, first + 1, UtcMillis(T0 + 300_000))
+        .await
+        .expect("ack");
+    alerts
+        .ack(log, first + 1, UtcMillis(T0 + 400_000))
+        .await
+        .expect("a repeated ack");
+    let due = poa(DeviceId(0), 0).due_at;
+    let found = alerts
+        .deliveries(log, due, due.plus(Duration::from_millis(1)))
+        .await
+        .expect("deliveries");
+    let fates: Vec<(u64, Fate)> = found.iter().map(|d| (d.sequence, d.fate)).collect();
+    assert_eq!(
+        fates,
+        vec![
+            (first, Fate::Acked(UtcMillis(T0 + 200_000))),
+            (first + 1, Fate::Acked(UtcMillis(T0 + 300_000))),
+            (first + 2, Fate::Pending),
+        ]
+    );
+    assert_eq!(found[0].alert, poa(DeviceId(0x00db_0000_0000_2800), 0));
+    let later = alerts
+        .deliveries(log, due.plus(Duration::from_millis(1)), UtcMillis(i64::MAX))
+        .await
+        .expect("deliveries");
+    assert!(later.is_empty(), "only alerts due in the period: {later:?}");
 }
 
 /// A reader that has caught up waits, and wakes for the next entry.
@@ -452,7 +507,14 @@ pub async fn retention_removes_the_oldest_unacknowledged_and_readers_skip_them(s
         .expect("append");
     let head = before.head + 5;
     let expired = alerts
-        .maintain(UtcMillis(T0), 2, Duration::from_secs(3600 * 24 * 365))
+        .maintain(
+            UtcMillis(T0),
+            Retention {
+                max_alerts: 2,
+                max_age: Duration::from_secs(3600 * 24 * 365),
+                report: Duration::from_secs(3600 * 24 * 35),
+            },
+        )
         .await
         .expect("maintain");
     let ours: Vec<_> = expired.iter().filter(|e| e.log == log).collect();
@@ -472,6 +534,18 @@ pub async fn retention_removes_the_oldest_unacknowledged_and_readers_skip_them(s
         "the reader skips what retention removed"
     );
     assert!(status.first_retained > before.head + 1);
+    let found = alerts
+        .deliveries(log, UtcMillis(0), UtcMillis(i64::MAX))
+        .await
+        .expect("deliveries");
+    let expired = found
+        .iter()
+        .filter(|d| d.fate == Fate::Expired(UtcMillis(T0)))
+        .count();
+    assert_eq!(
+        expired, 3,
+        "the report sees what retention removed: {found:?}"
+    );
 }
 
 /// A checkpoint replaces the partition's previous one; partitions keep their own.

@@ -2,9 +2,8 @@
 //! suite runs against it first) and a store for tests and benchmarks. Nothing survives a
 //! restart; appends are "durable" at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -13,9 +12,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{
-    AlertHeads, AlertLog, AlertReader, Appended, Checkpoint, Checkpoints, Destination, EventLog,
-    EventReader, EventRecord, Expired, Lease, LogEntry, LogError, LogStatus, Logged, Parked,
-    Partition, Sequencing, SlaMark, Stored, partition_of,
+    AlertHeads, AlertLog, AlertReader, Appended, Checkpoint, Checkpoints, Delivered, Destination,
+    EventLog, EventReader, EventRecord, Expired, Lease, LogEntry, LogError, LogStatus, Logged,
+    Parked, Partition, Retention, Sequencing, Settled, SlaMark, Stored, partition_of,
 };
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
@@ -125,6 +124,10 @@ struct SubscriberLog {
     status: LogStatus,
     sla: SlaMark,
     head: watch::Sender<u64>,
+    /// Entries below `status.first_retained` still kept for the report.
+    settled: VecDeque<(u64, Alert)>,
+    /// When each move of the cursor happened, oldest first.
+    journal: VecDeque<Settled>,
 }
 
 impl SubscriberLog {
@@ -139,12 +142,32 @@ impl SubscriberLog {
             return 0;
         }
         let count = usize::try_from(first - self.status.first_retained).unwrap_or(usize::MAX);
-        self.entries.drain(..count.min(self.entries.len()));
+        let settled = self.entries.drain(..count.min(self.entries.len()));
+        self.settled
+            .extend(settled.map(|entry| (entry.sequence, entry.alert)));
         let unacked =
             first.saturating_sub(self.status.acked.max(self.status.first_retained - 1) + 1);
         self.status.first_retained = first;
         self.status.acked = self.status.acked.max(first - 1);
         unacked
+    }
+
+    /// Forgets what was settled before `cutoff`.
+    fn forget_before(&mut self, cutoff: UtcMillis) {
+        let mut floor = 0;
+        while let Some(oldest) = self.journal.front()
+            && oldest.at < cutoff
+        {
+            floor = oldest.upto;
+            self.journal.pop_front();
+        }
+        while self
+            .settled
+            .front()
+            .is_some_and(|(sequence, _)| *sequence <= floor)
+        {
+            self.settled.pop_front();
+        }
     }
 }
 
@@ -226,6 +249,8 @@ impl MemoryAlerts {
                 },
                 sla: SlaMark::default(),
                 head: watch::Sender::new(0),
+                settled: VecDeque::new(),
+                journal: VecDeque::new(),
             })
             .collect();
         Self {
@@ -321,7 +346,12 @@ impl AlertLog for MemoryAlerts {
         Ok(self.inner.lock().log(log)?.status)
     }
 
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
+    async fn ack(
+        &self,
+        log: SubscriberId,
+        upto: u64,
+        at: UtcMillis,
+    ) -> Result<LogStatus, LogError> {
         let mut inner = self.inner.lock();
         let log = inner.log_mut(log)?;
         if upto > log.status.head {
@@ -330,10 +360,35 @@ impl AlertLog for MemoryAlerts {
                 head: log.status.head,
             });
         }
+        if upto > log.status.acked {
+            log.journal.push_back(Settled {
+                from: log.status.acked + 1,
+                upto,
+                at,
+                expired: false,
+            });
+        }
         log.status.acked = log.status.acked.max(upto);
         let first = log.status.acked + 1;
         log.drop_below(first);
         Ok(log.status)
+    }
+
+    async fn deliveries(
+        &self,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError> {
+        let inner = self.inner.lock();
+        let log = inner.log(log)?;
+        let journal: Vec<Settled> = log.journal.iter().copied().collect();
+        let entries = log.settled.iter().copied().chain(
+            log.entries
+                .iter()
+                .map(|entry| (entry.sequence, entry.alert)),
+        );
+        Ok(Settled::deliveries(&journal, entries, from, to))
     }
 
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
@@ -400,19 +455,16 @@ impl AlertLog for MemoryAlerts {
     async fn maintain(
         &self,
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: Duration,
+        retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
-        let cutoff = UtcMillis(
-            now.0
-                .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX)),
-        );
+        let cutoff = Retention::before(now, retention.max_age);
         let mut inner = self.inner.lock();
         let mut expired = Vec::new();
         for (index, log) in inner.logs.iter_mut().enumerate() {
+            log.forget_before(Retention::before(now, retention.report));
             let mut first = log.status.first_retained;
-            if log.status.head + 1 - first > max_alerts {
-                first = log.status.head + 1 - max_alerts;
+            if log.status.head + 1 - first > retention.max_alerts {
+                first = log.status.head + 1 - retention.max_alerts;
             }
             while log
                 .entry(first)
@@ -420,8 +472,15 @@ impl AlertLog for MemoryAlerts {
             {
                 first += 1;
             }
+            let acked = log.status.acked;
             let removed = log.drop_below(first);
             if removed > 0 {
+                log.journal.push_back(Settled {
+                    from: acked + 1,
+                    upto: first - 1,
+                    at: now,
+                    expired: true,
+                });
                 expired.push(Expired {
                     log: SubscriberId(u16::try_from(index).unwrap_or(u16::MAX)),
                     removed,

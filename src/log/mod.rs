@@ -47,6 +47,9 @@
 //! - An alert stored again after a replay ([`AlertLog::guard_replay`]) keeps its first
 //!   sequence and is reported as a duplicate.
 //! - An absent subscriber's backlog costs disk (or the cluster's storage), not memory.
+//! - Each ack and each retention removal is kept with its time, and the alerts it covered
+//!   stay readable for [`AlertLog::deliveries`] (the compliance report) for the report
+//!   retention after it, even though readers no longer see them.
 
 pub mod codec;
 pub mod conformance;
@@ -273,6 +276,36 @@ impl Parked {
     }
 }
 
+/// The limits [`AlertLog::maintain`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Unacknowledged alerts kept per log at most.
+    pub max_alerts: u64,
+    /// Unacknowledged alerts emitted longer ago than this are removed.
+    pub max_age: std::time::Duration,
+    /// Settled alerts (acknowledged or removed) are kept this long for the report.
+    pub report: std::time::Duration,
+}
+
+impl Retention {
+    /// The limits in `config.store`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_alerts: config.store.retention_max_alerts,
+            max_age: config.store.retention_max_age,
+            report: config.store.report_retention,
+        }
+    }
+
+    /// `now` less `age` (saturating).
+    pub fn before(now: UtcMillis, age: std::time::Duration) -> UtcMillis {
+        UtcMillis(
+            now.0
+                .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
 /// Unacknowledged alerts retention removed from one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
@@ -282,6 +315,94 @@ pub struct Expired {
     pub removed: u64,
     /// The log's cursors afterwards.
     pub status: LogStatus,
+}
+
+/// What became of a stored alert, as the compliance report reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Acknowledged: the time of the first ack that covered it (acks are cumulative).
+    Acked(UtcMillis),
+    /// Removed by retention before anyone acknowledged it, at this time.
+    Expired(UtcMillis),
+    /// Neither yet.
+    Pending,
+}
+
+/// A stored alert and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its sequence in its subscriber's log.
+    pub sequence: u64,
+    /// The alert.
+    pub alert: Alert,
+    /// Acknowledged, expired or pending.
+    pub fate: Fate,
+}
+
+/// One record of the delivery journal: sequences `from..=upto` were settled at `at`, by an
+/// ack (the first that covered them; acks are cumulative) or by retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The first sequence it settled (the cursor before it, plus one).
+    pub from: u64,
+    /// The cursor after it.
+    pub upto: u64,
+    /// When.
+    pub at: UtcMillis,
+    /// Retention removed them (rather than an ack).
+    pub expired: bool,
+}
+
+impl Settled {
+    /// What became of `sequence` by `journal` (ordered by `upto`, as written); `None` when
+    /// the journal no longer knows (it was settled before the oldest record kept).
+    pub fn fate_of(journal: &[Settled], sequence: u64) -> Option<Fate> {
+        let index = journal.partition_point(|settled| settled.upto < sequence);
+        match journal.get(index) {
+            Some(settled) if settled.from > sequence => None,
+            Some(settled) if settled.expired => Some(Fate::Expired(settled.at)),
+            Some(settled) => Some(Fate::Acked(settled.at)),
+            None => Some(Fate::Pending),
+        }
+    }
+
+    /// `records` as [`Self::fate_of`] reads them, when several writers may have journalled
+    /// acks out of order or twice (instances acking for one subscriber): ordered by `upto`,
+    /// each starting after the one before, and a record's time no later than any record
+    /// after it (an ack covers everything before it).
+    pub fn normalise(mut records: Vec<Settled>) -> Vec<Settled> {
+        records.sort_by_key(|settled| (settled.upto, settled.at));
+        records.dedup_by_key(|settled| settled.upto);
+        let mut earliest = UtcMillis(i64::MAX);
+        for settled in records.iter_mut().rev() {
+            earliest = earliest.min(settled.at);
+            settled.at = earliest;
+        }
+        for index in 1..records.len() {
+            records[index].from = records[index - 1].upto + 1;
+        }
+        records
+    }
+
+    /// The alerts of `entries` due in `[from, to)` whose fate `journal` knows, each with it.
+    pub fn deliveries(
+        journal: &[Settled],
+        entries: impl IntoIterator<Item = (u64, Alert)>,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Vec<Delivered> {
+        entries
+            .into_iter()
+            .filter(|(_, alert)| alert.due_at >= from && alert.due_at < to)
+            .filter_map(|(sequence, alert)| {
+                Some(Delivered {
+                    sequence,
+                    alert,
+                    fate: Self::fate_of(journal, sequence)?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Reads one subscriber's log in order.
@@ -328,9 +449,20 @@ pub trait AlertLog: Send + Sync + 'static {
         self.status(log).await
     }
 
-    /// Moves `log`'s cursor to `upto` (cumulative; never back); resolves once durable, with
-    /// the cursors afterwards. Beyond the head: [`LogError::BeyondHead`].
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError>;
+    /// Moves `log`'s cursor to `upto` (cumulative; never back) at relay time `at`; resolves
+    /// once durable, with the cursors afterwards. Beyond the head: [`LogError::BeyondHead`].
+    /// A move is journalled with `at` for the compliance report.
+    async fn ack(&self, log: SubscriberId, upto: u64, at: UtcMillis)
+    -> Result<LogStatus, LogError>;
+
+    /// The alerts of `log` due in `[from, to)` that are still kept for the report, in
+    /// sequence order, each with what became of it.
+    async fn deliveries(
+        &self,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError>;
 
     /// `log`'s SLA watch progress.
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError>;
@@ -361,12 +493,12 @@ pub trait AlertLog: Send + Sync + 'static {
     async fn list_parked(&self, limit: usize) -> Result<(Vec<LogEntry>, u64), LogError>;
 
     /// Retention and housekeeping, run periodically: unacknowledged alerts beyond
-    /// `max_alerts` per log or emitted before `now - max_age` are removed.
+    /// `max_alerts` per log or emitted before `now - max_age` are removed (and journalled at
+    /// `now`); alerts settled before `now - report_retention`, and their journal, may go.
     async fn maintain(
         &self,
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: std::time::Duration,
+        retention: Retention,
     ) -> Result<Vec<Expired>, LogError>;
 
     /// Each log's durable head now (a checkpoint records them).
@@ -538,4 +670,59 @@ pub trait Peers: Send + Sync + 'static {
         &self,
         request: crate::proto::ReloadRegistryRequest,
     ) -> Result<crate::proto::ReloadRegistryResponse, crate::error::RelayError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(from: u64, upto: u64, at: i64) -> Settled {
+        Settled {
+            from,
+            upto,
+            at: UtcMillis(at),
+            expired: false,
+        }
+    }
+
+    #[test]
+    fn a_sequence_takes_the_fate_of_the_first_record_that_covers_it() {
+        let journal = [
+            settled(3, 4, 10),
+            Settled {
+                expired: true,
+                ..settled(5, 7, 20)
+            },
+        ];
+        let fates: Vec<Option<Fate>> = (2..=8)
+            .map(|sequence| Settled::fate_of(&journal, sequence))
+            .collect();
+        assert_eq!(
+            fates,
+            [
+                None,
+                Some(Fate::Acked(UtcMillis(10))),
+                Some(Fate::Acked(UtcMillis(10))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Expired(UtcMillis(20))),
+                Some(Fate::Pending),
+            ]
+        );
+    }
+
+    #[test]
+    fn records_of_several_writers_are_put_in_order() {
+        let normalised = Settled::normalise(vec![
+            settled(1, 5, 30),
+            settled(1, 3, 40),
+            settled(4, 5, 35),
+            settled(6, 9, 50),
+        ]);
+        assert_eq!(
+            normalised,
+            [settled(1, 3, 30), settled(4, 5, 30), settled(6, 9, 50)],
+            "an ack through 5 at 30 acknowledged 1..=3 by then too"
+        );
+    }
 }

@@ -20,7 +20,8 @@ use crate::ingest::Admission;
 use crate::log::conformance::{device_in, loss, record};
 use crate::log::memory::{MemoryAlerts, MemoryCheckpoints};
 use crate::log::{
-    AlertLog, AlertReader, Checkpoints, EventLog, Expired, LogEntry, LogStatus, Parked, SlaMark,
+    AlertLog, AlertReader, Checkpoints, Delivered, EventLog, Expired, LogEntry, LogStatus, Parked,
+    Retention, SlaMark,
 };
 use crate::owner::{CheckpointPolicy, OwnerContext, Owners};
 use crate::route::{Registry, Router, RoutingTable, SubscriberId};
@@ -169,8 +170,22 @@ impl AlertLog for GatedAlerts {
         self.inner.status(log).await
     }
 
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
-        self.inner.ack(log, upto).await
+    async fn ack(
+        &self,
+        log: SubscriberId,
+        upto: u64,
+        at: UtcMillis,
+    ) -> Result<LogStatus, LogError> {
+        self.inner.ack(log, upto, at).await
+    }
+
+    async fn deliveries(
+        &self,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError> {
+        self.inner.deliveries(log, from, to).await
     }
 
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
@@ -208,10 +223,9 @@ impl AlertLog for GatedAlerts {
     async fn maintain(
         &self,
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: Duration,
+        retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
-        self.inner.maintain(now, max_alerts, max_age).await
+        self.inner.maintain(now, retention).await
     }
 
     fn heads(&self) -> AlertHeads {

@@ -23,6 +23,13 @@
 //!   messages, each of up to [`alert_batch::ALERTS_PER_MESSAGE`] alerts).
 //! - SLA marks (`sla.<name>`: entries seen, checked through, breaches) move by compare-and-set.
 //! - Parked alerts are one message each; their stream sequence is their key.
+//! - Each ack that moves a cursor is journalled first (`{P}_JOURNAL`, a journal record of
+//!   `log::codec` on the subscriber's subject, kept `store.report_retention`), then the
+//!   cursor moves: an ack that fails after its record was stored is sent again by the
+//!   subscriber, and the report orders and merges the records of several instances
+//!   ([`Settled::normalise`]). The alerts the report reads are the subscriber's stream, so
+//!   it reaches back as far as the stream keeps them (`store.retention_max_age`); alerts the
+//!   stream's limits removed unacknowledged are not journalled.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,10 +53,10 @@ use super::alert_writer::{self, Job};
 use super::{Cluster, EMITTED_BY, alert_batch};
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{decode_entry, encode_entry};
+use crate::log::codec::{decode_entry, decode_settled, encode_entry, encode_settled};
 use crate::log::{
-    AlertHeads, AlertLog, AlertReader, Destination, Expired, Lease, LogEntry, LogError, LogStatus,
-    Parked, Partition, SlaMark, Stored, partition_of,
+    AlertHeads, AlertLog, AlertReader, Delivered, Destination, Expired, Lease, LogEntry, LogError,
+    LogStatus, Parked, Partition, Retention, Settled, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, RoutingTable, SubscriberId};
 use crate::telemetry;
@@ -130,6 +137,22 @@ impl JsAlerts {
 
     fn stream(&self, log: SubscriberId) -> &AlertStream {
         &self.streams[usize::from(log.0)]
+    }
+
+    /// Stores `settled` in `log`'s journal.
+    async fn journal(&self, log: SubscriberId, settled: Settled) -> Result<(), LogError> {
+        let what = format!("journal of {}", self.name(log));
+        self.cluster
+            .js
+            .publish(
+                self.cluster.names.journal_subject(self.name(log)),
+                Bytes::from(encode_settled(&settled)),
+            )
+            .await
+            .map_err(|err| unavailable(&what, err))?
+            .await
+            .map_err(|err| unavailable(&what, err))?;
+        Ok(())
     }
 
     fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Job> {
@@ -420,10 +443,29 @@ fn entry_of(message: &async_nats::jetstream::Message) -> Result<LogEntry, LogErr
 
 /// Every message of `subject` in the parked stream, oldest first.
 async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, LogError> {
-    let what = "parked alerts";
+    read_all(cluster, cluster.names.parked_stream(), subject, |message| {
+        let entry = entry_of(message)?;
+        Ok(vec![Parked {
+            key: entry.sequence,
+            entry,
+        }])
+    })
+    .await
+}
+
+/// Every message of `subject` in `stream` stored when the read began, oldest first, each
+/// decoded by `decode` into what it holds.
+async fn read_all<T>(
+    cluster: &Cluster,
+    stream: String,
+    subject: String,
+    decode: impl Fn(&async_nats::jetstream::Message) -> Result<Vec<T>, LogError>,
+) -> Result<Vec<T>, LogError> {
+    let what = format!("stream {stream}");
+    let what = what.as_str();
     let mut stream = cluster
         .js
-        .get_stream(cluster.names.parked_stream())
+        .get_stream(&stream)
         .await
         .map_err(|err| unavailable(what, err))?;
     let info = stream.info().await.map_err(|err| unavailable(what, err))?;
@@ -443,7 +485,7 @@ async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, 
         .messages()
         .await
         .map_err(|err| unavailable(what, err))?;
-    let mut parked = Vec::new();
+    let mut read = Vec::new();
     while left > 0 {
         let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
             .await
@@ -454,13 +496,9 @@ async fn read_parked(cluster: &Cluster, subject: String) -> Result<Vec<Parked>, 
             .info()
             .map_err(|err| unavailable(what, err))?
             .pending;
-        let entry = entry_of(&message)?;
-        parked.push(Parked {
-            key: entry.sequence,
-            entry,
-        });
+        read.extend(decode(&message)?);
     }
-    Ok(parked)
+    Ok(read)
 }
 
 /// A replayed partition's alerts that were stored after its checkpoint, by id.
@@ -654,7 +692,12 @@ impl AlertLog for JsAlerts {
         })
     }
 
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
+    async fn ack(
+        &self,
+        log: SubscriberId,
+        upto: u64,
+        at: UtcMillis,
+    ) -> Result<LogStatus, LogError> {
         let bounds = self.bounds_reaching(log, upto).await?;
         let (first, head) = (bounds.first_retained, bounds.tail.head);
         if upto > head {
@@ -664,9 +707,24 @@ impl AlertLog for JsAlerts {
             });
         }
         let key = cursor_key(self.name(log));
+        let mut journalled = false;
         loop {
             let (text, revision) = read_text(&self.cluster.cursors, &key).await?;
             let acked: u64 = text.parse().unwrap_or(0);
+            if upto > acked && !journalled {
+                self.journal(
+                    log,
+                    Settled {
+                        from: acked + 1,
+                        upto,
+                        at,
+                        expired: false,
+                    },
+                )
+                .await?;
+                journalled = true;
+                continue;
+            }
             if upto <= acked
                 || compare_and_set(&self.cluster.cursors, &key, upto.to_string(), revision).await?
             {
@@ -677,6 +735,47 @@ impl AlertLog for JsAlerts {
                 });
             }
         }
+    }
+
+    async fn deliveries(
+        &self,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError> {
+        let name = self.name(log);
+        let names = &self.cluster.names;
+        let journal = read_all(
+            &self.cluster,
+            names.journal_stream(),
+            names.journal_subject(name),
+            |message| Ok(vec![decode_settled(&message.payload)?]),
+        )
+        .await?;
+        let entries = read_all(
+            &self.cluster,
+            names.alerts_stream(name),
+            names.alert_subject(name),
+            |message| {
+                let at = message
+                    .info()
+                    .map_err(|err| unavailable("alert metadata", err))?
+                    .stream_sequence;
+                Ok(
+                    alert_batch::decode(message.headers.as_ref(), &message.payload, at)?
+                        .into_iter()
+                        .map(|entry| (entry.sequence, entry.alert))
+                        .collect(),
+                )
+            },
+        )
+        .await?;
+        Ok(Settled::deliveries(
+            &Settled::normalise(journal),
+            entries,
+            from,
+            to,
+        ))
     }
 
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
@@ -746,8 +845,7 @@ impl AlertLog for JsAlerts {
     async fn maintain(
         &self,
         _now: UtcMillis,
-        _max_alerts: u64,
-        _max_age: Duration,
+        _retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
         // The streams' own limits (max age, max messages) do retention.
         Ok(Vec::new())

@@ -12,7 +12,8 @@
 //!                                         ▼
 //!    {P}_ALERTS_<subscriber> (stream sequence = the DNO's sequence), or {P}_PARKED
 //!                                         │
-//!    any instance: AlertFeed from any sequence; cursors and SLA marks in {P}_CURSORS
+//!    any instance: AlertFeed from any sequence; cursors and SLA marks in {P}_CURSORS;
+//!    each ack journalled with its time in {P}_JOURNAL (subject {P}.journal.<subscriber>)
 //! ```
 //!
 //! - [`events`]: the event log. JetStream stamps each message's arrival; marks (empty
@@ -83,6 +84,16 @@ impl Names {
     /// The subject of one subscriber's alerts.
     pub fn alert_subject(&self, subscriber: &str) -> String {
         format!("{}.alerts.{subscriber}", self.prefix)
+    }
+
+    /// The stream of the subscribers' delivery journals.
+    pub fn journal_stream(&self) -> String {
+        format!("{}_JOURNAL", self.prefix)
+    }
+
+    /// The subject of one subscriber's delivery journal.
+    pub fn journal_subject(&self, subscriber: &str) -> String {
+        format!("{}.journal.{subscriber}", self.prefix)
     }
 
     /// The stream of alerts that routed nowhere.
@@ -399,6 +410,18 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
     ensure_stream(
         js,
         alert_stream(names.parked_stream(), names.parked_subjects()),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.journal_stream(),
+            subjects: vec![format!("{}.journal.*", settings.prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: config.store.report_retention,
+            ..Default::default()
+        },
     )
     .await?;
     ensure_stream(

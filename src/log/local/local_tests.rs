@@ -63,7 +63,7 @@ async fn records_alerts_cursors_and_parked_alerts_survive_a_reopen() {
             )
             .await
             .expect("append alerts");
-        alerts.ack(UKPN, 3).await.expect("ack");
+        alerts.ack(UKPN, 3, UtcMillis(0)).await.expect("ack");
         alerts
             .record_sla(NGED, 0, UtcMillis(77), 4)
             .await

@@ -9,6 +9,7 @@
 //!   events/<p>/             partition p's event records          (segment log, positions from 1)
 //!   alerts/<name>/entries/  the subscriber's alerts               (segment log, sequence = position)
 //!   alerts/<name>/cursor/   its cursor and SLA watch progress     (segment log of cursor records)
+//!   alerts/<name>/journal/  when its alerts were settled          (segment log, see `journal`)
 //!   parked/<p>/             partition p's parked alerts           (segment log, see `meta`)
 //!   checkpoints/p<p>.ckpt   partition p's last checkpoint
 //! ```
@@ -26,13 +27,15 @@
 //!   silently. Each owner then loads its checkpoint and replays its partition's records after
 //!   it.
 //! - **Truncation.** After a checkpoint is saved, the event log's segments before it are
-//!   deleted; an alert log's segments go once every alert in them is acknowledged or expired.
+//!   deleted; an alert log's segments go once every alert in them was acknowledged or
+//!   expired longer ago than `store.report_retention` (the compliance report reads them).
 //! - **Backlog on disk.** An alert log keeps in memory only a sparse index (8 bytes per 64
 //!   entries) and its cursor: an absent DNO's backlog costs disk, not memory.
 //! - **Older data directories.** A directory holding the redb store of earlier versions
 //!   (`outage-relay.redb`) is refused with a message; it is not migrated.
 
 pub mod checkpoints;
+pub mod journal;
 pub mod meta;
 pub mod recent;
 pub mod segment;
@@ -43,7 +46,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -58,8 +60,9 @@ use self::segment::{Recovery, SegmentError, SegmentLog, SegmentOptions, SegmentR
 use self::writer::{EventPartition, ParkedLog, Published, Request, SubscriberLog, Writer};
 use super::codec::{decode_entry, decode_record};
 use super::{
-    AlertHeads, AlertLog, AlertReader, Appended, Checkpoints, EventLog, EventReader, EventRecord,
-    Expired, LogEntry, LogError, LogStatus, Logged, Parked, Partition, Sequencing, SlaMark, Stored,
+    AlertHeads, AlertLog, AlertReader, Appended, Checkpoints, Delivered, EventLog, EventReader,
+    EventRecord, Expired, LogEntry, LogError, LogStatus, Logged, Parked, Partition, Retention,
+    Sequencing, SlaMark, Stored,
 };
 use crate::config::Config;
 use crate::domain::{Alert, UtcMillis};
@@ -170,6 +173,7 @@ impl Local {
         }
         let mut subscribers = Vec::with_capacity(table.len());
         let mut statuses = Vec::with_capacity(table.len());
+        let mut journals = Vec::with_capacity(table.len());
         let recent = options.cache_bytes / size_of::<LogEntry>() / table.len().max(1);
         for (_, name) in table.iter() {
             let log = open_subscriber(
@@ -178,6 +182,7 @@ impl Local {
                 (segments, meta),
                 recent,
             )?;
+            journals.push(log.journal.reader());
             statuses.push((
                 log.entries_reader.clone(),
                 log.status.subscribe(),
@@ -221,6 +226,7 @@ impl Local {
             alerts: Arc::new(LocalAlerts {
                 tx,
                 logs: statuses,
+                journals,
                 names,
             }),
             checkpoints,
@@ -386,8 +392,12 @@ fn open_subscriber(
         },
     };
     let head = entries.next() - 1;
+    let (journal, marks) = journal::open(&dir.join("journal"), meta)?;
     Ok(SubscriberLog {
         name: name.to_owned(),
+        unreported: entries.first(),
+        journal,
+        marks,
         entries_reader: entries.reader(),
         entries,
         cursors,
@@ -549,6 +559,8 @@ struct LocalAlerts {
     tx: mpsc::UnboundedSender<Request>,
     /// Per subscriber: its entries, what the writer published of it, its newest entries.
     logs: Vec<(SegmentReader, watch::Receiver<Published>, Arc<Recent>)>,
+    /// Per subscriber: its delivery journal.
+    journals: Vec<SegmentReader>,
     names: Vec<String>,
 }
 
@@ -649,8 +661,39 @@ impl AlertLog for LocalAlerts {
         Ok(self.log(log)?.1.borrow().status)
     }
 
-    async fn ack(&self, log: SubscriberId, upto: u64) -> Result<LogStatus, LogError> {
-        ask(&self.tx, |reply| Request::Ack { log, upto, reply }).await
+    async fn ack(
+        &self,
+        log: SubscriberId,
+        upto: u64,
+        at: UtcMillis,
+    ) -> Result<LogStatus, LogError> {
+        ask(&self.tx, |reply| Request::Ack {
+            log,
+            upto,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        log: SubscriberId,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<Delivered>, LogError> {
+        let (entries, status, _) = self.log(log)?;
+        let head = status.borrow().status.head;
+        let journal = self
+            .journals
+            .get(usize::from(log.0))
+            .ok_or_else(|| LogError::Unavailable(format!("no subscriber log {}", log.0)))?
+            .clone();
+        let entries = entries.clone();
+        // Reads a month of files: off the async workers.
+        tokio::task::spawn_blocking(move || journal::deliveries(&entries, head, &journal, from, to))
+            .await
+            .map_err(|err| LogError::Unavailable(format!("the journal read failed: {err}")))?
     }
 
     async fn sla_mark(&self, log: SubscriberId) -> Result<SlaMark, LogError> {
@@ -714,13 +757,11 @@ impl AlertLog for LocalAlerts {
     async fn maintain(
         &self,
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: Duration,
+        retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
         ask(&self.tx, |reply| Request::Maintain {
             now,
-            max_alerts,
-            max_age,
+            retention,
             reply,
         })
         .await

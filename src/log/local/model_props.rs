@@ -190,10 +190,13 @@ async fn check(ops: Vec<Op>) {
                 let log = subscriber(ukpn);
                 let status = model_alerts.status(log).await.expect("status");
                 let upto = status.acked + (status.head - status.acked) * u64::from(of_256) / 256;
-                let expected = model_alerts.ack(log, upto).await.map(|s| (s.head, s.acked));
+                let expected = model_alerts
+                    .ack(log, upto, UtcMillis(0))
+                    .await
+                    .map(|s| (s.head, s.acked));
                 let got = local
                     .alerts()
-                    .ack(log, upto)
+                    .ack(log, upto, UtcMillis(0))
                     .await
                     .map(|s| (s.head, s.acked));
                 assert_eq!(got, expected, "ack of {upto}");

@@ -13,12 +13,12 @@
 //! owners then fence ingest), and only a restart, which recovers the logs, lifts it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use std::sync::Arc;
 
+use super::journal::JournalMarks;
 use super::meta::{Cursor, ParkedRecord, encode_cursor, encode_parked};
 use super::recent::Recent;
 use super::segment::{SegmentLog, SegmentReader};
@@ -26,10 +26,10 @@ use super::segment_error;
 use super::sync_pool::SyncPool;
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{decode_entry, encode_entry, encode_record};
+use crate::log::codec::{decode_entry, encode_entry, encode_record, encode_settled};
 use crate::log::{
     AlertHeads, Appended, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
-    Partition, SlaMark, Stored, partition_of,
+    Partition, Retention, Settled, SlaMark, Stored, partition_of,
 };
 use crate::route::{ParkReason, Route, SubscriberId};
 
@@ -63,6 +63,7 @@ pub(super) enum Request {
     Ack {
         log: SubscriberId,
         upto: u64,
+        at: UtcMillis,
         reply: oneshot::Sender<Result<LogStatus, LogError>>,
     },
     /// Record an SLA watch's progress.
@@ -82,8 +83,7 @@ pub(super) enum Request {
     /// Retention.
     Maintain {
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: Duration,
+        retention: Retention,
         reply: oneshot::Sender<Result<Vec<Expired>, LogError>>,
     },
     /// Alerts of a partition stored after `heads` are re-emitted by its replay.
@@ -124,6 +124,11 @@ pub(super) struct SubscriberLog {
     /// Cursor records; the last one is the cursor.
     pub(super) cursors: SegmentLog,
     pub(super) cursor: Cursor,
+    /// When the cursor moved ([`super::journal`]).
+    pub(super) journal: SegmentLog,
+    pub(super) marks: JournalMarks,
+    /// Entries before this sequence are no longer wanted by the report.
+    pub(super) unreported: u64,
     /// Published to readers after each sync.
     pub(super) status: watch::Sender<Published>,
     /// The newest entries, for readers at the head.
@@ -176,6 +181,7 @@ struct Touched {
     events: Vec<Partition>,
     entries: Vec<usize>,
     cursors: Vec<usize>,
+    journals: Vec<usize>,
     parked: Vec<usize>,
 }
 
@@ -192,8 +198,12 @@ type Reply = Box<dyn FnOnce(Result<(), LogError>) + Send>;
 
 /// Work done after the group is durable.
 enum After {
-    TruncateEvents(Partition, u64),
-    TruncateEntries(usize),
+    /// Delete a partition's event segments up to a position.
+    Events(Partition, u64),
+    /// Delete a subscriber's entry segments no reader or report needs.
+    Entries(usize),
+    /// Delete a subscriber's journal segments before a position.
+    Journal(usize, u64),
 }
 
 /// The writer thread's state.
@@ -285,6 +295,7 @@ impl Writer {
         let wrote = !(touched.events.is_empty()
             && touched.entries.is_empty()
             && touched.cursors.is_empty()
+            && touched.journals.is_empty()
             && touched.parked.is_empty());
         if wrote {
             self.commit_seconds.record(started.elapsed().as_secs_f64());
@@ -326,7 +337,7 @@ impl Writer {
 
     fn after(&mut self, work: After) -> Result<(), LogError> {
         match work {
-            After::TruncateEvents(partition, through) => {
+            After::Events(partition, through) => {
                 if let Some(events) = self.events.get_mut(usize::from(partition)) {
                     events
                         .log
@@ -334,11 +345,17 @@ impl Writer {
                         .map_err(segment_error)?;
                 }
             }
-            After::TruncateEntries(index) => {
+            After::Entries(index) => {
                 if let Some(log) = self.subscribers.get_mut(index) {
+                    // Settled entries stay for the report until the journal forgets them.
                     log.entries
-                        .truncate_before(log.cursor.first_retained)
+                        .truncate_before(log.cursor.first_retained.min(log.unreported))
                         .map_err(segment_error)?;
+                }
+            }
+            After::Journal(index, before) => {
+                if let Some(log) = self.subscribers.get_mut(index) {
+                    log.journal.truncate_before(before).map_err(segment_error)?;
                 }
             }
         }
@@ -359,6 +376,9 @@ impl Writer {
             }
             if touched.cursors.contains(&index) {
                 logs.push(&mut log.cursors);
+            }
+            if touched.journals.contains(&index) {
+                logs.push(&mut log.journal);
             }
         }
         for (index, parked) in self.parked.iter_mut().enumerate() {
@@ -435,7 +455,12 @@ impl Writer {
                     let _ = reply.send(Err(err));
                 }
             },
-            Request::Ack { log, upto, reply } => match self.ack(log, upto, touched, after) {
+            Request::Ack {
+                log,
+                upto,
+                at,
+                reply,
+            } => match self.ack(log, (upto, at), touched, after) {
                 Ok(status) => replies.push(answer(reply, status)),
                 Err(err) => {
                     let _ = reply.send(Err(err));
@@ -458,15 +483,14 @@ impl Writer {
                 through,
                 reply,
             } => {
-                after.push(After::TruncateEvents(partition, through));
+                after.push(After::Events(partition, through));
                 replies.push(answer(reply, ()));
             }
             Request::Maintain {
                 now,
-                max_alerts,
-                max_age,
+                retention,
                 reply,
-            } => match self.retain(now, max_alerts, max_age, touched, after) {
+            } => match self.retain(now, retention, touched, after) {
                 Ok(expired) => replies.push(answer(reply, expired)),
                 Err(err) => {
                     let _ = reply.send(Err(err));
@@ -598,7 +622,7 @@ impl Writer {
     fn ack(
         &mut self,
         log: SubscriberId,
-        upto: u64,
+        (upto, at): (u64, UtcMillis),
         touched: &mut Touched,
         after: &mut Vec<After>,
     ) -> Result<LogStatus, LogError> {
@@ -612,12 +636,22 @@ impl Writer {
             });
         }
         if upto > subscriber.cursor.acked {
+            write_journal(
+                subscriber,
+                Settled {
+                    from: subscriber.cursor.acked + 1,
+                    upto,
+                    at,
+                    expired: false,
+                },
+            )?;
+            Touched::add(&mut touched.journals, index);
             // Acknowledged alerts are delivered: no longer readable, as with retention.
             subscriber.cursor.acked = upto;
             subscriber.cursor.first_retained = subscriber.cursor.first_retained.max(upto + 1);
             write_cursor(subscriber)?;
             Touched::add(&mut touched.cursors, index);
-            after.push(After::TruncateEntries(index));
+            after.push(After::Entries(index));
         }
         Ok(subscriber.cursor.status(head))
     }
@@ -647,22 +681,24 @@ impl Writer {
     fn retain(
         &mut self,
         now: UtcMillis,
-        max_alerts: u64,
-        max_age: Duration,
+        retention: Retention,
         touched: &mut Touched,
         after: &mut Vec<After>,
     ) -> Result<Vec<Expired>, LogError> {
-        let cutoff = UtcMillis(
-            now.0
-                .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX)),
-        );
+        let cutoff = Retention::before(now, retention.max_age);
+        let report_cutoff = Retention::before(now, retention.report);
         let mut expired = Vec::new();
         for (index, log) in self.subscribers.iter_mut().enumerate() {
+            if let Some(forget) = log.marks.forget_before(report_cutoff) {
+                log.unreported = log.unreported.max(forget.entries_before);
+                after.push(After::Journal(index, forget.journal_before));
+                after.push(After::Entries(index));
+            }
             let head = log.published_head();
             let old_first = log.cursor.first_retained.max(log.cursor.acked + 1);
             let mut first = old_first;
-            if head + 1 - first > max_alerts {
-                first = head + 1 - max_alerts;
+            if head + 1 - first > retention.max_alerts {
+                first = head + 1 - retention.max_alerts;
             }
             first = first.max(first_young_enough(
                 &log.entries_reader,
@@ -674,11 +710,21 @@ impl Writer {
                 continue;
             }
             let removed = first - old_first;
+            write_journal(
+                log,
+                Settled {
+                    from: old_first,
+                    upto: first - 1,
+                    at: now,
+                    expired: true,
+                },
+            )?;
+            Touched::add(&mut touched.journals, index);
             log.cursor.first_retained = first;
             log.cursor.acked = log.cursor.acked.max(first - 1);
             write_cursor(log)?;
             Touched::add(&mut touched.cursors, index);
-            after.push(After::TruncateEntries(index));
+            after.push(After::Entries(index));
             expired.push(Expired {
                 log: SubscriberId(u16::try_from(index).unwrap_or(u16::MAX)),
                 removed,
@@ -845,6 +891,16 @@ fn write_cursor(log: &mut SubscriberLog) -> Result<(), LogError> {
             .truncate_before(log.cursors.next() - 1)
             .map_err(segment_error)?;
     }
+    Ok(())
+}
+
+/// Appends a journal record to a subscriber's journal, noting it in the marks.
+fn write_journal(log: &mut SubscriberLog, settled: Settled) -> Result<(), LogError> {
+    let position = log
+        .journal
+        .push(&encode_settled(&settled))
+        .map_err(segment_error)?;
+    log.marks.note(position, settled);
     Ok(())
 }
 
