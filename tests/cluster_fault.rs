@@ -38,12 +38,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::cluster::{
-    self, CALL_LIMIT, KilledNode, START_LIMIT, check_order_and_emitters, cluster_status, finished,
-    owners, stream_leaders, watch_ownership,
+    self, CALL_LIMIT, KilledNode, check_order_and_emitters, cluster_status, finished, owners,
+    stream_leaders, watch_ownership,
 };
 use common::storm::{self, Pacing, Plan, Rng, Script, Shared};
 use outage_relay::domain::UtcMillis;
@@ -109,25 +108,15 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let prefix = format!("FAULT_{}_{}", std::process::id(), nanos % 1_000_000_000);
-    let config = cluster::write_config(dir.path(), &prefix, PARTITIONS);
+    let config = cluster::write_config(
+        dir.path(),
+        &prefix,
+        PARTITIONS,
+        "lease_ttl = \"2s\"\nsnapshot_interval = \"500ms\"\n",
+    );
 
     let mut relays = cluster::relays(dir.path(), &config, &nats_urls, INSTANCES, "2s").await;
-    for relay in &mut relays {
-        relay.start().await;
-    }
-    let urls: Vec<String> = relays.iter().map(|r| r.url.clone()).collect();
-    let names: Vec<String> = relays.iter().map(|r| r.name.clone()).collect();
-    let all_names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    let spread = watch_ownership(urls.clone(), Instant::now(), START_LIMIT, |status| {
-        let owners: BTreeSet<&str> = owners(status).into_iter().collect();
-        status.owners.len() == PARTITIONS && owners == all_names
-    })
-    .await;
-    assert!(
-        spread.is_some(),
-        "the partitions were not spread over {names:?}: {:?}",
-        cluster_status(&urls).await
-    );
+    let (urls, names) = cluster::start_spread(&mut relays, PARTITIONS).await;
 
     let t0 = UtcMillis::system_now().0;
     let script = Script::generate(&PLAN, seed, t0);
@@ -143,16 +132,9 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
     let mut rng = Rng::new(seed ^ 0xfa17);
     tokio::time::sleep_until(storm + RELAY_KILL_AT).await;
     let before = cluster_status(&urls).await;
-    let owned = |name: &str| {
-        before.as_ref().map_or(0, |status| {
-            owners(status).iter().filter(|o| **o == name).count()
-        })
-    };
-    let victim = (0..INSTANCES)
-        .max_by_key(|&i| owned(&names[i]))
-        .filter(|&i| owned(&names[i]) > 0)
-        .unwrap_or_else(|| rng.below(INSTANCES));
-    let owned_by_victim = owned(&names[victim]);
+    let (busiest, orphans) = cluster::busiest(before.as_ref(), &names);
+    let victim = busiest.unwrap_or_else(|| rng.below(INSTANCES));
+    let owned_by_victim = orphans.len();
     relays[victim].kill9().await;
     let killed_ms = UtcMillis::system_now().0;
     println!(
@@ -160,13 +142,6 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         storm.elapsed(),
         names[victim]
     );
-    // The partitions it owned, to see when their alerts come from the survivors.
-    let orphans: BTreeSet<usize> = before.as_ref().map_or_else(BTreeSet::new, |status| {
-        let owners = owners(status);
-        (0..owners.len())
-            .filter(|&p| owners[p] == names[victim])
-            .collect()
-    });
     let leaders = stream_leaders(&nats_urls, &prefix).await;
     let leading = leaders
         .iter()

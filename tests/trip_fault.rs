@@ -17,12 +17,9 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::cluster::{
-    self, Delivery, START_LIMIT, check_order_and_emitters, cluster_status, owners, watch_ownership,
-};
+use common::cluster::{self, Delivery, check_order_and_emitters, cluster_status};
 use common::storm::{self, Pacing, Plan, Script, Shared};
 use outage_relay::domain::UtcMillis;
 use tokio::time::Instant;
@@ -76,33 +73,10 @@ async fn a_trip_loses_its_busiest_instance_and_every_alert_still_meets_its_deadl
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let prefix = format!("TRIP_{}_{}", std::process::id(), nanos % 1_000_000_000);
-    let config = dir.path().join("relay.toml");
-    let mut text = format!(
-        "shutdown_grace = \"5s\"\n\n[store]\nbackend = \"jetstream\"\n\n[store.jetstream]\n\
-         partitions = {PARTITIONS}\nprefix = \"{prefix}\"\nreplicas = 3\n"
-    );
-    if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
-        text.push_str(&format!("user = {user:?}\npassword = {password:?}\n"));
-    }
-    std::fs::write(&config, text).expect("write the relay config");
+    let config = cluster::write_config(dir.path(), &prefix, PARTITIONS, "");
 
     let mut relays = cluster::relays(dir.path(), &config, &nats_urls, INSTANCES, "2s").await;
-    for relay in &mut relays {
-        relay.start().await;
-    }
-    let urls: Vec<String> = relays.iter().map(|r| r.url.clone()).collect();
-    let names: Vec<String> = relays.iter().map(|r| r.name.clone()).collect();
-    let all_names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    let spread = watch_ownership(urls.clone(), Instant::now(), START_LIMIT, |status| {
-        let owners: BTreeSet<&str> = owners(status).into_iter().collect();
-        status.owners.len() == PARTITIONS && owners == all_names
-    })
-    .await;
-    assert!(
-        spread.is_some(),
-        "the partitions were not spread over {names:?}: {:?}",
-        cluster_status(&urls).await
-    );
+    let (urls, names) = cluster::start_spread(&mut relays, PARTITIONS).await;
 
     let t0 = UtcMillis::system_now().0;
     let script = Script::generate(&PLAN, seed, t0);
@@ -118,20 +92,8 @@ async fn a_trip_loses_its_busiest_instance_and_every_alert_still_meets_its_deadl
 
     tokio::time::sleep_until(start + KILL_AT).await;
     let before = cluster_status(&urls).await;
-    let owned = |name: &str| {
-        before.as_ref().map_or(0, |status| {
-            owners(status).iter().filter(|o| **o == name).count()
-        })
-    };
-    let victim = (0..INSTANCES)
-        .max_by_key(|&i| owned(&names[i]))
-        .expect("instances");
-    let orphans: BTreeSet<usize> = before.as_ref().map_or_else(BTreeSet::new, |status| {
-        let owners = owners(status);
-        (0..owners.len())
-            .filter(|&p| owners[p] == names[victim])
-            .collect()
-    });
+    let (victim, orphans) = cluster::busiest(before.as_ref(), &names);
+    let victim = victim.expect("an instance owning partitions");
     relays[victim].kill9().await;
     let killed_ms = UtcMillis::system_now().0;
     println!(

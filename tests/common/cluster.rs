@@ -374,11 +374,12 @@ pub fn check_order_and_emitters(
 }
 
 /// The relay config every instance shares: the JetStream backend under a prefix of its own.
-pub fn write_config(dir: &Path, prefix: &str, partitions: usize) -> PathBuf {
+/// `tuning`: more `[store.jetstream]` lines (lease and snapshot settings), or none for the
+/// defaults.
+pub fn write_config(dir: &Path, prefix: &str, partitions: usize, tuning: &str) -> PathBuf {
     let mut text = format!(
         "shutdown_grace = \"5s\"\n\n[store]\nbackend = \"jetstream\"\n\n[store.jetstream]\n\
-         partitions = {partitions}\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n\
-         snapshot_interval = \"500ms\"\nreplicas = 3\n"
+         partitions = {partitions}\nprefix = \"{prefix}\"\nreplicas = 3\n{tuning}"
     );
     // `.ci/nats-cluster` with NATS_CLUSTER_USER set writes these into its env file.
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
@@ -485,4 +486,48 @@ pub fn fail(seed: u64, failures: &[String], relays: Vec<Relay>, dir: tempfile::T
         shown.join("\n"),
         kept.display()
     );
+}
+
+/// Starts `relays` and waits until the `partitions` are spread over all of them; their URLs
+/// and names.
+pub async fn start_spread(relays: &mut [Relay], partitions: usize) -> (Vec<String>, Vec<String>) {
+    for relay in relays.iter_mut() {
+        relay.start().await;
+    }
+    let urls: Vec<String> = relays.iter().map(|r| r.url.clone()).collect();
+    let names: Vec<String> = relays.iter().map(|r| r.name.clone()).collect();
+    let all_names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let spread = watch_ownership(urls.clone(), Instant::now(), START_LIMIT, |status| {
+        let owners: BTreeSet<&str> = owners(status).into_iter().collect();
+        status.owners.len() == partitions && owners == all_names
+    })
+    .await;
+    assert!(
+        spread.is_some(),
+        "the partitions were not spread over {names:?}: {:?}",
+        cluster_status(&urls).await
+    );
+    (urls, names)
+}
+
+/// Of `names`, the index of the instance owning the most partitions in `status` (`None`
+/// when none owns any), and the partitions it owns.
+pub fn busiest(
+    status: Option<&GetClusterStatusResponse>,
+    names: &[String],
+) -> (Option<usize>, BTreeSet<usize>) {
+    let Some(status) = status else {
+        return (None, BTreeSet::new());
+    };
+    let owners = owners(status);
+    let owned = |name: &str| owners.iter().filter(|o| **o == name).count();
+    let victim = (0..names.len())
+        .max_by_key(|&i| owned(&names[i]))
+        .filter(|&i| owned(&names[i]) > 0);
+    let orphans = victim.map_or_else(BTreeSet::new, |victim| {
+        (0..owners.len())
+            .filter(|&p| owners[p] == names[victim])
+            .collect()
+    });
+    (victim, orphans)
 }
