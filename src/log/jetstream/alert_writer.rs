@@ -51,13 +51,17 @@ pub const WINDOW: usize = 8;
 /// How often the DNO's head is recorded in the cursors bucket while alerts are stored.
 const RECORD_HEAD_EVERY: Duration = Duration::from_secs(1);
 
-/// The leases under which this instance's owners act, by partition.
+/// The leases under which this instance's owners act, by partition: an append's jobs carry
+/// the one current when it was made.
 pub type Fences = Arc<Mutex<HashMap<Partition, Lease>>>;
 
 /// Alerts of one append for one subscriber, and where to answer.
 pub struct Job {
     /// The partition whose owner appended them (an append is one partition's).
     pub partition: Partition,
+    /// The lease that owner held when it appended them (`None`: not fenced). A later owner
+    /// of the partition, even on this instance, has another lease.
+    pub lease: Option<Lease>,
     /// The alerts, in the order appended.
     pub alerts: Vec<(Alert, Destination)>,
     /// Resolved with one [`Stored`] per alert once all are stored.
@@ -65,11 +69,10 @@ pub struct Job {
 }
 
 /// Starts the writer of `stream`; its queue closes when every sender is dropped.
-pub fn spawn(stream: AlertStream, fences: Fences) -> mpsc::UnboundedSender<Job> {
+pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Job> {
     let (queue, jobs) = mpsc::unbounded_channel();
     let writer = Writer {
         stream,
-        fences,
         group: Vec::new(),
         tail: None,
         head_recorded: (Instant::now(), 0),
@@ -80,9 +83,8 @@ pub fn spawn(stream: AlertStream, fences: Fences) -> mpsc::UnboundedSender<Job> 
 
 struct Writer {
     stream: AlertStream,
-    fences: Fences,
-    /// The partitions of the group being stored: a retry stops once one's lease ended.
-    group: Vec<Partition>,
+    /// The leases of the group being stored: a retry stops once one ended.
+    group: Vec<(Partition, Lease)>,
     /// The stream's last message as far as this writer knows; `None`: read it first.
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
@@ -103,14 +105,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let (jobs, ended): (Vec<Job>, Vec<Job>) =
-                jobs.into_iter().partition(|job| self.valid(job.partition));
+            let (jobs, ended): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|job| job.lease.as_ref().is_none_or(Lease::valid));
             for job in ended {
                 let _ = job.done.send(Err(lease_ended(job.partition)));
             }
-            self.group = jobs.iter().map(|job| job.partition).collect();
-            self.group.sort_unstable();
-            self.group.dedup();
+            self.group.clear();
+            for job in &jobs {
+                if let Some(lease) = &job.lease
+                    && !self
+                        .group
+                        .iter()
+                        .any(|(partition, _)| *partition == job.partition)
+                {
+                    self.group.push((job.partition, lease.clone()));
+                }
+            }
             let alerts: Vec<(Alert, Destination)> = jobs
                 .iter()
                 .flat_map(|job| job.alerts.iter().copied())
@@ -135,18 +146,12 @@ impl Writer {
         }
     }
 
-    /// Whether `partition`'s owner may still have its alerts stored.
-    fn valid(&self, partition: Partition) -> bool {
-        self.fences
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&partition)
-            .is_none_or(Lease::valid)
-    }
-
     /// The partition of the group being stored whose lease ended, if one did.
     fn ended(&self) -> Option<Partition> {
-        self.group.iter().copied().find(|p| !self.valid(*p))
+        self.group
+            .iter()
+            .find(|(_, lease)| !lease.valid())
+            .map(|(partition, _)| *partition)
     }
 
     /// Stores `alerts` in order: windows of up to [`WINDOW`] messages pipelined, and a

@@ -157,7 +157,7 @@ impl JsAlerts {
 
     fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Job> {
         self.writers[usize::from(log.0)]
-            .get_or_init(|| alert_writer::spawn(self.stream(log).clone(), Arc::clone(&self.fences)))
+            .get_or_init(|| alert_writer::spawn(self.stream(log).clone()))
     }
 
     /// The stream's bounds once its head reaches `sequence`, or as they stand after
@@ -608,12 +608,19 @@ impl AlertLog for JsAlerts {
                 part.1.push(index);
             }
         }
+        let lease = self
+            .fences
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&partition)
+            .cloned();
         // Queued now, in call order: the writers store in that order.
         let mut waiting = Vec::with_capacity(parts.len());
         for (log, (alerts, places)) in parts {
             let (done, stored) = oneshot::channel();
             let queued = self.writer(log).send(Job {
                 partition,
+                lease: lease.clone(),
                 alerts,
                 done,
             });
