@@ -501,6 +501,10 @@ async fn read_all<T>(
     Ok(read)
 }
 
+/// How long a new owner waits before reading what an earlier owner stored after its
+/// checkpoint (see [`AlertLog::guard_replay`] below).
+const EARLIER_OWNER_SETTLE: Duration = Duration::from_secs(1);
+
 /// A replayed partition's alerts that were stored after its checkpoint, by id.
 type Guard = (tokio::time::Instant, HashMap<AlertId, u64>);
 
@@ -873,6 +877,10 @@ impl AlertLog for JsAlerts {
         _partitions: u16,
         heads: &AlertHeads,
     ) -> Result<(), LogError> {
+        // An earlier owner stops storing a third of a lease before its lease can expire, and
+        // this owner starts only after it expired; a publish it had already sent may still be
+        // on its way on a starved machine. Waiting a little more lets it land before the read.
+        tokio::time::sleep(EARLIER_OWNER_SETTLE).await;
         let mut stored = HashMap::new();
         for (log, name) in self.table.iter() {
             // A stream the checkpoint does not name is read whole, as far as retained.
