@@ -238,7 +238,7 @@ fn is_not_found(err: &async_nats::jetstream::stream::LastRawMessageError) -> boo
     )
 }
 
-/// Ids and placement of a message, for a writer checking what a failed publish stored.
+/// A stored message's `Nats-Msg-Id`, for a writer checking what a failed publish stored.
 pub fn message_id(message: &StreamMessage) -> Option<&str> {
     message
         .headers

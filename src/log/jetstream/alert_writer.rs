@@ -201,21 +201,11 @@ impl Writer {
         for message in window {
             let id = alert_batch::message_id(message);
             let count = message.len() as u64;
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            match &previous {
-                Some(previous) => headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID,
-                    previous.as_str(),
-                ),
-                None => headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-                    tail.stream.to_string().as_str(),
-                ),
-            }
-            headers.insert(FIRST, first.to_string().as_str());
-            headers.insert(COUNT, count.to_string().as_str());
-            headers.insert(EMITTED_BY, cluster.instance.as_str());
+            let after = match &previous {
+                Some(previous) => After::Message(previous),
+                None => After::Sequence(tail.stream),
+            };
+            let headers = headers(&id, after, Placed { first, count }, &cluster.instance);
             let published = cluster
                 .js
                 .publish_with_headers(
@@ -367,15 +357,12 @@ impl Writer {
     /// One publish after `tail`.
     async fn publish(&mut self, tail: Tail, id: &str, count: u64, payload: Bytes) -> Attempt {
         let first = tail.head + 1;
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-            tail.stream.to_string().as_str(),
+        let headers = headers(
+            id,
+            After::Sequence(tail.stream),
+            Placed { first, count },
+            &self.stream.cluster().instance,
         );
-        headers.insert(FIRST, first.to_string().as_str());
-        headers.insert(COUNT, count.to_string().as_str());
-        headers.insert(EMITTED_BY, self.stream.cluster().instance.as_str());
         let acked = match self
             .stream
             .cluster()
@@ -443,6 +430,33 @@ impl Writer {
             }
         });
     }
+}
+
+/// What a message must follow to be stored.
+enum After<'a> {
+    /// The stream's last message is at this sequence.
+    Sequence(u64),
+    /// The stream's last message has this id.
+    Message(&'a str),
+}
+
+/// The headers of message `id`, placed at `placed`, stored only right `after` what it follows.
+fn headers(id: &str, after: After<'_>, placed: Placed, instance: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    match after {
+        After::Sequence(sequence) => headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            sequence.to_string().as_str(),
+        ),
+        After::Message(previous) => {
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, previous)
+        }
+    }
+    headers.insert(FIRST, placed.first.to_string().as_str());
+    headers.insert(COUNT, placed.count.to_string().as_str());
+    headers.insert(EMITTED_BY, instance);
+    headers
 }
 
 fn lease_ended(partition: Partition) -> LogError {
