@@ -318,6 +318,9 @@ pub enum Backend {
 
 /// Default partitions of the device space in JetStream mode.
 pub const DEFAULT_JETSTREAM_PARTITIONS: u16 = 64;
+/// Default events streams the partitions are spread over (one leader per node of a
+/// three-node cluster).
+pub const DEFAULT_EVENT_STREAMS: u16 = 3;
 /// Default replicas of every JetStream stream and bucket.
 pub const DEFAULT_JETSTREAM_REPLICAS: usize = 3;
 /// How long a partition lease lives without renewal.
@@ -346,6 +349,10 @@ pub struct JetStreamConfig {
     /// Partitions of the device space; each is owned by one instance at a time. Fixed for the
     /// life of the streams.
     pub partitions: u16,
+    /// Events streams the partitions are spread over (partition `p` is in stream
+    /// `p % event_streams`), so that their leaders, which take every ingest write, spread
+    /// over the nodes; at most one per partition. Fixed for the life of the streams.
+    pub event_streams: u16,
     /// This instance's name; unique among the instances sharing the cluster. Default: host
     /// name and process id.
     pub instance: Option<String>,
@@ -365,6 +372,13 @@ pub struct JetStreamConfig {
     pub snapshot_chunk_bytes: usize,
 }
 
+impl JetStreamConfig {
+    /// The events streams in use: `event_streams`, but no more than there are partitions.
+    pub fn event_stream_count(&self) -> u16 {
+        self.event_streams.clamp(1, self.partitions.max(1))
+    }
+}
+
 impl Default for JetStreamConfig {
     fn default() -> Self {
         Self {
@@ -374,6 +388,7 @@ impl Default for JetStreamConfig {
             password: None,
             replicas: DEFAULT_JETSTREAM_REPLICAS,
             partitions: DEFAULT_JETSTREAM_PARTITIONS,
+            event_streams: DEFAULT_EVENT_STREAMS,
             instance: None,
             prefix: "OUTAGE_RELAY".to_owned(),
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -807,6 +822,9 @@ impl Config {
         }
         if js.partitions == 0 || js.partitions > 4096 {
             return invalid("store.jetstream.partitions must be 1-4096".into());
+        }
+        if js.event_streams == 0 {
+            return invalid("store.jetstream.event_streams must be at least 1".into());
         }
         let name_ok = |name: &str| {
             !name.is_empty()

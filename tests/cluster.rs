@@ -591,3 +591,82 @@ async fn the_jetstream_backend_passes_the_conformance_suite() {
     })
     .await;
 }
+
+/// Partitions are spread over `event_streams` events streams, whose leaders are moved onto
+/// different nodes; streams made with another count are refused rather than misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
+    use outage_relay::domain::UtcMillis;
+    use outage_relay::log::jetstream::Cluster;
+    use outage_relay::log::jetstream::events::JsEvents;
+    use outage_relay::log::{EventLog, EventRecord};
+    use std::sync::Arc;
+
+    let prefix = unique_prefix("streams");
+    let mut config = Config::default();
+    config.store.backend = Backend::Jetstream;
+    config.store.jetstream.servers = nats_urls();
+    config.store.jetstream.prefix = prefix.clone();
+    config.store.jetstream.partitions = PARTITIONS;
+    config.store.jetstream.event_streams = 3;
+    let cluster = Arc::new(
+        bounded("connect to JetStream", Cluster::connect(&config))
+            .await
+            .expect("a cluster"),
+    );
+    let events = JsEvents::new(Arc::clone(&cluster));
+    let mark = EventRecord {
+        arrival: UtcMillis(0),
+        received: UtcMillis(0),
+        events: Vec::new(),
+    };
+    // Partition 4 is in stream 4 % 3 = 1; partition 6 in stream 0.
+    for partition in [4, 6, 6] {
+        events
+            .append(partition, mark.clone())
+            .await
+            .expect("a mark stored");
+    }
+    let mut leaders = BTreeSet::new();
+    for (index, stored) in [(0, 2), (1, 1), (2, 0)] {
+        let mut stream = cluster
+            .js
+            .get_stream(format!("{prefix}_EVENTS_{index}"))
+            .await
+            .expect("the events stream");
+        let info = stream.info().await.expect("its info");
+        assert_eq!(
+            info.state.messages, stored,
+            "messages in {prefix}_EVENTS_{index}"
+        );
+        leaders.insert(
+            info.cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .expect("a leader"),
+        );
+    }
+    let version = cluster.js.client().server_info().version;
+    let preferred_placement = version
+        .split('.')
+        .take(2)
+        .map(|part| part.parse::<u32>().unwrap_or(0))
+        .collect::<Vec<_>>()
+        >= vec![2, 11];
+    if preferred_placement {
+        assert_eq!(
+            leaders.len(),
+            3,
+            "leaders of the events streams: {leaders:?}"
+        );
+    }
+
+    config.store.jetstream.event_streams = 1;
+    let refused = bounded("connect with another layout", Cluster::connect(&config))
+        .await
+        .expect_err("streams made with three events streams are refused with one");
+    assert!(
+        format!("{refused:#}").contains("event_streams"),
+        "the refusal names the setting: {refused:#}"
+    );
+}

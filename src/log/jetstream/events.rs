@@ -1,4 +1,6 @@
-//! The event log on JetStream: one subject per partition of the `{P}_EVENTS` stream.
+//! The event log on JetStream: one subject per partition, the partitions spread over
+//! `store.jetstream.event_streams` events streams (partition `p` in `{P}_EVENTS_<p % n>`, or
+//! in `{P}_EVENTS` when there is one), whose leaders [`super::leaders`] spreads over the nodes.
 //!
 //! Ingest appends (the log sequences: JetStream stamps each message with its arrival). A
 //! partition's part of an ingest batch is one message (header `Outage-Relay-Record`, the
@@ -174,7 +176,7 @@ impl EventLog for JsEvents {
         let cluster = &self.cluster;
         let stream = cluster
             .js
-            .get_stream(cluster.names.events_stream())
+            .get_stream(cluster.names.events_stream_of(partition))
             .await
             .map_err(|err| LogError::Unavailable(format!("opening the events stream: {err}")))?;
         let first_retained = stream.cached_info().state.first_sequence;

@@ -37,6 +37,7 @@ pub mod alert_writer;
 pub mod alerts;
 pub mod checkpoints;
 pub mod events;
+pub mod leaders;
 pub mod ownership;
 pub mod peers;
 
@@ -51,29 +52,72 @@ use crate::config::{Config, JetStreamConfig};
 #[derive(Debug, Clone)]
 pub struct Names {
     prefix: String,
+    event_streams: u16,
 }
 
 impl Names {
-    /// Names under `prefix`.
-    pub fn new(prefix: &str) -> Self {
+    /// Names under `prefix`, with the partitions spread over `event_streams` events streams.
+    pub fn new(prefix: &str, event_streams: u16) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            event_streams: event_streams.max(1),
         }
     }
 
-    /// The stream of device events.
-    pub fn events_stream(&self) -> String {
-        format!("{}_EVENTS", self.prefix)
+    /// How many events streams the partitions are spread over.
+    pub fn event_stream_count(&self) -> u16 {
+        self.event_streams
     }
 
-    /// Every partition's event subject.
-    pub fn event_subjects(&self) -> String {
-        format!("{}.events.*", self.prefix)
+    /// Events stream `index` (of [`Self::event_stream_count`]). With one stream it is
+    /// `{P}_EVENTS`, as before streams were spread; with several, `{P}_EVENTS_<index>`.
+    pub fn events_stream(&self, index: u16) -> String {
+        if self.event_streams == 1 {
+            format!("{}_EVENTS", self.prefix)
+        } else {
+            format!("{}_EVENTS_{index}", self.prefix)
+        }
+    }
+
+    /// The subjects of events stream `index`.
+    pub fn event_subjects(&self, index: u16) -> String {
+        if self.event_streams == 1 {
+            format!("{}.events.*", self.prefix)
+        } else {
+            format!("{}.events.{index}.*", self.prefix)
+        }
+    }
+
+    /// The events stream holding partition `partition`.
+    pub fn events_stream_of(&self, partition: u16) -> String {
+        self.events_stream(partition % self.event_streams)
     }
 
     /// The subject of partition `partition`'s events.
     pub fn event_subject(&self, partition: u16) -> String {
-        format!("{}.events.{partition}", self.prefix)
+        if self.event_streams == 1 {
+            format!("{}.events.{partition}", self.prefix)
+        } else {
+            format!(
+                "{}.events.{}.{partition}",
+                self.prefix,
+                partition % self.event_streams
+            )
+        }
+    }
+
+    /// The events stream names of the other layouts (one stream, or another count): any of
+    /// them existing means the streams were made with another `event_streams`.
+    fn other_events_streams(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.event_streams != 1 {
+            names.push(format!("{}_EVENTS", self.prefix));
+        }
+        names.push(format!("{}_EVENTS_{}", self.prefix, self.event_streams));
+        if self.event_streams == 1 {
+            names.push(format!("{}_EVENTS_0", self.prefix));
+        }
+        names
     }
 
     /// The stream of one subscriber's alerts.
@@ -236,7 +280,7 @@ impl Cluster {
         let settings = config.store.jetstream.clone();
         let js = context(&settings, "data").await?;
         let control = context(&settings, "control").await?;
-        let names = Names::new(&settings.prefix);
+        let names = Names::new(&settings.prefix, settings.event_stream_count());
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
         provision(&js, &names, config).await?;
         let provisioned = buckets(&control, &names, &settings).await?;
@@ -374,19 +418,23 @@ async fn ensure_bucket(
 async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Result<()> {
     let settings = &config.store.jetstream;
     let replicas = settings.replicas;
-    ensure_stream(
-        js,
-        stream::Config {
-            name: names.events_stream(),
-            subjects: vec![format!("{}.events.*", settings.prefix)],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            max_age: settings.events_max_age,
-            duplicate_window: config.ingest.dedup_window,
-            ..Default::default()
-        },
-    )
-    .await?;
+    refuse_another_layout(js, names).await?;
+    for index in 0..names.event_stream_count() {
+        ensure_stream(
+            js,
+            stream::Config {
+                name: names.events_stream(index),
+                subjects: vec![names.event_subjects(index)],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_age: settings.events_max_age,
+                duplicate_window: config.ingest.dedup_window,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    leaders::spread(js, names).await;
     let alert_stream = |name: String, subject: String| stream::Config {
         name,
         subjects: vec![subject],
@@ -436,6 +484,42 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Refuses to start on streams made with another `event_streams`: their partitions' events
+/// and checkpoint positions belong to streams this layout would not read.
+async fn refuse_another_layout(js: &Context, names: &Names) -> anyhow::Result<()> {
+    use jetstream::context::GetStreamErrorKind;
+    for name in names.other_events_streams() {
+        let found = with_retries(
+            &format!("looking for stream {name}"),
+            |err: &jetstream::context::GetStreamError| {
+                matches!(err.kind(), GetStreamErrorKind::Request)
+            },
+            || async {
+                match js.get_stream(&name).await {
+                    Ok(_) => Ok(true),
+                    Err(err) => match err.kind() {
+                        GetStreamErrorKind::JetStream(inner)
+                            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                        {
+                            Ok(false)
+                        }
+                        _ => Err(err),
+                    },
+                }
+            },
+        )
+        .await?;
+        if found {
+            anyhow::bail!(
+                "stream {name} exists: these streams were made with another \
+                 store.jetstream.event_streams (it is fixed for the life of the streams); \
+                 set it back, or use another prefix"
+            );
+        }
+    }
     Ok(())
 }
 
