@@ -9,6 +9,10 @@
 //! `WatchSummaries` streams the subscriber's storm summaries (see `crate::summary`), from the
 //! summaries task, every interval the request asks for.
 //!
+//! A log that is briefly unavailable (a JetStream stream or the cursors bucket electing a
+//! new leader after a node died) makes `Subscribe` and `Ack` wait, for up to
+//! [`RIDE_THROUGH`], rather than fail: the DNO sees a slower answer, not an error.
+//!
 //! A caller identified by certificate may subscribe to, ack and watch the summaries of only
 //! its own feed (`PERMISSION_DENIED` otherwise, checked before the name is even looked up),
 //! and a connection may hold only so many open streams.
@@ -34,6 +38,34 @@ use crate::summary::Summaries;
 use crate::summary::task::SummaryItem;
 
 const READ_BATCH: usize = 256;
+
+/// How long `Subscribe` and `Ack` keep trying a log that answers [`LogError::Unavailable`]:
+/// longer than a JetStream leader election after a node's death (2–5 s measured).
+pub const RIDE_THROUGH: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` until it succeeds, fails otherwise than [`LogError::Unavailable`], or
+/// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s.
+/// `attempt` must be safe to repeat (reads, and cumulative acks, are).
+pub async fn ride_through<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let deadline = tokio::time::Instant::now() + RIDE_THROUGH;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(LogError::Unavailable(reason))
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(what, %reason, "log unavailable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            done => return done,
+        }
+    }
+}
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -109,10 +141,11 @@ impl AlertFeed for FeedService {
         let log = self.log_of(&request.subscriber)?;
         refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
         let alerts = self.delivery.alerts();
-        let status = alerts
-            .status_reaching(log, request.from_sequence.saturating_sub(1))
-            .await
-            .map_err(RelayError::from)?;
+        let status = ride_through("subscribe: cursors", || {
+            alerts.status_reaching(log, request.from_sequence.saturating_sub(1))
+        })
+        .await
+        .map_err(RelayError::from)?;
         let from = start_sequence(
             request.from_sequence,
             status.acked,
@@ -120,7 +153,9 @@ impl AlertFeed for FeedService {
             status.head,
         )
         .map_err(RelayError::from)?;
-        let reader = alerts.reader(log, from).await.map_err(RelayError::from)?;
+        let reader = ride_through("subscribe: reader", || alerts.reader(log, from))
+            .await
+            .map_err(RelayError::from)?;
         let (tx, rx) = mpsc::channel(self.buffer);
         tracing::info!(subscriber = %request.subscriber, from, "subscriber connected");
         let task = stream_log(
@@ -142,10 +177,9 @@ impl AlertFeed for FeedService {
         Caller::of(&request)?.may_read(&request.get_ref().subscriber)?;
         let request = request.into_inner();
         let log = self.log_of(&request.subscriber)?;
-        let status = self
-            .delivery
-            .alerts()
-            .ack(log, request.sequence, self.delivery.clock().now())
+        let alerts = self.delivery.alerts();
+        let at = self.delivery.clock().now();
+        let status = ride_through("ack", || alerts.ack(log, request.sequence, at))
             .await
             .map_err(|err| match err {
                 LogError::BeyondHead { requested, head } => RelayError::InvalidArgument(format!(
@@ -227,5 +261,58 @@ pub fn refuse_push_subscriber(table: &RoutingTable, subscriber: &str) -> Result<
             "subscriber {subscriber:?} is configured for push delivery; its alerts go to its AlertReceiver"
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn failing_then(
+        failures: usize,
+        calls: &AtomicUsize,
+        error: LogError,
+    ) -> impl Future<Output = Result<u64, LogError>> + '_ {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        async move { if call < failures { Err(error) } else { Ok(7) } }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_election_long_unavailability_is_waited_out() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let unavailable = LogError::Unavailable("no leader".into());
+        let answer = ride_through("test", || failing_then(5, &calls, unavailable.clone())).await;
+        assert_eq!(answer, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+        assert!(started.elapsed() < RIDE_THROUGH);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_unavailable_for_longer_fails_with_its_last_error() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let unavailable = LogError::Unavailable("no leader".into());
+        let answer = ride_through("test", || {
+            failing_then(usize::MAX, &calls, unavailable.clone())
+        })
+        .await;
+        assert_eq!(answer, Err(unavailable));
+        assert!(started.elapsed() <= RIDE_THROUGH);
+        assert!(calls.load(Ordering::SeqCst) > 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_answered_at_once() {
+        let calls = AtomicUsize::new(0);
+        let beyond = LogError::BeyondHead {
+            requested: 9,
+            head: 4,
+        };
+        let answer = ride_through("test", || failing_then(1, &calls, beyond.clone())).await;
+        assert_eq!(answer, Err(beyond));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
