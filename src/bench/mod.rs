@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// JetStream servers for `--backend jetstream`, comma-separated.
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     pub jetstream_servers: Vec<String>,
+    /// `store.jetstream.event_streams` of the relay the benchmark starts [default: the
+    /// relay's own, 3], to compare layouts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub jetstream_event_streams: Option<u16>,
 }
 
 /// A configuration file for a relay on the JetStream backend, with a prefix of its own.
@@ -148,10 +152,13 @@ fn jetstream_config(args: &BenchArgs) -> anyhow::Result<Option<PathBuf>> {
         .iter()
         .map(|url| format!("{url:?}"))
         .collect();
-    let text = format!(
+    let mut text = format!(
         "[store]\nbackend = \"jetstream\"\n\n[store.jetstream]\nservers = [{}]\nprefix = \"BENCH{stamp}\"\ninstance = \"bench\"\n",
         servers.join(", ")
     );
+    if let Some(streams) = args.jetstream_event_streams {
+        text.push_str(&format!("event_streams = {streams}\n"));
+    }
     let path = args.out.join("relay.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(path))
