@@ -329,6 +329,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long JetStream keeps events (replay after a takeover starts at the last snapshot).
 pub const DEFAULT_EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default appends a JetStream partition owner keeps in flight.
+pub const DEFAULT_APPENDS_IN_FLIGHT: usize = 1024;
 /// Default largest message of a partition snapshot.
 pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
 
@@ -370,6 +372,10 @@ pub struct JetStreamConfig {
     /// Largest message of a partition snapshot; snapshots are stored in chunks of this size
     /// (keep it below the servers' `max_payload`, 1 MiB by default).
     pub snapshot_chunk_bytes: usize,
+    /// Alert appends each partition owner keeps in flight before it stops reading events
+    /// (`store.commit_queue` for the embedded store): enough that a subscriber stream that
+    /// stalls for a while does not hold up the partition's other subscribers' alerts.
+    pub appends_in_flight: usize,
 }
 
 impl JetStreamConfig {
@@ -395,6 +401,7 @@ impl Default for JetStreamConfig {
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             events_max_age: DEFAULT_EVENTS_MAX_AGE,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
         }
     }
 }
@@ -844,6 +851,9 @@ impl Config {
                 "store.jetstream.lease_ttl must be at least 1s and snapshot_interval above zero"
                     .into(),
             );
+        }
+        if js.appends_in_flight == 0 {
+            return invalid("store.jetstream.appends_in_flight must be above zero".into());
         }
         if js.snapshot_chunk_bytes < 1024 {
             return invalid("store.jetstream.snapshot_chunk_bytes must be at least 1024".into());

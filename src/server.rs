@@ -208,7 +208,10 @@ pub async fn run(
             events: config.store.checkpoint_events,
         },
         queue: config.shard_queue,
-        in_flight: config.store.commit_queue,
+        in_flight: match config.store.backend {
+            Backend::Jetstream => config.store.jetstream.appends_in_flight,
+            Backend::Embedded | Backend::Memory => config.store.commit_queue,
+        },
         owners: Arc::clone(&owners),
         summaries: notes,
     });

@@ -15,8 +15,10 @@
 //!
 //! Alerts are appended to the alert log in emission order, after the record that caused them,
 //! and counted once stored. Every so often (`checkpoint_every`, or after
-//! `checkpoint_events` events) the owner waits for its appends to be stored, saves its state
-//! at that position, and truncates the event log behind it. An append that fails fences the
+//! `checkpoint_events` events) the owner saves its state at its position, once the appends
+//! issued before are stored, and truncates the event log behind it: an owner-sequenced one
+//! waits for them; a log-sequenced one reads on and writes the checkpoint when they are
+//! (so one stalled subscriber stream does not stop the partition). An append that fails fences the
 //! partition: ingest is refused until a restart rebuilds it from the log.
 //!
 //! Once serving, an owner sends the summaries its open outages, then a note of every outage

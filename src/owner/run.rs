@@ -81,6 +81,11 @@ struct Owner {
     reported: (usize, usize),
     /// Records not yet read (log-sequenced partitions).
     lag: metrics::Gauge,
+    /// Appends finished so far: with those in flight, how many were issued.
+    appends_done: u64,
+    /// A log-sequenced partition's checkpoint taken while appends were in flight, to be saved
+    /// once the first `.1` appends have finished (see [`Owner::checkpoint`]).
+    deferred: Option<(Checkpoint, u64)>,
 }
 
 /// Runs the owner of `partition` until its lease ends.
@@ -155,6 +160,8 @@ impl Owner {
             replaying: true,
             reported: (0, 0),
             lag: crate::telemetry::partition_lag(partition),
+            appends_done: 0,
+            deferred: None,
         };
         if sequencing == Sequencing::Log {
             return Ok((owner, Some(reader)));
@@ -211,10 +218,14 @@ impl Owner {
             tokio::select! {
                 biased;
                 () = &mut ended => break,
-                Some(done) = pending.next(), if !pending.is_empty() => self.finish(done)?,
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    self.finish(done)?;
+                    self.save_deferred(&mut saving);
+                }
                 saved = wait_saving(&mut saving), if saving.is_some() => {
                     saving = None;
                     self.saved(Some(saved));
+                    self.save_deferred(&mut saving);
                 }
                 () = &mut sleep, if wake != far && room => self.on_timers(&mut pending),
                 command = rx.recv(), if room => match command {
@@ -255,11 +266,18 @@ impl Owner {
             tokio::time::timeout(STOP_DRAIN, self.drain(&mut pending)).await,
             Ok(Ok(()))
         );
-        if drained && self.fenced.is_none() && self.lease.valid() && self.changed_since_checkpoint {
+        if drained && self.fenced.is_none() && self.lease.valid() {
             if let Some(saving) = saving.take() {
                 let _ = saving.await;
             }
-            self.checkpoint(&mut pending, &mut saving).await?;
+            if self.changed_since_checkpoint {
+                // The state now supersedes a checkpoint still waiting for its appends.
+                self.deferred = None;
+                self.checkpoint(&mut pending, &mut saving).await?;
+            } else {
+                // Everything is stored: one waiting for its appends may be written now.
+                self.save_deferred(&mut saving);
+            }
             if let Some(saving) = saving.take() {
                 self.saved(Some(saving.await));
             }
@@ -504,6 +522,7 @@ impl Owner {
     /// partition (ingest refused until a restart); a log-sequenced owner ends instead, and
     /// another instance (or this one, later) takes the partition over from the log.
     fn finish(&mut self, done: Done) -> Result<(), LogError> {
+        self.appends_done += 1;
         match done {
             Done::Record {
                 result,
@@ -606,21 +625,59 @@ impl Owner {
         Ok(moved)
     }
 
-    /// Saves the state at the current position once everything in flight is stored; the
-    /// encoding happens here (the state must not move meanwhile), the write in a task.
+    /// Takes a checkpoint of the state at the current position: the encoding happens here
+    /// (the state must not move meanwhile), the write in a task, and only once every append
+    /// issued before it is stored (a checkpoint past alerts not stored would make a restart
+    /// skip them).
+    ///
+    /// An owner-sequenced partition waits for its appends here (its position is that of its
+    /// last durable record, so the state must not run ahead of it). A log-sequenced one does
+    /// not wait: every record it applied is already in the log, so it defers the write until
+    /// the appends issued before it finish, and goes on reading meanwhile. A subscriber
+    /// stream that stalls then holds up only this save and that subscriber's alerts, not
+    /// the partition's other alerts (up to `in_flight` appends).
     async fn checkpoint(
         &mut self,
         pending: &mut Pending,
         saving: &mut Option<Saving>,
     ) -> Result<(), LogError> {
-        if saving.is_some() || self.fenced.is_some() || !self.lease.valid() {
+        if saving.is_some()
+            || self.deferred.is_some()
+            || self.fenced.is_some()
+            || !self.lease.valid()
+        {
             return Ok(());
         }
-        self.drain(pending).await?;
+        if self.sequencing == Sequencing::Owner {
+            self.drain(pending).await?;
+        }
         let state = checkpoint::encode_state(&self.state, &self.ctx.alerts.heads());
         let checkpoint = Checkpoint {
             position: self.position,
             state,
+        };
+        let issued_before = self.appends_done + pending.len() as u64;
+        self.deferred = Some((checkpoint, issued_before));
+        self.save_deferred(saving);
+        self.events_since_checkpoint = 0;
+        self.changed_since_checkpoint = false;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Starts writing the deferred checkpoint once the appends issued before it have
+    /// finished (and no other write is running).
+    fn save_deferred(&mut self, saving: &mut Option<Saving>) {
+        if saving.is_some()
+            || self
+                .deferred
+                .as_ref()
+                .is_none_or(|(_, issued_before)| self.appends_done < *issued_before)
+        {
+            return;
+        }
+        let Some((checkpoint, _)) = self.deferred.take() else {
+            return;
         };
         let (partition, lease, ctx) = (self.partition, self.lease.clone(), Arc::clone(&self.ctx));
         *saving = Some(tokio::spawn(async move {
@@ -628,10 +685,6 @@ impl Owner {
             ctx.events.truncate(partition, checkpoint.position).await?;
             Ok(checkpoint.position)
         }));
-        self.events_since_checkpoint = 0;
-        self.changed_since_checkpoint = false;
-        self.last_checkpoint = Instant::now();
-        Ok(())
     }
 
     fn saved(&mut self, done: Option<Result<Result<u64, LogError>, tokio::task::JoinError>>) {

@@ -257,6 +257,14 @@ struct Fixture {
 /// An owner of the only partition, on a lease whose window stays open after it ends (so a
 /// last checkpoint is allowed), that checkpoints only when it stops.
 fn start_owner() -> Fixture {
+    start_owner_with(CheckpointPolicy {
+        every: Duration::from_secs(24 * 3600),
+        events: u64::MAX,
+    })
+}
+
+/// [`start_owner`], checkpointing by `checkpoint`.
+fn start_owner_with(checkpoint: CheckpointPolicy) -> Fixture {
     let table = RoutingTable::from_config(&RoutingConfig::default());
     let events = Arc::new(SharedEvents::default());
     let gate = Arc::new(Gate::default());
@@ -281,10 +289,7 @@ fn start_owner() -> Fixture {
         clock: Clock::starting_at(UtcMillis(1_764_000_000_000)),
         metrics: Arc::new(Metrics::new()),
         admission: Arc::new(Admission::default()),
-        checkpoint: CheckpointPolicy {
-            every: Duration::from_secs(24 * 3600),
-            events: u64::MAX,
-        },
+        checkpoint,
         queue: 16,
         in_flight: 16,
         owners: Arc::new(Owners::new(PARTITIONS)),
@@ -349,4 +354,56 @@ async fn an_owner_whose_alerts_failed_leaves_no_checkpoint_past_them() {
         "the next owner must replay the loss and emit the POA: {:?}",
         checkpoint.map(|c| c.position)
     );
+}
+
+/// A checkpoint taken while an alert is being stored does not stop the owner: it goes on
+/// reading records (and emitting their alerts), and the checkpoint is written only once the
+/// alert before it is stored.
+#[tokio::test(start_paused = true)]
+async fn an_owner_reads_on_while_an_alert_is_stored_and_checkpoints_behind_it() {
+    let fixture = start_owner_with(CheckpointPolicy {
+        every: Duration::from_secs(24 * 3600),
+        events: 1,
+    });
+    let first = device_in(PARTITION, PARTITIONS, 0);
+    let second = device_in(PARTITION, PARTITIONS, 1);
+    let _ = fixture
+        .events
+        .append(PARTITION, record(0, vec![loss(first, 0)]))
+        .await;
+    // The first POA, due after the 3-minute debounce, waits at the gate.
+    fixture.gate.arrived.notified().await;
+    let later = fixture
+        .events
+        .append(PARTITION, record(200_000, vec![loss(second, 200_000)]))
+        .await
+        .expect("a record logged")
+        .position;
+    // Its record makes a checkpoint due; the second POA still comes out meanwhile.
+    tokio::time::timeout(Duration::from_secs(3600), fixture.gate.arrived.notified())
+        .await
+        .expect("the owner read on and emitted the second POA while the first was stored");
+    let held = fixture.checkpoints.load(PARTITION).await.expect("load");
+    assert!(
+        held.as_ref().is_none_or(|c| c.position < later),
+        "no checkpoint past an alert not yet stored: {:?}",
+        held.map(|c| c.position)
+    );
+    fixture.gate.release.notify_one();
+    fixture.gate.release.notify_one();
+    let saved = tokio::time::timeout(Duration::from_secs(3600), async {
+        loop {
+            if let Some(saved) = fixture.checkpoints.load(PARTITION).await.expect("load")
+                && saved.position >= later
+            {
+                return saved.position;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the checkpoint is written once the alert before it is stored");
+    assert!(saved >= later);
+    fixture.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), fixture.owner).await;
 }

@@ -18,8 +18,10 @@
 //!   earlier owner appended lands after that read.
 //!
 //! Writers of different subscribers do not wait for each other: a stream without a leader
-//! holds up only its own subscriber's alerts. The queue is unbounded in type, but bounded in
-//! practice by the owners, which keep at most `store.commit_queue` appends in flight each.
+//! holds up only its own subscriber's alerts, and an owner goes on reading while one of its
+//! appends waits (up to `store.jetstream.appends_in_flight`; its checkpoint waits instead).
+//! The queue is unbounded in type, but bounded by the owners' appends in flight and by
+//! [`STORE_WITHIN`], after which a stalled group's jobs fail and their owners end.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
