@@ -206,6 +206,7 @@ pub async fn run(
         checkpoint: CheckpointPolicy {
             every: parts.checkpoint_every,
             events: config.store.checkpoint_events,
+            event_retention: config.store.event_retention,
         },
         queue: config.shard_queue,
         in_flight: config.store.commit_queue,

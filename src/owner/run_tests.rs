@@ -71,7 +71,12 @@ impl EventLog for SharedEvents {
         }))
     }
 
-    async fn truncate(&self, _partition: Partition, _through: u64) -> Result<(), LogError> {
+    async fn truncate(
+        &self,
+        _partition: Partition,
+        _through: u64,
+        _keep_since: UtcMillis,
+    ) -> Result<(), LogError> {
         Ok(())
     }
 }
@@ -284,6 +289,7 @@ fn start_owner() -> Fixture {
         checkpoint: CheckpointPolicy {
             every: Duration::from_secs(24 * 3600),
             events: u64::MAX,
+            event_retention: Duration::ZERO,
         },
         queue: 16,
         in_flight: 16,
