@@ -67,7 +67,10 @@ fn rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 
 /// The ids of a replay output file.
 fn ids(path: &Path) -> BTreeSet<String> {
-    rows(path).into_iter().map(|row| row["id"].clone()).collect()
+    rows(path)
+        .into_iter()
+        .map(|row| row["id"].clone())
+        .collect()
 }
 
 /// `(status, id, fields)` of each diff line.
@@ -212,7 +215,9 @@ async fn a_replay_gives_the_alerts_the_relay_emitted_and_a_debounce_changes_exac
         .collect();
     assert_eq!(
         learned_late,
-        [id("poa", 3, lost_3), id("pra", 3, lost_3)].into_iter().collect()
+        [id("poa", 3, lost_3), id("pra", 3, lost_3)]
+            .into_iter()
+            .collect()
     );
 
     // 100 ms: 2's half-second outage now alerts; every POA is due earlier.

@@ -209,7 +209,10 @@ mod tests {
 
     #[test]
     fn the_same_alerts_emitted_at_other_times_give_no_difference() {
-        let replayed = [row(1, AlertKind::Outage, 5_000), row(2, AlertKind::Outage, 5_000)];
+        let replayed = [
+            row(1, AlertKind::Outage, 5_000),
+            row(2, AlertKind::Outage, 5_000),
+        ];
         let mut emitted = replayed.clone();
         emitted.reverse();
         emitted[0].alert.emitted_at = UtcMillis(5_042);
@@ -248,7 +251,7 @@ mod tests {
     #[test]
     fn an_id_held_twice_pairs_once_and_the_extra_is_one_sided() {
         let one = row(1, AlertKind::Outage, 5_000);
-        let differences = compare(&[one.clone()], &[one.clone(), one]);
+        let differences = compare(std::slice::from_ref(&one), &[one.clone(), one.clone()]);
         assert_eq!(differences.len(), 1);
         assert_eq!(differences[0].status, Status::OnlyEmitted);
     }

@@ -94,7 +94,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         None => Config::default(),
     };
-    let overridden = args.debounce.is_some_and(|debounce| debounce != config.debounce);
+    let overridden = args
+        .debounce
+        .is_some_and(|debounce| debounce != config.debounce);
     if let Some(debounce) = args.debounce {
         config.debounce = debounce;
     }
@@ -112,7 +114,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Registry::load(path)?,
         None => Registry::empty(),
     };
-    let dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.clone());
     let debounce = config.debounce;
     let now = UtcMillis::system_now();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -272,10 +277,7 @@ pub fn write(outcome: &Outcome, out: &Path) -> anyhow::Result<()> {
         csv::Writer::from_path(&path).with_context(|| format!("writing {}", path.display()))?;
     writer.write_record(["status", "id", "kind", "fields", "replayed", "emitted"])?;
     for difference in &outcome.differences {
-        let row = difference
-            .replayed
-            .as_ref()
-            .or(difference.emitted.as_ref());
+        let row = difference.replayed.as_ref().or(difference.emitted.as_ref());
         let side = |row: Option<&Row>| describe(row, &difference.fields);
         writer.write_record([
             difference.status.as_str().to_owned(),

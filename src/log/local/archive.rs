@@ -210,7 +210,10 @@ mod tests {
         assert!(!start.truncated);
         let alerts = archive.alerts().expect("alerts");
         assert_eq!(alerts.len(), 1);
-        assert_eq!((alerts[0].subscriber.as_str(), alerts[0].alert), ("ukpn", alert));
+        assert_eq!(
+            (alerts[0].subscriber.as_str(), alerts[0].alert),
+            ("ukpn", alert)
+        );
         assert!(archive.parked().expect("parked").is_empty());
     }
 }

@@ -58,7 +58,11 @@ async fn truncation_deletes_the_segments_older_than_the_event_retention_only() {
         .await
         .expect("truncate");
     conformance::append_many(&events, device, 200).await;
-    assert_eq!(first(), positions[0], "every record is within the retention");
+    assert_eq!(
+        first(),
+        positions[0],
+        "every record is within the retention"
+    );
 
     events
         .truncate(1, through, arrival_of(80))

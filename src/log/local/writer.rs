@@ -26,9 +26,7 @@ use super::segment_error;
 use super::sync_pool::SyncPool;
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{
-    decode_entry, decode_record, encode_entry, encode_record, encode_settled,
-};
+use crate::log::codec::{decode_entry, decode_record, encode_entry, encode_record, encode_settled};
 use crate::log::{
     AlertHeads, Appended, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
     Partition, Retention, Settled, SlaMark, Stored, partition_of,
@@ -368,10 +366,7 @@ impl Writer {
             After::Events(partition, through, keep_since) => {
                 if let Some(events) = self.events.get_mut(usize::from(partition)) {
                     let before = expired_before(&events.log.reader(), through, keep_since);
-                    events
-                        .log
-                        .truncate_before(before)
-                        .map_err(segment_error)?;
+                    events.log.truncate_before(before).map_err(segment_error)?;
                 }
             }
             After::Entries(index) => {
