@@ -206,7 +206,11 @@ pub async fn run(
         checkpoint: CheckpointPolicy {
             every: parts.checkpoint_every,
             events: config.store.checkpoint_events,
-            event_retention: config.store.event_retention,
+            // Only an embedded directory is replayed; the memory backend keeps nothing extra.
+            event_retention: match config.store.backend {
+                Backend::Embedded => config.store.event_retention,
+                Backend::Memory | Backend::Jetstream => std::time::Duration::ZERO,
+            },
         },
         queue: config.shard_queue,
         in_flight: config.store.commit_queue,
