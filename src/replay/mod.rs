@@ -208,9 +208,8 @@ pub fn replay_dir(
         }
     }
     let mut emitted: Vec<Row> = archive
-        .alerts()?
+        .alerts(|alert| window.contains(alert.due_at))?
         .into_iter()
-        .filter(|stored| window.contains(stored.alert.due_at))
         .map(|stored| match stored.destination {
             Destination::Routed(route) => Row {
                 alert: stored.alert,

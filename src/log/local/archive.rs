@@ -98,8 +98,12 @@ impl Archive {
         Ok((records, start))
     }
 
-    /// Every alert the subscribers' logs still hold, by subscriber name, then sequence.
-    pub fn alerts(&self) -> Result<Vec<StoredAlert>, LogError> {
+    /// The alerts the subscribers' logs still hold that `wanted` picks, by subscriber name,
+    /// then sequence.
+    pub fn alerts(
+        &self,
+        wanted: impl Fn(&crate::domain::Alert) -> bool,
+    ) -> Result<Vec<StoredAlert>, LogError> {
         let alerts = self.dir.join("alerts");
         let mut names = Vec::new();
         match std::fs::read_dir(&alerts) {
@@ -125,6 +129,9 @@ impl Archive {
             )?;
             for (sequence, payload) in read_all(&entries.reader())? {
                 let (alert, destination) = decode_entry(&payload)?;
+                if !wanted(&alert) {
+                    continue;
+                }
                 found.push(StoredAlert {
                     subscriber: name.clone(),
                     sequence,
@@ -208,7 +215,8 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].record, written);
         assert!(!start.truncated);
-        let alerts = archive.alerts().expect("alerts");
+        assert!(archive.alerts(|_| false).expect("alerts").is_empty());
+        let alerts = archive.alerts(|_| true).expect("alerts");
         assert_eq!(alerts.len(), 1);
         assert_eq!(
             (alerts[0].subscriber.as_str(), alerts[0].alert),
