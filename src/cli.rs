@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::config::{Backend, Config, ConfigError, MetricsTls, TlsMode};
+use crate::replay::ReplayArgs;
 use crate::report::ReportArgs;
 use crate::tools::health::HealthArgs;
 use crate::tools::publish::PublishArgs;
@@ -43,6 +44,10 @@ pub enum Command {
     /// Write the SLA compliance report (compliance.csv, compliance.html) per subscriber, day
     /// and kind, from a data directory or a running relay.
     Report(ReportArgs),
+    /// Re-run the accepted events of an embedded data directory through the pipeline on a
+    /// simulated clock (optionally with another debounce) and diff the alerts against those
+    /// the relay emitted (replayed.csv, emitted.csv, diff.csv).
+    Replay(ReplayArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {

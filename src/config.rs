@@ -72,6 +72,8 @@ pub const DEFAULT_RETENTION_MAX_ALERTS: u64 = 20_000_000;
 pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Settled alerts and their ack times are kept 35 days: a month's report, and some slack.
 pub const DEFAULT_REPORT_RETENTION: Duration = Duration::from_secs(35 * 24 * 3600);
+/// Accepted events are kept a week for `outage-relay replay`.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Bound on graceful shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Longest gRPC message accepted, bytes (a full batch of 10,000 events is about 1 MB).
@@ -422,7 +424,8 @@ pub struct StoreConfig {
     /// before it stops taking batches and waits for them.
     pub commit_queue: usize,
     /// How often a partition's owner checkpoints its state (when it changed); the event log
-    /// behind a checkpoint is deleted. Shorter: faster restarts, more writes.
+    /// behind a checkpoint is deleted once older than `event_retention`. Shorter: faster
+    /// restarts, more writes.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// An owner also checkpoints after this many events since its last checkpoint (bounds
@@ -442,6 +445,11 @@ pub struct StoreConfig {
     /// for `outage-relay report`.
     #[serde(with = "humantime_serde")]
     pub report_retention: Duration,
+    /// Accepted events are kept this long after they arrived (even once a checkpoint covers
+    /// them) for `outage-relay replay` (embedded backend; JetStream keeps its events stream
+    /// for `jetstream.events_max_age`).
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
     /// The JetStream cluster, for `backend = "jetstream"`.
     pub jetstream: JetStreamConfig,
 }
@@ -460,6 +468,7 @@ impl Default for StoreConfig {
             retention_max_alerts: DEFAULT_RETENTION_MAX_ALERTS,
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
             report_retention: DEFAULT_REPORT_RETENTION,
+            event_retention: DEFAULT_EVENT_RETENTION,
             jetstream: JetStreamConfig::default(),
         }
     }

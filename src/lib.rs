@@ -40,6 +40,8 @@
 //! - [`timers`]: the due-time queues the owners and SLA watches fire from.
 //! - [`admin`]: the operator gRPC service.
 //! - [`report`]: `outage-relay report`, the SLA compliance report from the delivery journal.
+//! - [`replay`]: `outage-relay replay`, the accepted events of a window re-run through the
+//!   owner's decisions on a simulated clock, diffed against the alerts the relay emitted.
 //! - [`security`]: mutual TLS, certificate identities and roles, and the per-call checks and
 //!   limits in front of every service.
 //! - [`telemetry`]: metric names and handles, and the `/metrics` listener (HTTPS, with or
@@ -60,6 +62,7 @@ pub mod ingest;
 pub mod log;
 pub mod owner;
 pub mod proto;
+pub mod replay;
 pub mod report;
 pub mod route;
 pub mod runtime;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Command::CheckConfig(args) => check_config(args),
             Command::Bench(args) => outage_relay::bench::run(args, shutdown).await,
             Command::Report(args) => outage_relay::report::run(args).await,
+            Command::Replay(args) => outage_relay::replay::run(args).await,
         }
     });
     match result {

@@ -206,6 +206,11 @@ pub async fn run(
         checkpoint: CheckpointPolicy {
             every: parts.checkpoint_every,
             events: config.store.checkpoint_events,
+            // Only an embedded directory is replayed; the memory backend keeps nothing extra.
+            event_retention: match config.store.backend {
+                Backend::Embedded => config.store.event_retention,
+                Backend::Memory | Backend::Jetstream => std::time::Duration::ZERO,
+            },
         },
         queue: config.shard_queue,
         in_flight: match config.store.backend {

@@ -113,6 +113,7 @@ pub fn route(subscriber: SubscriberId) -> Route {
 pub async fn run_all(subject: &Subject) {
     event_records_are_stored_in_order_and_read_back(subject).await;
     a_truncated_log_keeps_the_records_after_the_checkpoint(subject).await;
+    a_truncated_log_keeps_the_records_newer_than_the_event_retention(subject).await;
     sequences_are_contiguous_per_subscriber_and_read_back(subject).await;
     acks_are_cumulative_never_move_back_and_never_pass_the_head(subject).await;
     acked_alerts_stay_for_the_report_with_their_ack_time(subject).await;
@@ -219,7 +220,10 @@ pub async fn a_truncated_log_keeps_the_records_after_the_checkpoint(subject: &Su
             .position;
         positions.push(position);
     }
-    events.truncate(1, positions[6]).await.expect("truncate");
+    events
+        .truncate(1, positions[6], UtcMillis(i64::MAX))
+        .await
+        .expect("truncate");
     let mut reader = events.reader(1, positions[6]).await.expect("a reader");
     for expected in &positions[7..] {
         let read = reader.next().await.expect("read").expect("a record");
@@ -228,6 +232,49 @@ pub async fn a_truncated_log_keeps_the_records_after_the_checkpoint(subject: &Su
             "records after the checkpoint stay"
         );
     }
+}
+
+/// Records a checkpoint covers but that arrived at or after the retention cut stay after a
+/// truncation, in order (what `outage-relay replay` reads).
+pub async fn a_truncated_log_keeps_the_records_newer_than_the_event_retention(subject: &Subject) {
+    let events = &subject.events;
+    let device = device_in(1, subject.partitions, 4);
+    let positions = append_many(events, device, RETAINED_FROM).await;
+    let keep_since = UtcMillis(T0 + RETAINED_FROM + 80);
+    let through = positions[positions.len() - 1];
+    events
+        .truncate(1, through, keep_since)
+        .await
+        .expect("truncate");
+    // A write after it: a backend that deletes behind a later commit has done so by now.
+    let last = append_many(events, device, RETAINED_FROM + 200).await;
+    let mut reader = events.reader(1, positions[80] - 1).await.expect("a reader");
+    for expected in positions[80..].iter().chain(&last) {
+        let read = reader.next().await.expect("read").expect("a record");
+        assert_eq!(
+            read.position, *expected,
+            "records that arrived after the retention cut stay"
+        );
+    }
+}
+
+/// Where [`a_truncated_log_keeps_the_records_newer_than_the_event_retention`] starts its
+/// arrivals (after every other check's on partition 1).
+pub const RETAINED_FROM: i64 = 10_000;
+
+/// 120 records of one loss each of `device` to partition 1, arriving 1 ms apart from
+/// `T0 + from`: their positions.
+pub async fn append_many(events: &Arc<dyn EventLog>, device: DeviceId, from: i64) -> Vec<u64> {
+    let mut positions = Vec::with_capacity(120);
+    for at in from..from + 120 {
+        let position = events
+            .append(1, record(at, vec![loss(device, at)]))
+            .await
+            .expect("append")
+            .position;
+        positions.push(position);
+    }
+    positions
 }
 
 /// Alerts for two subscribers, interleaved: each log numbers its own from its head, and reads

@@ -80,7 +80,12 @@ impl EventLog for MemoryEvents {
         }))
     }
 
-    async fn truncate(&self, partition: Partition, through: u64) -> Result<(), LogError> {
+    async fn truncate(
+        &self,
+        partition: Partition,
+        through: u64,
+        keep_since: UtcMillis,
+    ) -> Result<(), LogError> {
         let mut partitions = self.partitions.lock();
         let log = partitions
             .get_mut(usize::from(partition))
@@ -88,7 +93,7 @@ impl EventLog for MemoryEvents {
         // The last record stays, so positions continue after it.
         let keep_from = log
             .iter()
-            .position(|logged| logged.position > through)
+            .position(|logged| logged.position > through || logged.record.arrival >= keep_since)
             .unwrap_or(log.len().saturating_sub(1));
         log.drain(..keep_from);
         Ok(())

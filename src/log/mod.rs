@@ -172,8 +172,16 @@ pub trait EventLog: Send + Sync + 'static {
         after: u64,
     ) -> Result<Box<dyn EventReader>, LogError>;
 
-    /// Records at or before `through` are no longer needed: a checkpoint covers them.
-    async fn truncate(&self, partition: Partition, through: u64) -> Result<(), LogError>;
+    /// Records at or before `through` are no longer needed by the owner: a checkpoint
+    /// covers them. Those that arrived at or after `keep_since` are kept all the same (the
+    /// event retention, for `outage-relay replay`); the rest may go. A backend may keep more
+    /// (whole segments, or its own age limit), never less.
+    async fn truncate(
+        &self,
+        partition: Partition,
+        through: u64,
+        keep_since: UtcMillis,
+    ) -> Result<(), LogError>;
 }
 
 /// Reads one partition's records in order.

@@ -207,6 +207,9 @@ pub struct CheckpointPolicy {
     pub every: Duration,
     /// And after this many events since the last one.
     pub events: u64,
+    /// Records that arrived less than this long ago stay in the event log after a
+    /// checkpoint covers them (for `outage-relay replay`).
+    pub event_retention: Duration,
 }
 
 /// Everything the owners of one instance share.

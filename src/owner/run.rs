@@ -19,7 +19,7 @@ use crate::domain::{Alert, AlertKind, DeviceEvent, UtcMillis};
 use crate::error::RelayError;
 use crate::log::{
     AlertHeads, Appended, Checkpoint, EventReader, EventRecord, Lease, LogError, Logged,
-    OwnerAnswer, OwnerQuery, Partition, Sequencing, Stored,
+    OwnerAnswer, OwnerQuery, Partition, Retention, Sequencing, Stored,
 };
 use crate::route::{ParkReason, Registry, Route};
 use crate::summary::{Input, OpenPoint};
@@ -680,9 +680,12 @@ impl Owner {
             return;
         };
         let (partition, lease, ctx) = (self.partition, self.lease.clone(), Arc::clone(&self.ctx));
+        let keep_since = Retention::before(ctx.clock.now(), ctx.checkpoint.event_retention);
         *saving = Some(tokio::spawn(async move {
             ctx.checkpoints.save(partition, &checkpoint, &lease).await?;
-            ctx.events.truncate(partition, checkpoint.position).await?;
+            ctx.events
+                .truncate(partition, checkpoint.position, keep_since)
+                .await?;
             Ok(checkpoint.position)
         }));
     }

@@ -71,7 +71,12 @@ impl EventLog for SharedEvents {
         }))
     }
 
-    async fn truncate(&self, _partition: Partition, _through: u64) -> Result<(), LogError> {
+    async fn truncate(
+        &self,
+        _partition: Partition,
+        _through: u64,
+        _keep_since: UtcMillis,
+    ) -> Result<(), LogError> {
         Ok(())
     }
 }
@@ -260,6 +265,7 @@ fn start_owner() -> Fixture {
     start_owner_with(CheckpointPolicy {
         every: Duration::from_secs(24 * 3600),
         events: u64::MAX,
+        event_retention: Duration::ZERO,
     })
 }
 
@@ -364,6 +370,7 @@ async fn an_owner_reads_on_while_an_alert_is_stored_and_checkpoints_behind_it() 
     let fixture = start_owner_with(CheckpointPolicy {
         every: Duration::from_secs(24 * 3600),
         events: 1,
+        event_retention: Duration::ZERO,
     });
     let first = device_in(PARTITION, PARTITIONS, 0);
     let second = device_in(PARTITION, PARTITIONS, 1);

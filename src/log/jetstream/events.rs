@@ -216,7 +216,12 @@ impl EventLog for JsEvents {
         Ok(Box::new(JsEventReader { messages, lag }))
     }
 
-    async fn truncate(&self, _partition: Partition, _through: u64) -> Result<(), LogError> {
+    async fn truncate(
+        &self,
+        _partition: Partition,
+        _through: u64,
+        _keep_since: UtcMillis,
+    ) -> Result<(), LogError> {
         // The stream keeps events for events_max_age and drops them by itself.
         Ok(())
     }

@@ -43,6 +43,43 @@ async fn the_embedded_log_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_deletes_the_segments_older_than_the_event_retention_only() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let local = open(dir.path());
+    let events = local.events();
+    let device = device_in(1, 2, 0);
+    let positions = conformance::append_many(&events, device, 0).await;
+    let arrival_of = |at: i64| record(at, Vec::new()).arrival;
+    let first = || local.events.readers[1].first();
+    let through = positions[positions.len() - 1];
+
+    events
+        .truncate(1, through, arrival_of(0))
+        .await
+        .expect("truncate");
+    conformance::append_many(&events, device, 200).await;
+    assert_eq!(
+        first(),
+        positions[0],
+        "every record is within the retention"
+    );
+
+    events
+        .truncate(1, through, arrival_of(80))
+        .await
+        .expect("truncate");
+    conformance::append_many(&events, device, 400).await;
+    let kept = first();
+    assert!(
+        kept > positions[0] && kept <= positions[80],
+        "whole segments older than the retention went, none holding a newer record: \
+         the log starts at {kept}, record 80 is at {}",
+        positions[80]
+    );
+    local.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_alerts_cursors_and_parked_alerts_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let device = device_in(1, 2, 0);

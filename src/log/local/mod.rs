@@ -26,14 +26,16 @@
 //!   a bad frame anywhere else refuses the start: data that was durable is never dropped
 //!   silently. Each owner then loads its checkpoint and replays its partition's records after
 //!   it.
-//! - **Truncation.** After a checkpoint is saved, the event log's segments before it are
-//!   deleted; an alert log's segments go once every alert in them was acknowledged or
+//! - **Truncation.** After a checkpoint is saved, the event log's segments before it whose
+//!   records all arrived longer ago than `store.event_retention` are deleted (the newer ones
+//!   stay for `outage-relay replay`; a restart still replays from the checkpoint only); an alert log's segments go once every alert in them was acknowledged or
 //!   expired longer ago than `store.report_retention` (the compliance report reads them).
 //! - **Backlog on disk.** An alert log keeps in memory only a sparse index (8 bytes per 64
 //!   entries) and its cursor: an absent DNO's backlog costs disk, not memory.
 //! - **Older data directories.** A directory holding the redb store of earlier versions
 //!   (`outage-relay.redb`) is refused with a message; it is not migrated.
 
+pub mod archive;
 pub mod checkpoints;
 pub mod journal;
 pub mod meta;
@@ -288,32 +290,20 @@ fn format(dir: &Path, partitions: u16) -> Result<u16, LogError> {
     let path = dir.join("FORMAT");
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let mut lines = text.lines();
-            let header = lines.next().unwrap_or_default();
-            let version = lines
-                .next()
-                .and_then(|line| line.strip_prefix("version "))
-                .and_then(|v| v.parse::<u32>().ok());
-            let stored = lines
-                .next()
-                .and_then(|line| line.strip_prefix("partitions "))
-                .and_then(|p| p.parse::<u16>().ok());
-            match (header == FORMAT, version, stored) {
-                (true, Some(FORMAT_VERSION), Some(stored)) if stored > 0 => {
-                    if stored != partitions {
-                        tracing::warn!(
-                            configured = partitions,
-                            stored,
-                            "the data directory was created with {stored} partitions; it keeps them (shards is fixed at creation)"
-                        );
-                    }
-                    Ok(stored)
-                }
-                _ => Err(LogError::Corrupt(format!(
+            let stored = stored_partitions(&text).ok_or_else(|| {
+                LogError::Corrupt(format!(
                     "{} is not a FORMAT file this version reads",
                     path.display()
-                ))),
+                ))
+            })?;
+            if stored != partitions {
+                tracing::warn!(
+                    configured = partitions,
+                    stored,
+                    "the data directory was created with {stored} partitions; it keeps them (shards is fixed at creation)"
+                );
             }
+            Ok(stored)
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             if dir.join(REDB_FILE).exists() {
@@ -333,6 +323,24 @@ fn format(dir: &Path, partitions: u16) -> Result<u16, LogError> {
             Ok(partitions)
         }
         Err(err) => Err(io_error(&path, &err)),
+    }
+}
+
+/// The partition count a `FORMAT` file's `text` holds, if it is one this version reads.
+fn stored_partitions(text: &str) -> Option<u16> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let version = lines
+        .next()
+        .and_then(|line| line.strip_prefix("version "))
+        .and_then(|v| v.parse::<u32>().ok());
+    let stored = lines
+        .next()
+        .and_then(|line| line.strip_prefix("partitions "))
+        .and_then(|p| p.parse::<u16>().ok());
+    match (header == FORMAT, version, stored) {
+        (true, Some(FORMAT_VERSION), Some(stored)) if stored > 0 => Some(stored),
+        _ => None,
     }
 }
 
@@ -508,10 +516,16 @@ impl EventLog for LocalEvents {
         }))
     }
 
-    async fn truncate(&self, partition: Partition, through: u64) -> Result<(), LogError> {
+    async fn truncate(
+        &self,
+        partition: Partition,
+        through: u64,
+        keep_since: UtcMillis,
+    ) -> Result<(), LogError> {
         ask(&self.tx, |reply| Request::Truncate {
             partition,
             through,
+            keep_since,
             reply,
         })
         .await

@@ -26,7 +26,7 @@ use super::segment_error;
 use super::sync_pool::SyncPool;
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
-use crate::log::codec::{decode_entry, encode_entry, encode_record, encode_settled};
+use crate::log::codec::{decode_entry, decode_record, encode_entry, encode_record, encode_settled};
 use crate::log::{
     AlertHeads, Appended, Destination, EventRecord, Expired, LogEntry, LogError, LogStatus, Parked,
     Partition, Retention, Settled, SlaMark, Stored, partition_of,
@@ -78,6 +78,7 @@ pub(super) enum Request {
     Truncate {
         partition: Partition,
         through: u64,
+        keep_since: UtcMillis,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
     /// Retention.
@@ -198,12 +199,37 @@ type Reply = Box<dyn FnOnce(Result<(), LogError>) + Send>;
 
 /// Work done after the group is durable.
 enum After {
-    /// Delete a partition's event segments up to a position.
-    Events(Partition, u64),
+    /// Delete a partition's event segments up to a position, keeping the records that
+    /// arrived at or after a time.
+    Events(Partition, u64, UtcMillis),
     /// Delete a subscriber's entry segments no reader or report needs.
     Entries(usize),
     /// Delete a subscriber's journal segments before a position.
     Journal(usize, u64),
+}
+
+/// Where an event log may be cut when a checkpoint covers it through `through` and the
+/// records that arrived at or after `keep_since` stay: after the newest segment whose records
+/// all lie at or before `through` and whose last record (arrivals never decrease) arrived
+/// before `keep_since`. A segment whose last record cannot be read is kept.
+fn expired_before(reader: &SegmentReader, through: u64, keep_since: UtcMillis) -> u64 {
+    let mut before = reader.first();
+    for end in reader.segment_ends() {
+        if end - 1 > through {
+            break;
+        }
+        let arrival = reader
+            .read(end - 1, 1, usize::MAX)
+            .ok()
+            .and_then(|frames| frames.into_iter().next())
+            .and_then(|(_, payload)| decode_record(&payload).ok())
+            .map(|record| record.arrival);
+        match arrival {
+            Some(arrival) if arrival < keep_since => before = end,
+            _ => break,
+        }
+    }
+    before
 }
 
 /// The writer thread's state.
@@ -337,12 +363,10 @@ impl Writer {
 
     fn after(&mut self, work: After) -> Result<(), LogError> {
         match work {
-            After::Events(partition, through) => {
+            After::Events(partition, through, keep_since) => {
                 if let Some(events) = self.events.get_mut(usize::from(partition)) {
-                    events
-                        .log
-                        .truncate_before(through + 1)
-                        .map_err(segment_error)?;
+                    let before = expired_before(&events.log.reader(), through, keep_since);
+                    events.log.truncate_before(before).map_err(segment_error)?;
                 }
             }
             After::Entries(index) => {
@@ -481,9 +505,10 @@ impl Writer {
             Request::Truncate {
                 partition,
                 through,
+                keep_since,
                 reply,
             } => {
-                after.push(After::Events(partition, through));
+                after.push(After::Events(partition, through, keep_since));
                 replies.push(answer(reply, ()));
             }
             Request::Maintain {

@@ -121,6 +121,14 @@ impl SegmentReader {
     pub fn next(&self) -> u64 {
         self.shared.index.read().next()
     }
+
+    /// The position after the last record of each synced segment but the newest, oldest
+    /// first: where [`SegmentLog::truncate_before`](super::SegmentLog::truncate_before) can
+    /// cut.
+    pub fn segment_ends(&self) -> Vec<u64> {
+        let index = self.shared.index.read();
+        index.head.iter().map(|s| s.base + s.records).collect()
+    }
 }
 
 impl Shared {
