@@ -129,16 +129,26 @@ fn a_substation_trip_with_summaries_watched_sees_its_feeders_outages_and_still_p
         ],
     );
     assert_eq!(code, Some(0), "{output}");
-    assert_eq!(result.pointer("/check/passed"), Some(&true.into()), "{output}");
+    assert_eq!(
+        result.pointer("/check/passed"),
+        Some(&true.into()),
+        "{output}"
+    );
     assert_eq!(number(&result, "/summaries/interval_ms"), 1_000);
     assert!(number(&result, "/summaries/streams") > 0, "{output}");
     assert!(number(&result, "/summaries/received") > 0, "{output}");
     // 2,000 supplies of one area, 500 to a feeder, lost in one second: each of its four
     // feeders is a feeder outage, and 2,000 losses in a minute a storm.
-    assert!(number(&result, "/summaries/feeder_outages") >= 4, "{output}");
+    assert!(
+        number(&result, "/summaries/feeder_outages") >= 4,
+        "{output}"
+    );
     assert!(number(&result, "/summaries/storm") > 0, "{output}");
     assert!(number(&result, "/summaries/max_areas") >= 4, "{output}");
     assert!(output.contains("storm summaries watched:"), "{output}");
     let html = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
-    assert!(html.contains("FEEDER_OUTAGE"), "the report shows the summaries");
+    assert!(
+        html.contains("FEEDER_OUTAGE"),
+        "the report shows the summaries"
+    );
 }

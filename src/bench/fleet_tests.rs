@@ -86,7 +86,9 @@ fn each_areas_supplies_fill_its_feeders_in_device_order_and_the_registry_names_t
     let fleet = Fleet::generate(30_000, 0.02, 5);
     let mut next_in_area: BTreeMap<u8, u32> = BTreeMap::new();
     for supply in fleet.supplies() {
-        let ordinal = next_in_area.entry(supply.gsp.host_distributor().0).or_default();
+        let ordinal = next_in_area
+            .entry(supply.gsp.host_distributor().0)
+            .or_default();
         assert_eq!(supply.feeder, *ordinal / FEEDER_SUPPLIES);
         *ordinal += 1;
     }
@@ -105,5 +107,9 @@ fn each_areas_supplies_fill_its_feeders_in_device_order_and_the_registry_names_t
         (feeder.substation, feeder.feeder),
         (supply.substation_id().as_str(), supply.feeder_id().as_str())
     );
-    assert!(feeder.substation.starts_with(&format!("SS{}-", supply.gsp.host_distributor().0)));
+    assert!(
+        feeder
+            .substation
+            .starts_with(&format!("SS{}-", supply.gsp.host_distributor().0))
+    );
 }

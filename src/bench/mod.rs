@@ -182,7 +182,10 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
     if !(0.0..=1.0).contains(&args.idno_share) {
         anyhow::bail!("--idno-share must be between 0 and 1");
     }
-    if args.watch_summaries.is_some_and(|interval| interval.is_zero()) {
+    if args
+        .watch_summaries
+        .is_some_and(|interval| interval.is_zero())
+    {
         anyhow::bail!("--watch-summaries must be longer than zero");
     }
     let began = std::time::Instant::now();
