@@ -11,6 +11,14 @@
 //! with the same weights, whose GSP group the supply carries (that is how the relay routes
 //! them).
 //!
+//! ## Feeders
+//!
+//! Every supply sits on a feeder of a substation of its host area, so the registry has the
+//! `substation_id,feeder_id` columns storm summaries group by: an area's supplies, in device
+//! order, fill [`FEEDER_SUPPLIES`] to a feeder and [`SUBSTATION_FEEDERS`] feeders to a
+//! substation (`SS10-0003` feeder `F7`). IDNO supplies share their host area's feeders, as
+//! they share its network.
+//!
 //! ## Identities
 //!
 //! Device `i` is the EUI-64 [`DEVICE_PREFIX`]` | i` (`00-db-be-00-xx-xx-xx-xx`), so a
@@ -46,6 +54,11 @@ pub const AREA_WEIGHTS: [(u8, u64); 14] = [
 /// Distributor IDs given to IDNO supplies.
 pub const IDNO_IDS: [u8; 6] = [24, 25, 26, 27, 29, 30];
 
+/// Supplies on one feeder (the last feeder of an area may have fewer).
+pub const FEEDER_SUPPLIES: u32 = 500;
+/// Feeders leaving one substation.
+pub const SUBSTATION_FEEDERS: u32 = 10;
+
 /// High bits of every generated device's EUI-64; the low 32 bits are its index.
 pub const DEVICE_PREFIX: u64 = 0x00db_be00_0000_0000;
 
@@ -60,12 +73,33 @@ pub struct Supply {
     pub mpan: MpanCore,
     /// Its GSP group (the host area's, for an IDNO supply).
     pub gsp: GspGroup,
+    /// Its feeder: the ordinal within its host area, counted from 0.
+    pub feeder: u32,
 }
 
 impl Supply {
     /// The distributor ID: the MPAN's first two digits.
     pub fn distributor(self) -> DistributorId {
         self.mpan.distributor()
+    }
+
+    /// Its substation: the ordinal within its host area, counted from 0.
+    pub fn substation(self) -> u32 {
+        self.feeder / SUBSTATION_FEEDERS
+    }
+
+    /// The registry's `substation_id` of its substation, e.g. `SS10-0003`.
+    pub fn substation_id(self) -> String {
+        format!(
+            "SS{}-{:04}",
+            self.gsp.host_distributor().0,
+            self.substation()
+        )
+    }
+
+    /// The registry's `feeder_id` of its feeder within the substation, `F1` to `F10`.
+    pub fn feeder_id(self) -> String {
+        format!("F{}", self.feeder % SUBSTATION_FEEDERS + 1)
     }
 }
 
@@ -81,6 +115,7 @@ impl Fleet {
         let mut rng = Rng::fork(seed, 0xf1ee7);
         let weights: Vec<u64> = AREA_WEIGHTS.iter().map(|(_, w)| *w).collect();
         let offset = rng.below(TEN_DIGITS);
+        let mut placed = [0u32; 100];
         let supplies = (0..devices)
             .map(|index| {
                 let (area, _) = AREA_WEIGHTS[rng.weighted(&weights)];
@@ -93,9 +128,13 @@ impl Fleet {
                 };
                 let number = (u64::from(index) * MPAN_SCRAMBLE + offset) % TEN_DIGITS;
                 let first_twelve = u64::from(distributor) * TEN_DIGITS + number;
+                let ordinal = &mut placed[usize::from(area)];
+                let feeder = *ordinal / FEEDER_SUPPLIES;
+                *ordinal += 1;
                 Supply {
                     mpan: valid_mpan(first_twelve),
                     gsp: host_gsp(area),
+                    feeder,
                 }
             })
             .collect();
@@ -136,17 +175,21 @@ impl Fleet {
         &self.supplies
     }
 
-    /// The fleet as a device registry.
+    /// The fleet as a device registry, every device on its feeder.
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::empty();
         for (index, supply) in (0u32..).zip(&self.supplies) {
-            registry.insert(
+            let entry = RegistryEntry {
+                mpan: supply.mpan,
+                gsp: supply.gsp,
+            };
+            let on_feeder = registry.insert_on_feeder(
                 self.device_id(index),
-                RegistryEntry {
-                    mpan: supply.mpan,
-                    gsp: supply.gsp,
-                },
+                entry,
+                &supply.substation_id(),
+                &supply.feeder_id(),
             );
+            debug_assert!(on_feeder, "device ids are unique and feeders few");
         }
         registry
     }

@@ -80,3 +80,36 @@ fn the_same_seed_gives_the_same_fleet_and_another_seed_another() {
     assert_eq!(a.supplies(), b.supplies());
     assert_ne!(a.supplies(), c.supplies());
 }
+
+#[test]
+fn each_areas_supplies_fill_its_feeders_in_device_order_and_the_registry_names_them() {
+    let fleet = Fleet::generate(30_000, 0.02, 5);
+    let mut next_in_area: BTreeMap<u8, u32> = BTreeMap::new();
+    for supply in fleet.supplies() {
+        let ordinal = next_in_area
+            .entry(supply.gsp.host_distributor().0)
+            .or_default();
+        assert_eq!(supply.feeder, *ordinal / FEEDER_SUPPLIES);
+        *ordinal += 1;
+    }
+    let mut csv = Vec::new();
+    fleet.registry().write_csv(&mut csv).expect("write");
+    let text = String::from_utf8(csv).expect("UTF-8");
+    assert!(text.starts_with("device_id,mpan_core,gsp_group,substation_id,feeder_id\n"));
+    let registry = Registry::from_reader(text.as_bytes(), "fleet").expect("valid registry");
+    let index = 12_345;
+    let supply = fleet.supply(index).expect("in the fleet");
+    let feeder = registry
+        .feeder_of(fleet.device_id(index))
+        .and_then(|id| registry.feeder(id))
+        .expect("on a feeder");
+    assert_eq!(
+        (feeder.substation, feeder.feeder),
+        (supply.substation_id().as_str(), supply.feeder_id().as_str())
+    );
+    assert!(
+        feeder
+            .substation
+            .starts_with(&format!("SS{}-", supply.gsp.host_distributor().0))
+    );
+}

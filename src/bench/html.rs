@@ -132,6 +132,13 @@ fn run_table(out: &mut String, result: &BenchResult) {
                 escape(&m.version)
             ),
         ),
+        (
+            "storm summaries",
+            result.summaries.as_ref().map_or_else(
+                || "not watched".to_owned(),
+                |seen| format!("watched: {}", escape(&seen.line())),
+            ),
+        ),
         ("wall time", format!("{:.1} s", result.wall_seconds)),
     ];
     for (name, value) in rows {

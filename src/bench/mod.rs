@@ -16,6 +16,9 @@
 //!    summary table ([`report`]) and `report.html` with inline SVG plots ([`html`],
 //!    [`plots`], [`svg`]).
 //!
+//! With `--watch-summaries INTERVAL` every subscriber also watches its storm summaries for
+//! the whole run ([`summaries`]), and the report counts what they carried.
+//!
 //! Exit status: 0 when the model check passed and the SLA held; 1 when the model check
 //! failed (or the run could not be done); 2 when the model check passed but the relay
 //! breached the SLA (0 with `--allow-sla-breach`).
@@ -35,6 +38,7 @@ pub mod rng;
 pub mod runner;
 pub mod scenario;
 pub mod subscriber;
+pub mod summaries;
 pub mod svg;
 pub mod system;
 
@@ -133,6 +137,11 @@ pub struct BenchArgs {
     /// relay's own, 3], to compare layouts.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub jetstream_event_streams: Option<u16>,
+    /// Every subscriber also watches its storm summaries (`AlertFeed.WatchSummaries`) every
+    /// INTERVAL (wall clock, e.g. `1s`) for the whole run; the report counts them. Off by
+    /// default.
+    #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
+    pub watch_summaries: Option<Duration>,
 }
 
 /// A configuration file for a relay on the JetStream backend, with a prefix of its own.
@@ -179,6 +188,12 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
     }
     if !(0.0..=1.0).contains(&args.idno_share) {
         anyhow::bail!("--idno-share must be between 0 and 1");
+    }
+    if args
+        .watch_summaries
+        .is_some_and(|interval| interval.is_zero())
+    {
+        anyhow::bail!("--watch-summaries must be longer than zero");
     }
     let began = std::time::Instant::now();
     let started_at = UtcMillis::system_now().to_string();
@@ -240,6 +255,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         batch_size: usize::from(args.batch_size),
         progress: !args.quiet && std::io::stdout().is_terminal(),
         run_id: format!("b{:x}", UtcMillis::system_now().0),
+        watch_summaries: args.watch_summaries,
     };
     let outcome = runner::drive(
         &mut relay,
@@ -297,6 +313,9 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         resources: resources(&model, fleet.len(), idle, outcome.relay_final),
         check,
         alerts,
+        summaries: args
+            .watch_summaries
+            .map(|interval| summaries::Seen::total(interval, &outcome.summaries)),
         samples: outcome.samples,
     };
     report::write_json(&result, &args.out)?;

@@ -117,6 +117,26 @@ fn a_substation_trip_loses_one_area_in_one_second_and_restores_every_supply() {
 }
 
 #[test]
+fn a_substation_trip_takes_whole_feeders_of_its_area_first() {
+    let fleet = Fleet::generate(20_000, 0.02, 8);
+    let plan = plan(&fleet, &[Preset::SubstationTrip], &outages(1_200), 8).expect("plan");
+    let mut per_feeder: HashMap<u32, u32> = HashMap::new();
+    for outage in &plan.outages {
+        let supply = fleet.supply(outage.device).expect("a fleet device");
+        *per_feeder.entry(supply.feeder).or_default() += 1;
+    }
+    // 500 supplies a feeder: the first two feeders whole, 200 of the third.
+    let mut counts: Vec<(u32, u32)> = per_feeder.into_iter().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![(0, 500), (1, 500), (2, 200)]);
+    assert!(
+        plan.descriptions[0].contains("(1 substations, 3 feeders)"),
+        "{}",
+        plan.descriptions[0]
+    );
+}
+
+#[test]
 fn events_are_in_send_order_and_every_restoration_follows_its_loss() {
     let m = model(&[Preset::Storm, Preset::Steady], outages(3_000), 60.0, 9);
     assert!(m.events.windows(2).all(|w| w[0].send_at <= w[1].send_at));

@@ -3,7 +3,7 @@
 //! presets in a mix never share a supply). The module doc of [`super::scenario`] describes
 //! their shapes.
 
-use super::fleet::{AREA_WEIGHTS, Fleet};
+use super::fleet::{AREA_WEIGHTS, Fleet, SUBSTATION_FEEDERS};
 use super::rng::Rng;
 use super::scenario::{DEBOUNCE_MS, OutageSpec, Preset};
 
@@ -52,6 +52,38 @@ impl Pool {
                 "{what} needs {n} supplies but only {} are left in the fleet: raise --devices",
                 self.next - start
             );
+        }
+        Ok(self.devices[start..self.next].to_vec())
+    }
+
+    /// Takes the `n` devices satisfying `keep` with the smallest `key` (ties in pool order),
+    /// or fails naming `what`.
+    pub fn take_lowest<K: Ord>(
+        &mut self,
+        n: u64,
+        what: &str,
+        keep: impl Fn(u32) -> bool,
+        key: impl Fn(u32) -> K,
+    ) -> anyhow::Result<Vec<u32>> {
+        let n = usize::try_from(n)?;
+        let mut candidates: Vec<usize> = (self.next..self.devices.len())
+            .filter(|i| keep(self.devices[*i]))
+            .collect();
+        if candidates.len() < n {
+            anyhow::bail!(
+                "{what} needs {n} supplies but only {} are left in the fleet: raise --devices",
+                candidates.len()
+            );
+        }
+        candidates.sort_by_key(|i| (key(self.devices[*i]), *i));
+        candidates.truncate(n);
+        // Swapping the chosen to the front, lowest position first, never moves one not yet
+        // swapped: each goes to `next`, which is at or before every remaining candidate.
+        candidates.sort_unstable();
+        let start = self.next;
+        for i in candidates {
+            self.devices.swap(i, self.next);
+            self.next += 1;
         }
         Ok(self.devices[start..self.next].to_vec())
     }
@@ -122,7 +154,8 @@ pub fn steady(
 }
 
 /// `substation-trip`: `n` supplies of one area lost in one second, restored after
-/// `restore_after`.
+/// `restore_after`: whole substations and feeders of the area, in the fleet's feeder order,
+/// as a trip takes out everything downstream.
 pub fn substation(
     fleet: &Fleet,
     pool: &mut Pool,
@@ -143,9 +176,27 @@ pub fn substation(
         .map(|(area, w)| if free[usize::from(*area)] >= n { *w } else { 0 })
         .collect();
     let area = (weights.iter().any(|w| *w > 0)).then(|| AREA_WEIGHTS[rng.weighted(&weights)].0);
+    let place_of = |device: u32| {
+        fleet
+            .supply(device)
+            .map(|s| (s.gsp.host_distributor().0, s.feeder))
+    };
     let devices = match area {
-        Some(area) => pool.take(n, "substation-trip", |d| host(d) == Some(area))?,
-        None => pool.take(n, "substation-trip", |_| true)?,
+        Some(area) => {
+            pool.take_lowest(n, "substation-trip", |d| host(d) == Some(area), place_of)?
+        }
+        None => pool.take_lowest(n, "substation-trip", |_| true, place_of)?,
+    };
+    let mut feeders: Vec<(u8, u32)> = devices.iter().filter_map(|d| place_of(*d)).collect();
+    feeders.sort_unstable();
+    feeders.dedup();
+    let substations = {
+        let mut stations: Vec<(u8, u32)> = feeders
+            .iter()
+            .map(|(area, feeder)| (*area, feeder / SUBSTATION_FEEDERS))
+            .collect();
+        stations.dedup();
+        stations.len()
     };
     let outages = devices
         .iter()
@@ -163,8 +214,10 @@ pub fn substation(
     Ok((
         outages,
         format!(
-            "substation-trip: {n} supplies {place} lost within one second; restored after {}, \
-             reported after a random device delay of 0–30 s",
+            "substation-trip: {n} supplies {place} ({substations} substations, {} feeders) lost \
+             within one second; restored after {}, reported after a random device delay of \
+             0–30 s",
+            feeders.len(),
             human(restore_after)
         ),
     ))

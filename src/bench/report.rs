@@ -8,6 +8,7 @@ use super::check::Check;
 use super::measure::{Measured, Percentiles};
 use super::model::Timing;
 use super::monitor::Sample;
+use super::summaries::Seen;
 use super::system::Machine;
 
 /// The whole result.
@@ -31,6 +32,8 @@ pub struct BenchResult {
     pub check: Check,
     /// Latency, compliance and series of the delivered alerts.
     pub alerts: Measured,
+    /// Storm summaries watched beside the alerts (`--watch-summaries`), or null.
+    pub summaries: Option<Seen>,
     /// What the publishers saw.
     pub ingest: Ingest,
     /// CPU and memory.
@@ -267,6 +270,9 @@ pub fn summary(result: &BenchResult) -> String {
         i.max_publish_lag_ms as f64 / 1000.0,
         i.stream_retries
     );
+    if let Some(seen) = &result.summaries {
+        let _ = writeln!(out, "storm summaries watched: {}", seen.line());
+    }
     let _ = writeln!(
         out,
         "\nrelay share of latency, ms (max(due, sent) → received):\n  kind who          count     p50     p90     p99   p99.9     max"

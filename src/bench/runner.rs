@@ -2,7 +2,8 @@
 //! samples; once everything is sent and acknowledged, the run waits until every alert the
 //! model surely requires has arrived and the last due time plus a settling period has
 //! passed (bounded, so a relay that loses alerts ends the run rather than hanging it), then
-//! stops every task and collects what they saw.
+//! stops every task and collects what they saw. With summaries watched, a watcher per
+//! subscriber runs beside its reader.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ use super::monitor::{self, Sample, Watched};
 use super::publisher::{self, Tracker};
 use super::relay::{Relay, SubscriberInfo};
 use super::subscriber::{self, Counters, Received};
+use super::summaries;
 use super::system::ProcStats;
 use crate::domain::UtcMillis;
 
@@ -32,6 +34,8 @@ pub struct Settings {
     pub progress: bool,
     /// Prefix of event IDs, unique to the run.
     pub run_id: String,
+    /// Watch every subscriber's storm summaries at this interval.
+    pub watch_summaries: Option<Duration>,
 }
 
 /// What the run produced.
@@ -41,6 +45,8 @@ pub struct Outcome {
     pub t0: UtcMillis,
     /// Per subscriber, in the relay's order.
     pub received: Vec<Received>,
+    /// Per subscriber, its summary stream's counts (none unless watched).
+    pub summaries: Vec<summaries::Watch>,
     /// Periodic samples.
     pub samples: Vec<Sample>,
     /// Alerts parked at the end.
@@ -82,6 +88,23 @@ pub async fn drive(
             tokio::spawn(task)
         })
         .collect();
+    let mut watchers: Vec<JoinHandle<anyhow::Result<summaries::Watch>>> = settings
+        .watch_summaries
+        .map(|interval| {
+            subscribers
+                .iter()
+                .map(|sub| {
+                    let task = summaries::watch(
+                        relay.url.clone(),
+                        sub.name.clone(),
+                        interval,
+                        stop.clone(),
+                    );
+                    tokio::spawn(task)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let pub_shared = publisher::Shared {
         url: relay.url.clone(),
         batch_size: settings.batch_size,
@@ -149,6 +172,10 @@ pub async fn drive(
             readers.swap_remove(reader).await??;
             anyhow::bail!("a subscriber stopped before the end of the run");
         }
+        if let Some(watcher) = watchers.iter().position(JoinHandle::is_finished) {
+            watchers.swap_remove(watcher).await??;
+            anyhow::bail!("a summary watcher stopped before the end of the run");
+        }
         if published_at.is_none() && senders.is_empty() {
             published_at = Some(now());
         }
@@ -168,11 +195,16 @@ pub async fn drive(
     for reader in readers {
         received.push(reader.await??);
     }
+    let mut watched = Vec::with_capacity(watchers.len());
+    for watcher in watchers {
+        watched.push(watcher.await??);
+    }
     let samples = sampler.await?;
     let probe = relay.probe();
     Ok(Outcome {
         t0,
         received,
+        summaries: watched,
         samples,
         parked: probe.parked().await,
         relay_final: relay.pid().and_then(ProcStats::of),
