@@ -670,3 +670,42 @@ async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
         "the refusal names the setting: {refused:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_max_alerts_unacknowledged_and_moves_the_shared_cursor_past_the_rest() {
+    let prefix = unique_prefix("retention");
+    let a = instance_with(&prefix, "a", |config| {
+        config.store.retention_max_alerts = 2;
+        config.store.maintenance_interval = Duration::from_millis(50);
+    })
+    .await;
+    let b = instance(&prefix, "b").await;
+    wait_owned_by(&a, &["a", "b"]).await;
+    let long_ago = now_ms() - LONG_AGO_MS;
+    for n in 0..5 {
+        // One batch each, so the alerts are likely stored in messages of their own.
+        a.publish_ok(vec![lost(
+            &device(70 + n),
+            long_ago,
+            Some(&valid_mpan(12, n)),
+        )])
+        .await;
+    }
+    // Instance b keeps the default limit, but the cursor is shared: it sees what a expired.
+    let status = eventually("retention to trim the ukpn stream", || async {
+        let status = b.delivery_status("ukpn").await;
+        (status.head_sequence == 5 && status.acked_sequence == 3).then_some(status)
+    })
+    .await;
+    assert_eq!(status.backlog, 2, "{status:?}");
+    let gone = b
+        .try_subscribe("ukpn", 1)
+        .await
+        .err()
+        .expect("sequence 1 is settled");
+    assert_eq!(gone.code(), Code::OutOfRange, "{gone}");
+    let mut feed = b.subscribe("ukpn", 0).await;
+    assert_eq!(sequences(&feed.take(2).await), vec![4, 5]);
+    a.stop().await;
+    b.stop().await;
+}

@@ -22,6 +22,8 @@ use crate::log::LogError;
 
 /// Placements kept per stream; the oldest are dropped past this.
 const KNOWN_MAX: usize = 4096;
+/// Reads of a stream's ends at most, while retention removes them as they are read.
+const BOUNDS_LOOKS: usize = 5;
 
 fn unavailable(what: impl std::fmt::Display, err: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("{what}: {err}"))
@@ -144,14 +146,18 @@ impl AlertStream {
     /// The stream's bounds now.
     pub async fn bounds(&self) -> Result<Bounds, LogError> {
         let what = format!("alert stream of {}", self.name);
-        let info = self
-            .handle()
-            .await?
-            .get_info()
-            .await
-            .map_err(|err| unavailable(&what, err))?;
-        let state = info.state;
-        if state.messages > 0 {
+        let mut looks = 0;
+        let state = loop {
+            let info = self
+                .handle()
+                .await?
+                .get_info()
+                .await
+                .map_err(|err| unavailable(&what, err))?;
+            let state = info.state;
+            if state.messages == 0 {
+                break state;
+            }
             let last = self.placed(state.last_sequence).await?;
             let first = self.placed(state.first_sequence).await?;
             if let (Some(last), Some(first)) = (last, first) {
@@ -164,9 +170,15 @@ impl AlertStream {
                     },
                 });
             }
-        }
-        // Nothing retained (or retention removed the ends while we looked): the head is the
-        // one recorded, at least the stream's last sequence.
+            // Retention removed an end while we looked (its max age, or another instance's
+            // purge): look again, never guess; a stream that kept some messages is not empty.
+            looks += 1;
+            if looks == BOUNDS_LOOKS {
+                return Err(unavailable(&what, "its first messages kept being removed"));
+            }
+        };
+        // Nothing retained: the head is the one recorded, at least the stream's last
+        // sequence.
         let head = self.recorded_head().await?.max(state.last_sequence);
         Ok(Bounds {
             first_retained: head + 1,

@@ -19,8 +19,14 @@
 //!   whole (a publish whose ack was lost) is dropped by the stream's duplicate window.
 //! - Acks move the cursor by compare-and-set, never back, so instances acking for the same
 //!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
-//!   them (`store.retention_max_age`; `store.retention_max_alerts` bounds the stream's
-//!   messages, each of up to [`alert_batch::ALERTS_PER_MESSAGE`] alerts).
+//!   them (`store.retention_max_age`, the stream's max age; its messages are bounded by
+//!   `store.retention_max_alerts` too, each holding up to
+//!   [`alert_batch::ALERTS_PER_MESSAGE`] alerts).
+//! - Retention ([`AlertLog::maintain`], every `store.maintenance_interval` on every
+//!   instance): unacknowledged alerts beyond `store.retention_max_alerts`, or already
+//!   removed by the stream's limits, are settled as expired: the cursor moves past them by
+//!   compare-and-set (one instance counts them), a journal record says so, and the messages
+//!   wholly below them are purged.
 //! - SLA marks (`sla.<name>`: entries seen, checked through, breaches) move by compare-and-set.
 //! - Parked alerts are one message each; their stream sequence is their key.
 //! - Each ack that moves a cursor is journalled first (`{P}_JOURNAL`, a journal record of
@@ -182,6 +188,73 @@ impl JsAlerts {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// Retention of one subscriber's stream: unacknowledged alerts beyond `max_alerts`, or
+    /// already removed by the stream's own limits (its max age, its messages), are settled
+    /// as expired: the cursor moves past them by compare-and-set (so of several instances
+    /// only one counts them), they are journalled, and the messages wholly below them are
+    /// purged. `None` when nothing expired, or another instance moved the cursor first (the
+    /// next pass looks again).
+    async fn retain(
+        &self,
+        log: SubscriberId,
+        now: UtcMillis,
+        max_alerts: u64,
+    ) -> Result<Option<Expired>, LogError> {
+        let stream = self.stream(log);
+        let bounds = stream.bounds().await?;
+        let key = cursor_key(self.name(log));
+        let (text, revision) = read_text(&self.cluster.cursors, &key).await?;
+        let acked: u64 = text.parse().unwrap_or(0);
+        let head = bounds.tail.head;
+        let unacked_from = acked + 1;
+        let first = unacked_from
+            .max(bounds.first_retained)
+            .max((head + 1).saturating_sub(max_alerts));
+        if first <= unacked_from {
+            return Ok(None);
+        }
+        let upto = first - 1;
+        if !compare_and_set(&self.cluster.cursors, &key, upto.to_string(), revision).await? {
+            return Ok(None);
+        }
+        let settled = Settled {
+            from: unacked_from,
+            upto,
+            at: now,
+            expired: true,
+        };
+        // After the cursor moved: a journal record lost to a crash leaves the report calling
+        // these alerts never delivered, which is what they were; journalled first, a record
+        // could call alerts that a concurrent ack covered expired.
+        if let Err(err) = self.journal(log, settled).await {
+            tracing::warn!(subscriber = self.name(log), %err, "expired alerts not journalled");
+        }
+        let keep = stream.locate(first, &bounds).await?;
+        if keep > bounds.first_stream {
+            let purged = self
+                .cluster
+                .js
+                .get_stream_no_info(&stream.stream)
+                .await
+                .map_err(|err| unavailable(format!("alert stream of {}", stream.name), err))?
+                .purge()
+                .sequence(keep)
+                .await;
+            if let Err(err) = purged {
+                tracing::warn!(subscriber = %stream.name, %err, "settled alert messages not purged");
+            }
+        }
+        Ok(Some(Expired {
+            log,
+            removed: first - unacked_from,
+            status: LogStatus {
+                head,
+                acked: upto,
+                first_retained: first,
+            },
+        }))
     }
 
     /// The alerts of `partition` stored in `log` after DNO sequence `after`.
@@ -855,11 +928,22 @@ impl AlertLog for JsAlerts {
 
     async fn maintain(
         &self,
-        _now: UtcMillis,
-        _retention: Retention,
+        now: UtcMillis,
+        retention: Retention,
     ) -> Result<Vec<Expired>, LogError> {
-        // The streams' own limits (max age, max messages) do retention.
-        Ok(Vec::new())
+        let mut expired = Vec::new();
+        for index in 0..self.streams.len() {
+            let log = SubscriberId(u16::try_from(index).unwrap_or(u16::MAX));
+            match self.retain(log, now, retention.max_alerts).await {
+                Ok(Some(removed)) => expired.push(removed),
+                Ok(None) => {}
+                // One stream electing a leader does not hold up the others' retention.
+                Err(err) => {
+                    tracing::warn!(subscriber = self.name(log), %err, "retention pass failed");
+                }
+            }
+        }
+        Ok(expired)
     }
 
     fn heads(&self) -> AlertHeads {
