@@ -106,12 +106,31 @@ async fn two_instances_split_the_partitions_and_share_feeds_and_acks() {
     let status = wait_owned_by(&a, &["a", "b"]).await;
     assert_eq!(status.backend, "jetstream");
     assert_eq!(status.partitions, u32::from(PARTITIONS));
-    let b_status = cluster_status(&b).await;
+    // a's view can still show b holding partitions b is handing over; once the hand-over
+    // is done, the two own every partition between them.
+    let split = tokio::time::timeout(SETTLE, async {
+        loop {
+            let (a_status, b_status) = (cluster_status(&a).await, cluster_status(&b).await);
+            if a_status.owned_here.len() + b_status.owned_here.len() == usize::from(PARTITIONS) {
+                return (a_status, b_status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (a_status, b_status) = split.expect("a and b own every partition between them");
     assert_eq!(b_status.instance, "b");
+    let mut owned: Vec<u32> = a_status
+        .owned_here
+        .iter()
+        .chain(&b_status.owned_here)
+        .copied()
+        .collect();
+    owned.sort_unstable();
     assert_eq!(
-        status.owned_here.len() + b_status.owned_here.len(),
-        usize::from(PARTITIONS),
-        "{status:?} {b_status:?}"
+        owned,
+        (0..u32::from(PARTITIONS)).collect::<Vec<_>>(),
+        "{a_status:?} {b_status:?}"
     );
 
     // Published to a, alerted through b, whoever owns the device's partition.

@@ -342,6 +342,9 @@ fn stream_error_is_transient(err: &jetstream::context::CreateStreamError) -> boo
             ErrorCode::CLUSTER_NOT_ACTIVE,
             ErrorCode::CLUSTER_INCOMPLETE,
             ErrorCode::CLUSTER_NO_PEERS,
+            // Another instance created it between our look and our create, with limits of
+            // its own config: looking again finds it, and its limits stand.
+            ErrorCode::STREAM_NAME_EXIST,
         ]
         .contains(&err.error_code()),
         _ => false,
