@@ -600,6 +600,11 @@ impl Lease {
     pub fn token(&self) -> &CancellationToken {
         &self.stop
     }
+
+    /// Whether `other` is this same lease (a clone of it), not another holding of the unit.
+    pub fn same(&self, other: &Lease) -> bool {
+        self.window.same_channel(&other.window)
+    }
 }
 
 /// A unit of work an instance can own.

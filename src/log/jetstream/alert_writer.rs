@@ -10,7 +10,12 @@
 //! - a publish whose outcome is unknown (a timeout while a leader is elected) is sent again
 //!   unchanged: if the first copy was stored, the stream recognises the message id and
 //!   acknowledges the first copy, whose placement the writer then reads;
-//! - it keeps trying for up to [`STORE_WITHIN`], then fails the jobs of the group;
+//! - it keeps trying for up to [`STORE_WITHIN`], then fails the jobs of the group, and
+//!   refuses every later job of their partitions under the same leases: their owners end on
+//!   that failure, and a later alert of one of them stored before the failed one is emitted
+//!   again would put a supply point's alerts out of order (seen in the cluster fault test
+//!   once owners kept appending while one waited: a PRA stored before its POA). The
+//!   partitions' next owners (new leases) replay and emit them again in order;
 //! - it stores nothing for a partition whose owner's lease is no longer valid (its fence,
 //!   [`crate::log::AlertLog::fence`]): a job queued under an ended lease is refused, and a
 //!   group being retried is given up once one of its partitions' leases ends. A new owner
@@ -76,6 +81,7 @@ pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Job> {
     let writer = Writer {
         stream,
         group: Vec::new(),
+        failed: Vec::new(),
         tail: None,
         head_recorded: (Instant::now(), 0),
     };
@@ -87,6 +93,9 @@ struct Writer {
     stream: AlertStream,
     /// The leases of the group being stored: a retry stops once one ended.
     group: Vec<(Partition, Lease)>,
+    /// Partitions whose alerts this writer failed to store, under the lease they were
+    /// appended under: later jobs under that lease are refused (see the module doc).
+    failed: Vec<(Partition, Lease)>,
     /// The stream's last message as far as this writer knows; `None`: read it first.
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
@@ -107,12 +116,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let (jobs, ended): (Vec<Job>, Vec<Job>) = jobs
-                .into_iter()
-                .partition(|job| job.lease.as_ref().is_none_or(Lease::valid));
-            for job in ended {
-                let _ = job.done.send(Err(lease_ended(job.partition)));
+            self.failed.retain(|(_, lease)| lease.valid());
+            let mut admitted = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match refusal(&self.failed, job.partition, job.lease.as_ref()) {
+                    None => admitted.push(job),
+                    Some(err) => {
+                        let _ = job.done.send(Err(err));
+                    }
+                }
             }
+            let jobs = admitted;
             self.group.clear();
             for job in &jobs {
                 if let Some(lease) = &job.lease
@@ -140,6 +154,11 @@ impl Writer {
                     tracing::warn!(subscriber = %self.stream.name, %err, alerts = alerts.len(), "alerts not stored");
                     self.tail = None;
                     for job in jobs {
+                        if let Some(lease) = &job.lease
+                            && refusal(&self.failed, job.partition, Some(lease)).is_none()
+                        {
+                            self.failed.push((job.partition, lease.clone()));
+                        }
                         let _ = job.done.send(Err(err.clone()));
                     }
                 }
@@ -461,6 +480,28 @@ fn headers(id: &str, after: After<'_>, placed: Placed, instance: &str) -> Header
     headers
 }
 
+/// Why a job of `partition` appended under `lease` is not to be stored, if it is not:
+/// its lease ended, or an earlier job under the same lease failed (`failed`).
+fn refusal(
+    failed: &[(Partition, Lease)],
+    partition: Partition,
+    lease: Option<&Lease>,
+) -> Option<LogError> {
+    let lease = lease?;
+    if !lease.valid() {
+        return Some(lease_ended(partition));
+    }
+    failed
+        .iter()
+        .any(|(earlier, held)| *earlier == partition && held.same(lease))
+        .then(|| {
+            LogError::Unavailable(format!(
+                "an earlier alert of partition {partition} was not stored: its later ones wait \
+                 for the partition's next owner"
+            ))
+        })
+}
+
 fn lease_ended(partition: Partition) -> LogError {
     LogError::Unavailable(format!(
         "the lease of partition {partition} ended: its alerts are not stored by this instance"
@@ -485,4 +526,46 @@ enum Attempt {
     Retry,
     /// Failed; try again after a pause.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease_for(valid_for: Duration) -> (tokio::sync::watch::Sender<Instant>, Lease) {
+        let (window, watch) = tokio::sync::watch::channel(Instant::now() + valid_for);
+        let lease = Lease::renewable(watch, tokio_util::sync::CancellationToken::new());
+        (window, lease)
+    }
+
+    #[test]
+    fn after_a_failed_job_only_the_same_partition_under_the_same_lease_is_refused() {
+        let (_first_window, first) = lease_for(Duration::from_secs(60));
+        let (_next_window, next) = lease_for(Duration::from_secs(60));
+        let failed = vec![(3, first.clone())];
+        assert!(
+            refusal(&failed, 3, Some(&first.clone())).is_some(),
+            "a later job of the failed owner"
+        );
+        assert!(
+            refusal(&failed, 3, Some(&next)).is_none(),
+            "the partition's next owner stores again"
+        );
+        assert!(
+            refusal(&failed, 4, Some(&first)).is_none(),
+            "another partition of the same instance"
+        );
+        assert!(refusal(&failed, 3, None).is_none(), "an unfenced job");
+        assert!(refusal(&[], 3, Some(&first)).is_none());
+    }
+
+    #[test]
+    fn a_job_under_an_ended_lease_is_refused() {
+        let (_window, ended) = lease_for(Duration::ZERO);
+        let refused = refusal(&[], 5, Some(&ended)).expect("refused");
+        assert!(
+            refused.to_string().contains("lease of partition 5 ended"),
+            "{refused}"
+        );
+    }
 }
