@@ -372,6 +372,7 @@ impl JsOwnership {
             .filter_map(|unit| held.remove(&unit).map(|lease| (unit, lease)));
         let ended = futures::future::join_all(ending.map(|(unit, lease)| async move {
             stop_task(lease.stop, lease.task, margin).await;
+            close_window(&lease.window);
             let _ = timeout(
                 margin,
                 cluster
@@ -390,6 +391,7 @@ impl JsOwnership {
         let cluster = &self.cluster;
         let margin = cluster.settings.lease_ttl / 3;
         stop_task(lease.stop, lease.task, margin).await;
+        close_window(&lease.window);
         match timeout(
             margin,
             cluster
@@ -405,6 +407,16 @@ impl JsOwnership {
             Err(_) => tracing::warn!(?unit, "deleting the lease timed out; it expires by itself"),
         }
     }
+}
+
+/// Ends the lease's window now, before the lease itself goes: what its holder left queued
+/// (alerts waiting in a subscriber stream's writer, when the task was aborted or stopped
+/// before they were stored) is then refused rather than stored after the next owner, which
+/// may claim the lease at once, has read what was stored. Without it the window stayed open
+/// until its last renewal ran out, and a released partition's queued alerts could land
+/// after its next owner emitted them again (duplicates in the cluster fault test under load).
+fn close_window(window: &watch::Sender<Instant>) {
+    let _ = window.send(Instant::now());
 }
 
 /// Stops a unit's task, aborting it if it has not ended within `bound` (a task waiting on
