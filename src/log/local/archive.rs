@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use super::segment::{SegmentOptions, SegmentReader};
-use super::{META_SEGMENT_BYTES, READ_BYTES, open_parked, open_segments, segment_error};
+use super::segment::SegmentOptions;
+use super::{META_SEGMENT_BYTES, open_parked, open_segments, read_all_from};
 use crate::log::codec::{decode_entry, decode_record};
 use crate::log::{Destination, LogEntry, LogError, Logged, Partition};
 
@@ -89,7 +89,7 @@ impl Archive {
             truncated: reader.first() > 1,
         };
         let mut records = Vec::new();
-        for (position, payload) in read_all(&reader)? {
+        for (position, payload) in read_all_from(&reader)? {
             records.push(Logged {
                 position,
                 record: decode_record(&payload)?,
@@ -127,7 +127,7 @@ impl Archive {
                     segment_bytes: u64::MAX,
                 },
             )?;
-            for (sequence, payload) in read_all(&entries.reader())? {
+            for (sequence, payload) in read_all_from(&entries.reader())? {
                 let (alert, destination) = decode_entry(&payload)?;
                 if !wanted(&alert) {
                     continue;
@@ -157,23 +157,6 @@ impl Archive {
         }
         Ok(parked)
     }
-}
-
-/// Every record `reader` can read, in order, skipping nothing.
-fn read_all(reader: &SegmentReader) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-    let mut next = reader.first();
-    let mut records = Vec::new();
-    while next < reader.next() {
-        let frames = reader
-            .read(next, usize::MAX, READ_BYTES)
-            .map_err(segment_error)?;
-        let Some((last, _)) = frames.last() else {
-            break;
-        };
-        next = last + 1;
-        records.extend(frames);
-    }
-    Ok(records)
 }
 
 #[cfg(test)]

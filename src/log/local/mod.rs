@@ -365,7 +365,11 @@ fn report_cut(log: &'static str, recovery: &Recovery) {
 
 /// Every record of a small bookkeeping log, in order, with its position.
 fn read_all(log: &SegmentLog) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-    let reader = log.reader();
+    read_all_from(&log.reader())
+}
+
+/// Every record `reader` can read, in order, with its position.
+fn read_all_from(reader: &SegmentReader) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
     let mut next = reader.first();
     let mut records = Vec::new();
     while next < reader.next() {
