@@ -88,6 +88,17 @@ impl AlertStream {
             .map_err(|err| unavailable(format!("alert stream of {}", self.name), err))
     }
 
+    /// Removes every message before stream sequence `sequence`.
+    pub async fn purge_before(&self, sequence: u64) -> Result<(), LogError> {
+        self.handle()
+            .await?
+            .purge()
+            .sequence(sequence)
+            .await
+            .map(|_| ())
+            .map_err(|err| unavailable(format!("alert stream of {}", self.name), err))
+    }
+
     /// Notes where the message at `stream_sequence` sits.
     pub fn remember(&self, stream_sequence: u64, placed: Placed) {
         let mut known = self

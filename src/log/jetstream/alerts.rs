@@ -232,19 +232,10 @@ impl JsAlerts {
             tracing::warn!(subscriber = self.name(log), %err, "expired alerts not journalled");
         }
         let keep = stream.locate(first, &bounds).await?;
-        if keep > bounds.first_stream {
-            let purged = self
-                .cluster
-                .js
-                .get_stream_no_info(&stream.stream)
-                .await
-                .map_err(|err| unavailable(format!("alert stream of {}", stream.name), err))?
-                .purge()
-                .sequence(keep)
-                .await;
-            if let Err(err) = purged {
-                tracing::warn!(subscriber = %stream.name, %err, "settled alert messages not purged");
-            }
+        if keep > bounds.first_stream
+            && let Err(err) = stream.purge_before(keep).await
+        {
+            tracing::warn!(subscriber = %stream.name, %err, "settled alert messages not purged");
         }
         Ok(Some(Expired {
             log,
