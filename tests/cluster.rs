@@ -728,3 +728,209 @@ async fn retention_keeps_max_alerts_unacknowledged_and_moves_the_shared_cursor_p
     a.stop().await;
     b.stop().await;
 }
+
+/// A new owner stores a barrier in each alert stream before reading what earlier owners
+/// stored after its checkpoint: a publish an earlier owner sent before its lease ended, but
+/// that reaches the stream only after that read (held up in a leader election), is refused
+/// instead of landing beside the new owner's copy of the same alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_refused() {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use outage_relay::log::conformance::{UKPN, device_in, poa, route};
+    use outage_relay::log::jetstream::alert_batch::{self, COUNT, FIRST};
+    use outage_relay::log::jetstream::alert_stream::AlertStream;
+    use outage_relay::log::jetstream::alerts::JsAlerts;
+    use outage_relay::log::jetstream::{Cluster, EMITTED_BY};
+    use outage_relay::log::{AlertLog, Destination};
+    use outage_relay::route::RoutingTable;
+    use std::sync::Arc;
+
+    let mut config = Config::default();
+    config.store.backend = Backend::Jetstream;
+    config.store.jetstream.servers = nats_urls();
+    config.store.jetstream.prefix = unique_prefix("barrier");
+    config.store.jetstream.partitions = PARTITIONS;
+    let cluster = Arc::new(
+        bounded("connect to JetStream", Cluster::connect(&config))
+            .await
+            .expect("a cluster"),
+    );
+    let table = Arc::new(RoutingTable::from_config(&config.routing));
+    let alerts = JsAlerts::new(Arc::clone(&cluster), table);
+    let heads = alerts.heads();
+    let stored_early = poa(device_in(0, PARTITIONS, 1), 0);
+    let first = alerts
+        .append(vec![(stored_early, route(UKPN))])
+        .await
+        .expect("append")[0];
+
+    // The earlier owner's next message, cut and addressed as its writer does: right after
+    // the stream's last message as it knew it.
+    let stream = AlertStream::new(Arc::clone(&cluster), "ukpn");
+    let tail = stream.bounds().await.expect("bounds").tail;
+    let held_up = poa(device_in(0, PARTITIONS, 2), 0);
+    let message = vec![(held_up, Destination::Routed(route(UKPN)))];
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        alert_batch::message_id(&message).as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        tail.stream.to_string().as_str(),
+    );
+    headers.insert(FIRST, (tail.head + 1).to_string().as_str());
+    headers.insert(COUNT, "1");
+    headers.insert(EMITTED_BY, "earlier-owner");
+
+    alerts
+        .guard_replay(0, PARTITIONS, &heads)
+        .await
+        .expect("guard");
+    let late = cluster
+        .js
+        .publish_with_headers(
+            cluster.names.alert_subject("ukpn"),
+            headers,
+            alert_batch::encode(&message),
+        )
+        .await
+        .expect("sent")
+        .await;
+    let refused = late.expect_err("the late publish is refused");
+    assert_eq!(
+        refused.kind(),
+        PublishErrorKind::WrongLastSequence,
+        "{refused}"
+    );
+
+    // The new owner emits both again: the one stored before the read keeps its sequence,
+    // the refused one is stored once, right after it (the barrier takes no sequence).
+    let again = alerts
+        .append(vec![(stored_early, route(UKPN)), (held_up, route(UKPN))])
+        .await
+        .expect("append again");
+    assert_eq!(
+        (again[0].sequence, again[0].duplicate),
+        (first.sequence, true)
+    );
+    assert_eq!(
+        (again[1].sequence, again[1].duplicate),
+        (first.sequence + 1, false)
+    );
+    let bounds = stream.bounds().await.expect("bounds");
+    assert_eq!(bounds.tail.head, first.sequence + 1, "{bounds:?}");
+    assert_eq!(
+        bounds.tail.stream,
+        tail.stream + 2,
+        "one barrier message, then the stored alert: {bounds:?}"
+    );
+}
+
+/// Two instances' writers storing large groups in one subscriber stream side by side: each
+/// stores several messages at once (an atomic batch on servers that take them), the other's
+/// messages land in between, and still every alert is stored once, its sequences 1..head
+/// with no gap or reuse, each instance's alerts in the order appended, and the stream keeps
+/// taking alerts (a conflict mid-batch stores none of the batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_storing_large_groups_in_one_stream_keep_its_sequences_contiguous() {
+    use outage_relay::domain::DeviceId;
+    use outage_relay::log::conformance::{UKPN, poa, route};
+    use outage_relay::log::jetstream::Cluster;
+    use outage_relay::log::jetstream::alerts::JsAlerts;
+    use outage_relay::log::{AlertLog, LogEntry};
+    use outage_relay::route::RoutingTable;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const ROUNDS: u64 = 10;
+    const PER_APPEND: u64 = 9_000;
+    let prefix = unique_prefix("batches");
+    let mut logs = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = Config::default();
+        config.store.backend = Backend::Jetstream;
+        config.store.jetstream.servers = nats_urls();
+        config.store.jetstream.prefix = prefix.clone();
+        config.store.jetstream.partitions = PARTITIONS;
+        config.store.jetstream.instance = Some(name.to_owned());
+        let cluster = Arc::new(
+            bounded("connect to JetStream", Cluster::connect(&config))
+                .await
+                .expect("a cluster"),
+        );
+        let table = Arc::new(RoutingTable::from_config(&config.routing));
+        logs.push(Arc::new(JsAlerts::new(cluster, table)));
+    }
+    // First, one deterministic interleaving: b's barrier lands between two of a's groups,
+    // so a's next batch of messages is refused at its first message and stored again.
+    let small = vec![(poa(DeviceId(0x00bc_0000_0000_0001), 0), route(UKPN))];
+    logs[0].append(small).await.expect("stored");
+    let heads = logs[1].heads();
+    logs[1]
+        .guard_replay(PARTITIONS - 1, PARTITIONS, &heads)
+        .await
+        .expect("b's barrier");
+    let large: Vec<_> = (0..PER_APPEND)
+        .map(|n| (poa(DeviceId(0x00bc_0001_0000_0000 | n), 0), route(UKPN)))
+        .collect();
+    let stored = bounded("a's group after b's barrier", logs[0].append(large))
+        .await
+        .expect("stored");
+    let sequences: Vec<u64> = stored.iter().map(|stored| stored.sequence).collect();
+    assert_eq!(sequences, (2..=PER_APPEND + 1).collect::<Vec<_>>());
+    let before = PER_APPEND + 1;
+
+    let writers = logs.iter().enumerate().map(|(instance, log)| {
+        let log = Arc::clone(log);
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let base = ((instance as u64) << 32) | (round * PER_APPEND);
+                let alerts = (0..PER_APPEND)
+                    .map(|n| {
+                        (
+                            poa(DeviceId(0x00bb_0000_0000_0000 | (base + n)), 0),
+                            route(UKPN),
+                        )
+                    })
+                    .collect();
+                log.append(alerts).await.expect("stored");
+            }
+        })
+    });
+    for writer in writers {
+        bounded("both instances' appends", writer)
+            .await
+            .expect("a writer task");
+    }
+    let total = 2 * ROUNDS * PER_APPEND;
+    let status = logs[0].status(UKPN).await.expect("status");
+    assert_eq!(status.head, before + total, "{status:?}");
+    let mut reader = logs[1].reader(UKPN, before + 1).await.expect("a reader");
+    let mut read: Vec<LogEntry> = Vec::new();
+    while (read.len() as u64) < total {
+        read.extend(
+            bounded("reading the stream back", reader.next(10_000))
+                .await
+                .expect("read"),
+        );
+    }
+    let sequences: Vec<u64> = read.iter().map(|entry| entry.sequence).collect();
+    assert_eq!(
+        sequences,
+        (before + 1..=before + total).collect::<Vec<_>>(),
+        "contiguous to the head, no gap"
+    );
+    let mut last_of: HashMap<u64, u64> = HashMap::new();
+    for entry in &read {
+        let key = entry.alert.point.device.0 & 0xffff_ffff_ffff;
+        let (instance, n) = (key >> 32, key & 0xffff_ffff);
+        if let Some(previous) = last_of.insert(instance, n) {
+            assert!(n > previous, "instance {instance}: {n} after {previous}");
+        }
+    }
+    assert_eq!(
+        last_of,
+        HashMap::from([(0, ROUNDS * PER_APPEND - 1), (1, ROUNDS * PER_APPEND - 1)])
+    );
+}

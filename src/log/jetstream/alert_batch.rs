@@ -40,9 +40,9 @@ pub struct Placed {
 }
 
 impl Placed {
-    /// The sequence of its last alert.
+    /// The sequence of its last alert; of a barrier (no alerts), the one before `first`.
     pub fn last(&self) -> u64 {
-        self.first + self.count.saturating_sub(1)
+        (self.first + self.count).saturating_sub(1)
     }
 
     /// Reads the headers of a message stored at `stream_sequence`.
@@ -57,9 +57,7 @@ impl Placed {
                 first: stream_sequence,
                 count: 1,
             }),
-            (Some(Ok(first)), Some(Ok(count))) if first >= 1 && count >= 1 => {
-                Ok(Self { first, count })
-            }
+            (Some(Ok(first)), Some(Ok(count))) if first >= 1 => Ok(Self { first, count }),
             _ => Err(Corrupt("alert message headers")),
         }
     }
@@ -216,6 +214,20 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[test]
+    fn a_barrier_holds_no_alerts_and_ends_at_the_head_before_it() {
+        let entries = decode(Some(&headers(8, 0)), &encode(&[]), 30).expect("decodes");
+        assert!(entries.is_empty());
+        let placed = Placed::of(Some(&headers(8, 0)), 30).expect("placed");
+        assert_eq!(placed.last(), 7, "the head stays where it was");
+        assert_eq!(
+            Placed { first: 1, count: 0 }.last(),
+            0,
+            "an empty log's barrier"
+        );
+        assert_eq!(Placed { first: 8, count: 3 }.last(), 10);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //!
 //! Appends hand it their alerts for the subscriber, in call order, through a queue. Each
 //! turn it takes everything queued (up to [`GROUP_MAX`] alerts: a group commit), cuts it into
-//! messages ([`alert_batch::next_cut`]) and stores them one after the other:
+//! messages ([`alert_batch::next_cut`]) and stores them in order, up to [`WINDOW`] at once
+//! as one atomic batch ([`Writer::pipeline`]; one at a time on a server without atomic
+//! batches, such as nats-server 2.9):
 //! - a message says which DNO sequences it holds (`first`, `count`) and is published with
-//!   `Nats-Expected-Last-Sequence` set to the stream's last message as the writer knows it,
-//!   so a message stored by another instance meanwhile makes the publish fail instead of two
-//!   messages claiming the same sequences; the writer then reads the tail again and re-cuts;
+//!   `Nats-Expected-Last-Sequence` set to the stream's last message as the writer knows it
+//!   (a batch: its first message), so a message stored by another instance meanwhile makes
+//!   the publish fail instead of two messages claiming the same sequences; the writer then
+//!   reads the tail again and re-cuts;
 //! - a publish whose outcome is unknown (a timeout while a leader is elected) is sent again
 //!   unchanged: if the first copy was stored, the stream recognises the message id and
 //!   acknowledges the first copy, whose placement the writer then reads;
@@ -21,6 +24,13 @@
 //!   group being retried is given up once one of its partitions' leases ends. A new owner
 //!   reads what was stored after its checkpoint only once the lease ended, so nothing the
 //!   earlier owner appended lands after that read.
+//!
+//! A barrier ([`Request::Barrier`]) is a message holding no alerts, stored at the end like
+//! any other. A new owner stores one in each stream before reading what earlier owners
+//! stored after its checkpoint, and reads up to it: a publish an earlier owner sent before
+//! its lease ended is either before the barrier in the stream's log (and read), or is
+//! refused by its `Nats-Expected-Last-Sequence`, which the barrier no longer matches. No fixed wait decides it (a publish held in a leader election
+//! could land seconds later, after a read that waited a fixed time, and be stored twice).
 //!
 //! Writers of different subscribers do not wait for each other: a stream without a leader
 //! holds up only its own subscriber's alerts, and an owner goes on reading while one of its
@@ -53,7 +63,7 @@ pub const STORE_WITHIN: Duration = Duration::from_secs(20);
 /// First and longest wait before a message is sent again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Messages a writer has in flight at once (see [`Writer::pipeline`]).
+/// Messages a writer stores at once, as one atomic batch (see [`Writer::pipeline`]).
 pub const WINDOW: usize = 8;
 /// How often the DNO's head is recorded in the cursors bucket while alerts are stored.
 const RECORD_HEAD_EVERY: Duration = Duration::from_secs(1);
@@ -61,6 +71,15 @@ const RECORD_HEAD_EVERY: Duration = Duration::from_secs(1);
 /// The leases under which this instance's owners act, by partition: an append's jobs carry
 /// the one current when it was made.
 pub type Fences = Arc<Mutex<HashMap<Partition, Lease>>>;
+
+/// What an instance asks of a subscriber's writer; requests are served in queue order.
+pub enum Request {
+    /// Store a job's alerts.
+    Store(Job),
+    /// Store a barrier after everything queued before it, and answer with its stream
+    /// sequence. Barriers asked for in the same turn share one message.
+    Barrier(oneshot::Sender<Result<u64, LogError>>),
+}
 
 /// Alerts of one append for one subscriber, and where to answer.
 pub struct Job {
@@ -76,16 +95,22 @@ pub struct Job {
 }
 
 /// Starts the writer of `stream`; its queue closes when every sender is dropped.
-pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Job> {
-    let (queue, jobs) = mpsc::unbounded_channel();
+pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Request> {
+    let (queue, requests) = mpsc::unbounded_channel();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let writer = Writer {
         stream,
         group: Vec::new(),
         failed: Vec::new(),
         tail: None,
         head_recorded: (Instant::now(), 0),
+        barriers: (started, 0),
+        batches: 0,
     };
-    tokio::spawn(writer.run(jobs));
+    tokio::spawn(writer.run(requests));
     queue
 }
 
@@ -100,22 +125,86 @@ struct Writer {
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
     head_recorded: (Instant, u64),
+    /// When this writer started (ms since the epoch) and the barriers it stored: together
+    /// with the instance's name, a barrier's unique message id.
+    barriers: (u128, u64),
+    /// Atomic batches this writer sent: with its start, a batch's id.
+    batches: u64,
+}
+
+/// Where a message was stored.
+struct Landed {
+    /// Its alerts' sequences.
+    placed: Placed,
+    /// Its stream sequence.
+    at: u64,
+    /// Found stored before this writer's publish of it: by an earlier owner.
+    duplicate: bool,
+}
+
+impl Landed {
+    fn stored(&self) -> impl Iterator<Item = Stored> + '_ {
+        (0..self.placed.count).map(|index| Stored {
+            sequence: self.placed.first + index,
+            duplicate: self.duplicate,
+        })
+    }
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Job>) {
-        while let Some(job) = queue.recv().await {
-            let mut size = job.alerts.len();
-            let mut jobs = vec![job];
-            while size < GROUP_MAX {
-                match queue.try_recv() {
-                    Ok(job) => {
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = queue.recv().await {
+            let mut size = 0;
+            let mut jobs = Vec::new();
+            let mut barriers = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next {
+                match request {
+                    Request::Store(job) => {
                         size += job.alerts.len();
                         jobs.push(job);
                     }
-                    Err(_) => break,
+                    Request::Barrier(answer) => barriers.push(answer),
+                }
+                next = if size < GROUP_MAX {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !jobs.is_empty() {
+                self.store_jobs(jobs).await;
+            }
+            if !barriers.is_empty() {
+                let stored = self.store_barrier().await;
+                for answer in barriers {
+                    let _ = answer.send(stored.clone());
                 }
             }
+            self.record_head();
+        }
+    }
+
+    /// Stores a barrier: a message holding no alerts (see the module doc).
+    async fn store_barrier(&mut self) -> Result<u64, LogError> {
+        self.group.clear();
+        self.barriers.1 += 1;
+        let id = format!(
+            "barrier.{}.{}.{}",
+            self.stream.cluster().instance,
+            self.barriers.0,
+            self.barriers.1
+        );
+        let landed = self.store_message(&[], &id, None).await;
+        if let Err(err) = &landed {
+            tracing::warn!(subscriber = %self.stream.name, %err, "barrier not stored");
+        }
+        landed.map(|landed| landed.at)
+    }
+
+    /// Stores the alerts of `jobs`, a group, and answers each job.
+    async fn store_jobs(&mut self, jobs: Vec<Job>) {
+        {
             self.failed.retain(|(_, lease)| lease.valid());
             let mut admitted = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -163,7 +252,6 @@ impl Writer {
                     }
                 }
             }
-            self.record_head();
         }
     }
 
@@ -185,8 +273,13 @@ impl Writer {
             if let Some(partition) = self.ended() {
                 return Err(lease_ended(partition));
             }
-            let mut window = Vec::with_capacity(WINDOW);
-            while window.len() < WINDOW && !rest.is_empty() {
+            let most = if self.stream.cluster().atomic_batches {
+                WINDOW
+            } else {
+                1
+            };
+            let mut window = Vec::with_capacity(most);
+            while window.len() < most && !rest.is_empty() {
                 let (message, after) = rest.split_at(alert_batch::next_cut(rest));
                 window.push(message);
                 rest = after;
@@ -198,17 +291,23 @@ impl Writer {
             };
             let scan_from = if attempted { before } else { None };
             for message in &window[done..] {
-                stored.extend(self.store_message(message, scan_from).await?);
+                let id = alert_batch::message_id(message);
+                let landed = self.store_message(message, &id, scan_from).await?;
+                stored.extend(landed.stored());
             }
         }
         Ok(stored)
     }
 
-    /// Publishes `window`'s messages after `tail` without waiting between them: the first
-    /// with `Nats-Expected-Last-Sequence`, each other with `Nats-Expected-Last-Msg-Id` set to
-    /// the one before it, so the stream stores a message only right after the one before it
-    /// and the placements the headers claim hold. Returns how many messages (from the front)
-    /// were stored, and whether any after those was published (it may have been stored).
+    /// Stores `window`'s messages right after `tail` as one atomic batch (`Nats-Batch-Id`;
+    /// the first message carries `Nats-Expected-Last-Sequence`): the stream stores all of
+    /// them, contiguously after `tail`, or none, so the placements their headers claim hold.
+    /// One message is published alone. Returns how many messages (from the front) were
+    /// stored, and whether the batch was sent whole (it may have been stored).
+    ///
+    /// Not chained by `Nats-Expected-Last-Msg-Id`: a clustered nats-server (2.15.1) checks
+    /// that header only when it applies the message, and a mismatch there stops the stream
+    /// taking any further message ("critical write error").
     async fn pipeline(
         &mut self,
         tail: Tail,
@@ -216,61 +315,88 @@ impl Writer {
         stored: &mut Vec<Stored>,
     ) -> (usize, bool) {
         let cluster = self.stream.cluster();
-        let mut acks = Vec::with_capacity(window.len());
+        let count = window.len();
+        self.batches += 1;
+        let batch = format!("{:016x}.{}", self.barriers.0 as u64, self.batches);
+        let mut placements = Vec::with_capacity(count);
         let mut first = tail.head + 1;
-        let mut previous: Option<String> = None;
-        for message in window {
-            let id = alert_batch::message_id(message);
-            let count = message.len() as u64;
-            let after = match &previous {
-                Some(previous) => After::Message(previous),
-                None => After::Sequence(tail.stream),
+        let mut commit = None;
+        for (index, message) in window.iter().enumerate() {
+            let placed = Placed {
+                first,
+                count: message.len() as u64,
             };
-            let headers = headers(&id, after, Placed { first, count }, &cluster.instance);
-            let published = cluster
-                .js
-                .publish_with_headers(
-                    self.stream.subject.clone(),
-                    headers,
-                    alert_batch::encode(message),
-                )
-                .await;
-            match published {
-                Ok(ack) => acks.push((ack, Placed { first, count })),
-                Err(_) => break,
+            first += placed.count;
+            placements.push(placed);
+            let id = alert_batch::message_id(message);
+            let expected = (index == 0).then_some(tail.stream);
+            let mut headers = headers(&id, expected, placed, &cluster.instance);
+            if count > 1 {
+                headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
+                headers.insert(
+                    async_nats::header::NATS_BATCH_SEQUENCE,
+                    (index + 1).to_string().as_str(),
+                );
             }
-            first += count;
-            previous = Some(id);
+            let subject = self.stream.subject.clone();
+            let payload = alert_batch::encode(message);
+            if index + 1 < count {
+                // Answered once, at the commit; a batch never committed stores nothing.
+                if cluster
+                    .js
+                    .client()
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .is_err()
+                {
+                    self.tail = None;
+                    return (0, false);
+                }
+                continue;
+            }
+            if count > 1 {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+            }
+            commit = Some(
+                cluster
+                    .js
+                    .publish_with_headers(subject, headers, payload)
+                    .await,
+            );
         }
-        let published = acks.len();
-        let mut at = tail.stream;
-        let mut done = 0;
-        for (ack, placed) in acks {
-            match ack.await {
-                Ok(ack) if !ack.duplicate && ack.sequence == at + 1 => {
-                    self.stream.remember(ack.sequence, placed);
-                    self.tail = Some(Tail {
-                        stream: ack.sequence,
-                        head: placed.last(),
-                    });
+        let acked = match commit {
+            Some(Ok(ack)) => ack.await,
+            _ => {
+                self.tail = None;
+                return (0, false);
+            }
+        };
+        let last = tail.stream + count as u64;
+        match acked {
+            // A batch is stored whole or not at all: its last message at `last`, all of it.
+            Ok(ack) if !ack.duplicate && ack.sequence == last => {
+                for (at, placed) in (tail.stream + 1..).zip(&placements) {
+                    self.stream.remember(at, *placed);
                     stored.extend((0..placed.count).map(|index| Stored {
                         sequence: placed.first + index,
                         duplicate: false,
                     }));
-                    at = ack.sequence;
-                    done += 1;
                 }
-                _ => {
-                    self.tail = None;
-                    break;
-                }
+                self.tail = Some(Tail {
+                    stream: last,
+                    head: first - 1,
+                });
+                (count, false)
+            }
+            _ => {
+                self.tail = None;
+                (0, true)
             }
         }
-        (done, published > done)
     }
 
-    /// Stores one message's alerts at the end of the stream.
-    /// `scan_from`: a pipelined publish of it may have been stored after this stream
+    /// Stores one message's alerts (none: a barrier) at the end of the stream, as message
+    /// `id`. `scan_from`: a pipelined publish of it may have been stored after this stream
     /// sequence.
     ///
     /// A publish whose outcome is unknown may still be stored later (a proposal the old
@@ -280,10 +406,10 @@ impl Writer {
     async fn store_message(
         &mut self,
         alerts: &[(Alert, Destination)],
+        id: &str,
         mut scan_from: Option<u64>,
-    ) -> Result<Vec<Stored>, LogError> {
+    ) -> Result<Landed, LogError> {
         let attempted = scan_from.is_some();
-        let id = alert_batch::message_id(alerts);
         let payload = alert_batch::encode(alerts);
         let count = alerts.len() as u64;
         let give_up = Instant::now() + STORE_WITHIN;
@@ -295,7 +421,7 @@ impl Writer {
             let outcome = match self.tail {
                 Some(tail) => {
                     publishes += 1;
-                    let outcome = self.publish(tail, &id, count, payload.clone()).await;
+                    let outcome = self.publish(tail, id, count, payload.clone()).await;
                     if matches!(outcome, Attempt::Failed(_)) {
                         scan_from =
                             Some(scan_from.map_or(tail.stream, |from| from.min(tail.stream)));
@@ -304,7 +430,7 @@ impl Writer {
                 }
                 None => match self.stream.bounds().await {
                     Ok(bounds) => match scan_from {
-                        Some(from) => self.find(&id, from, bounds.tail.stream).await,
+                        Some(from) => self.find(id, from, bounds.tail.stream).await,
                         None => {
                             self.tail = Some(bounds.tail);
                             Attempt::Retry
@@ -315,18 +441,17 @@ impl Writer {
                 },
             };
             let error = match outcome {
-                Attempt::Stored(placed, duplicate) => {
+                Attempt::Stored(placed, at, duplicate) => {
                     if failures > 0 {
                         tracing::info!(subscriber = %self.stream.name, failures, waited = ?stalled_since.elapsed(), "alert stream took alerts again");
                     }
-                    return Ok((0..placed.count)
-                        .map(|index| Stored {
-                            sequence: placed.first + index,
-                            // A first publish acknowledged as a repeat: stored by an earlier
-                            // owner. A later one: our own earlier publish was stored.
-                            duplicate: duplicate && publishes == 1 && !attempted,
-                        })
-                        .collect());
+                    return Ok(Landed {
+                        placed,
+                        at,
+                        // A first publish acknowledged as a repeat: stored by an earlier
+                        // owner. A later one: our own earlier publish was stored.
+                        duplicate: duplicate && publishes == 1 && !attempted,
+                    });
                 }
                 Attempt::Retry if Instant::now() < give_up => continue,
                 Attempt::Retry => "the stream's tail kept moving".to_owned(),
@@ -364,7 +489,7 @@ impl Writer {
             match self.stream.message(at).await {
                 Ok(Some(message)) if alert_stream::message_id(&message) == Some(id) => {
                     return match Placed::of(Some(&message.headers), at) {
-                        Ok(placed) => Attempt::Stored(placed, false),
+                        Ok(placed) => Attempt::Stored(placed, at, false),
                         Err(err) => Attempt::Failed(err.to_string()),
                     };
                 }
@@ -380,7 +505,7 @@ impl Writer {
         let first = tail.head + 1;
         let headers = headers(
             id,
-            After::Sequence(tail.stream),
+            Some(tail.stream),
             Placed { first, count },
             &self.stream.cluster().instance,
         );
@@ -402,12 +527,12 @@ impl Writer {
                     stream: ack.sequence,
                     head: placed.last(),
                 });
-                Attempt::Stored(placed, false)
+                Attempt::Stored(placed, ack.sequence, false)
             }
             Ok(ack) if ack.duplicate => match self.stream.placed(ack.sequence).await {
                 Ok(Some(placed)) if placed.count == count => {
                     self.tail = None;
-                    Attempt::Stored(placed, true)
+                    Attempt::Stored(placed, ack.sequence, true)
                 }
                 Ok(_) => Attempt::Failed(format!(
                     "message {} acknowledged as a repeat of one that cannot be read",
@@ -453,26 +578,16 @@ impl Writer {
     }
 }
 
-/// What a message must follow to be stored.
-enum After<'a> {
-    /// The stream's last message is at this sequence.
-    Sequence(u64),
-    /// The stream's last message has this id.
-    Message(&'a str),
-}
-
-/// The headers of message `id`, placed at `placed`, stored only right `after` what it follows.
-fn headers(id: &str, after: After<'_>, placed: Placed, instance: &str) -> HeaderMap {
+/// The headers of message `id`, placed at `placed`, stored only right after stream
+/// sequence `after` when given.
+fn headers(id: &str, after: Option<u64>, placed: Placed, instance: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-    match after {
-        After::Sequence(sequence) => headers.insert(
+    if let Some(sequence) = after {
+        headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
             sequence.to_string().as_str(),
-        ),
-        After::Message(previous) => {
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, previous)
-        }
+        );
     }
     headers.insert(FIRST, placed.first.to_string().as_str());
     headers.insert(COUNT, placed.count.to_string().as_str());
@@ -520,8 +635,8 @@ impl Attempt {
 
 /// What one publish did.
 enum Attempt {
-    /// Stored (or found stored: `true`) at this placement.
-    Stored(Placed, bool),
+    /// Stored (or found stored: `true`) at this placement and stream sequence.
+    Stored(Placed, u64, bool),
     /// Try again at once (the tail moved, or was read).
     Retry,
     /// Failed; try again after a pause.

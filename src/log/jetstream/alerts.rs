@@ -13,9 +13,10 @@
 //!   stores in queue order. A point's alerts all go to one subscriber, so per-point order
 //!   holds, while a stream that stalls holds up only its own subscriber's alerts.
 //! - Alerts a replay emits again: a checkpoint records each stream's head as this instance
-//!   knew it ([`AlertLog::heads`]); before replaying, [`AlertLog::guard_replay`] reads what
-//!   was stored after those heads, and the partition's alerts found there are answered with
-//!   their first sequence, as duplicates, without being stored again. A message sent again
+//!   knew it ([`AlertLog::heads`]); before replaying, [`AlertLog::guard_replay`] stores a
+//!   barrier in each stream and reads what was stored after those heads up to it; the
+//!   partition's alerts found there are answered with their first sequence, as duplicates,
+//!   without being stored again. A message sent again
 //!   whole (a publish whose ack was lost) is dropped by the stream's duplicate window.
 //! - Acks move the cursor by compare-and-set, never back, so instances acking for the same
 //!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
@@ -55,7 +56,7 @@ use metrics::counter;
 use tokio::sync::{mpsc, oneshot};
 
 use super::alert_stream::{AlertStream, Bounds};
-use super::alert_writer::{self, Job};
+use super::alert_writer::{self, Job, Request};
 use super::{Cluster, EMITTED_BY, alert_batch};
 use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
@@ -89,7 +90,7 @@ pub struct JsAlerts {
     /// Each subscriber's stream, by subscriber index.
     streams: Arc<[AlertStream]>,
     /// Each subscriber's writer on this instance, started with its first alert.
-    writers: Arc<[OnceLock<mpsc::UnboundedSender<Job>>]>,
+    writers: Arc<[OnceLock<mpsc::UnboundedSender<Request>>]>,
     /// Partitions that replayed: their alerts already stored after the checkpoint's heads,
     /// and since when (see [`GUARD_FOR`]).
     guards: Arc<Mutex<HashMap<Partition, Guard>>>,
@@ -161,9 +162,21 @@ impl JsAlerts {
         Ok(())
     }
 
-    fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Job> {
+    fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Request> {
         self.writers[usize::from(log.0)]
             .get_or_init(|| alert_writer::spawn(self.stream(log).clone()))
+    }
+
+    /// Stores a barrier in `log`'s stream through this instance's writer: the stream
+    /// sequence it got (see [`alert_writer`]).
+    async fn barrier(&self, log: SubscriberId) -> Result<u64, LogError> {
+        let (answer, stored) = oneshot::channel();
+        self.writer(log)
+            .send(Request::Barrier(answer))
+            .map_err(|_| LogError::Unavailable("the alert writer stopped".into()))?;
+        stored
+            .await
+            .map_err(|_| LogError::Unavailable("the alert writer stopped".into()))?
     }
 
     /// The stream's bounds once its head reaches `sequence`, or as they stand after
@@ -248,12 +261,14 @@ impl JsAlerts {
         }))
     }
 
-    /// The alerts of `partition` stored in `log` after DNO sequence `after`.
+    /// The alerts of `partition` stored in `log` after DNO sequence `after`, in messages up
+    /// to stream sequence `through`.
     async fn stored_after(
         &self,
         log: SubscriberId,
         after: u64,
         partition: Partition,
+        through: u64,
     ) -> Result<HashMap<AlertId, u64>, LogError> {
         let stream = self.stream(log);
         let bounds = stream.bounds().await?;
@@ -263,6 +278,9 @@ impl JsAlerts {
         }
         let partitions = self.cluster.settings.partitions;
         let start = stream.locate(after + 1, &bounds).await?;
+        if start > through {
+            return Ok(found);
+        }
         // One consumer reads the range through, rather than a request per message.
         let mut messages = open_reader(&self.cluster, stream.stream.clone(), None, start).await?;
         let what = format!("alert stream of {}", stream.name);
@@ -283,7 +301,7 @@ impl JsAlerts {
                     found.insert(entry.alert.id(), entry.sequence);
                 }
             }
-            if at >= bounds.tail.stream {
+            if at >= through {
                 break;
             }
         }
@@ -565,10 +583,6 @@ async fn read_all<T>(
     Ok(read)
 }
 
-/// How long a new owner waits before reading what an earlier owner stored after its
-/// checkpoint (see [`AlertLog::guard_replay`] below).
-const EARLIER_OWNER_SETTLE: Duration = Duration::from_secs(1);
-
 /// A replayed partition's alerts that were stored after its checkpoint, by id.
 type Guard = (tokio::time::Instant, HashMap<AlertId, u64>);
 
@@ -686,12 +700,12 @@ impl AlertLog for JsAlerts {
         let mut waiting = Vec::with_capacity(parts.len());
         for (log, (alerts, places)) in parts {
             let (done, stored) = oneshot::channel();
-            let queued = self.writer(log).send(Job {
+            let queued = self.writer(log).send(Request::Store(Job {
                 partition,
                 lease: lease.clone(),
                 alerts,
                 done,
-            });
+            }));
             waiting.push((stored, places, queued.is_ok()));
         }
         async move {
@@ -952,19 +966,24 @@ impl AlertLog for JsAlerts {
         _partitions: u16,
         heads: &AlertHeads,
     ) -> Result<(), LogError> {
-        // An earlier owner stops storing a third of a lease before its lease can expire, and
-        // this owner starts only after it expired; a publish it had already sent may still be
-        // on its way on a starved machine. Waiting a little more lets it land before the read.
-        tokio::time::sleep(EARLIER_OWNER_SETTLE).await;
-        let mut stored = HashMap::new();
-        for (log, name) in self.table.iter() {
+        // A barrier first, then the read up to it: whatever an earlier owner published
+        // before its lease ended is either before the barrier or refused (see
+        // `alert_writer`). The streams are read side by side.
+        let reads = self.table.iter().map(|(log, name)| {
             // A stream the checkpoint does not name is read whole, as far as retained.
             let after = heads
                 .0
                 .iter()
                 .find(|(head_of, _)| head_of == name)
                 .map_or(0, |(_, head)| *head);
-            stored.extend(self.stored_after(log, after, partition).await?);
+            async move {
+                let through = self.barrier(log).await?;
+                self.stored_after(log, after, partition, through).await
+            }
+        });
+        let mut stored = HashMap::new();
+        for found in futures::future::try_join_all(reads).await? {
+            stored.extend(found);
         }
         tracing::info!(
             partition,

@@ -219,6 +219,9 @@ pub struct Cluster {
     pub instances: kv::Store,
     /// Subscriber cursors.
     pub cursors: kv::Store,
+    /// The alert streams take atomic batches (`allow_atomic`, nats-server 2.12 and later):
+    /// writers store several messages at once only then.
+    pub atomic_batches: bool,
 }
 
 /// This instance's default name: host name and process id.
@@ -282,7 +285,7 @@ impl Cluster {
         let control = context(&settings, "control").await?;
         let names = Names::new(&settings.prefix, settings.event_stream_count());
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
-        provision(&js, &names, config).await?;
+        let atomic_batches = provision(&js, &names, config).await?;
         let provisioned = buckets(&control, &names, &settings).await?;
         Ok(Self {
             js,
@@ -292,6 +295,7 @@ impl Cluster {
             leases: provisioned.0,
             instances: provisioned.1,
             cursors: provisioned.2,
+            atomic_batches,
         })
     }
 }
@@ -352,24 +356,49 @@ fn stream_error_is_transient(err: &jetstream::context::CreateStreamError) -> boo
 }
 
 /// Creates the stream unless it exists, then waits until it has a leader: a stream just
-/// created answers nothing (requests time out) until its Raft group elects one.
-async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<()> {
+/// created answers nothing (requests time out) until its Raft group elects one. Returns
+/// the stream's configuration as the server keeps it (a server ignores settings it does
+/// not know). An existing stream is given atomic batches when asked for; nothing else of
+/// its configuration changes.
+async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<stream::Config> {
     let what = format!("creating stream {}", config.name);
     let mut stream = with_retries(&what, stream_error_is_transient, || {
         js.get_or_create_stream(config.clone())
     })
     .await?;
+    let kept = stream.cached_info().config.clone();
+    if config.allow_atomic_publish && !kept.allow_atomic_publish {
+        let atomic = stream::Config {
+            allow_atomic_publish: true,
+            ..kept
+        };
+        with_retries(
+            &format!("allowing atomic batches on stream {}", config.name),
+            |err: &jetstream::context::UpdateStreamError| {
+                !matches!(
+                    err.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(_)
+                )
+            },
+            || js.update_stream(atomic.clone()),
+        )
+        .await?;
+    }
     let deadline = tokio::time::Instant::now() + PROVISION_BOUND;
     loop {
         let led = match stream.info().await {
-            Ok(info) => info.cluster.as_ref().is_none_or(|c| c.leader.is_some()),
+            Ok(info) => info
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.leader.is_some())
+                .then(|| info.config.clone()),
             Err(err) => {
                 tracing::debug!(%err, stream = %config.name, "stream info while waiting for a leader");
-                false
+                None
             }
         };
-        if led {
-            return Ok(());
+        if let Some(kept) = led {
+            return Ok(kept);
         }
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!(
@@ -418,7 +447,8 @@ async fn ensure_bucket(
     .await
 }
 
-async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Result<()> {
+/// Creates what is missing; whether every subscriber's alert stream takes atomic batches.
+async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Result<bool> {
     let settings = &config.store.jetstream;
     let replicas = settings.replicas;
     refuse_another_layout(js, names).await?;
@@ -446,10 +476,12 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
         max_age: config.store.retention_max_age,
         max_messages: i64::try_from(config.store.retention_max_alerts).unwrap_or(i64::MAX),
         duplicate_window: ALERT_DUPLICATE_WINDOW,
+        allow_atomic_publish: true,
         ..Default::default()
     };
+    let mut atomic = true;
     for subscriber in &config.routing.subscribers {
-        ensure_stream(
+        let kept = ensure_stream(
             js,
             alert_stream(
                 names.alerts_stream(&subscriber.name),
@@ -457,6 +489,7 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
             ),
         )
         .await?;
+        atomic &= kept.allow_atomic_publish;
     }
     ensure_stream(
         js,
@@ -487,7 +520,7 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
         },
     )
     .await?;
-    Ok(())
+    Ok(atomic)
 }
 
 /// Refuses to start on streams made with another `event_streams`: their partitions' events
