@@ -418,6 +418,11 @@ impl Writer {
         let mut failures = 0u32;
         let stalled_since = Instant::now();
         loop {
+            // Before every publish, a retry too: a publish refused because a new owner's
+            // barrier moved the tail must not be sent again after that owner's read.
+            if let Some(partition) = self.ended() {
+                return Err(lease_ended(partition));
+            }
             let outcome = match self.tail {
                 Some(tail) => {
                     publishes += 1;
