@@ -333,6 +333,8 @@ pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Default appends a JetStream partition owner keeps in flight.
 pub const DEFAULT_APPENDS_IN_FLIGHT: usize = 1024;
+/// How often an instance looks whether the events streams' leaders are still spread.
+pub const DEFAULT_REBALANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Default largest message of a partition snapshot.
 pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
 
@@ -378,6 +380,11 @@ pub struct JetStreamConfig {
     /// (`store.commit_queue` for the embedded store): enough that a subscriber stream that
     /// stalls for a while does not hold up the partition's other subscribers' alerts.
     pub appends_in_flight: usize,
+    /// How often an instance looks whether the events streams' leaders are still spread
+    /// over the nodes (a node that died and came back leads none), and moves one if not;
+    /// `0s`: only at start.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_interval: Duration,
 }
 
 impl JetStreamConfig {
@@ -404,6 +411,7 @@ impl Default for JetStreamConfig {
             events_max_age: DEFAULT_EVENTS_MAX_AGE,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
+            rebalance_interval: DEFAULT_REBALANCE_INTERVAL,
         }
     }
 }

@@ -239,6 +239,18 @@ pub async fn run(
         Some(cluster) => {
             let serving = Arc::clone(cluster).serve(Arc::clone(&owners), reload, stages.clone());
             tasks.spawn("peers", serving);
+            let shared = Arc::clone(cluster.cluster());
+            let stop = stages.clone();
+            tasks.spawn("leaders", async move {
+                crate::log::jetstream::leaders::keep_spread(
+                    shared.js.clone(),
+                    shared.names.clone(),
+                    &shared.instance,
+                    shared.settings.rebalance_interval,
+                    stop,
+                )
+                .await;
+            });
             Arc::clone(cluster) as Arc<dyn Peers>
         }
         None => Arc::new(NoPeers::new(reload)),

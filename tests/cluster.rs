@@ -678,6 +678,7 @@ async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
             3,
             "leaders of the events streams: {leaders:?}"
         );
+        leaders_are_spread_again_after_two_end_up_on_one_node(&cluster, &prefix).await;
     }
 
     config.store.jetstream.event_streams = 1;
@@ -688,6 +689,76 @@ async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
         format!("{refused:#}").contains("event_streams"),
         "the refusal names the setting: {refused:#}"
     );
+}
+
+/// Where each of the three events streams' leader is.
+async fn events_leaders(
+    cluster: &outage_relay::log::jetstream::Cluster,
+    prefix: &str,
+) -> Vec<Option<String>> {
+    let mut leaders = Vec::new();
+    for index in 0..3 {
+        let leader = match cluster
+            .js
+            .get_stream(format!("{prefix}_EVENTS_{index}"))
+            .await
+        {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .ok()
+                .and_then(|info| info.cluster.as_ref().and_then(|c| c.leader.clone())),
+            Err(_) => None,
+        };
+        leaders.push(leader);
+    }
+    leaders
+}
+
+/// Two events streams' leaders put on one node (as after a node died and came back): the
+/// instance's periodic look moves one off it again.
+async fn leaders_are_spread_again_after_two_end_up_on_one_node(
+    cluster: &outage_relay::log::jetstream::Cluster,
+    prefix: &str,
+) {
+    use outage_relay::log::jetstream::leaders;
+    use tokio_util::sync::CancellationToken;
+
+    let before = events_leaders(cluster, prefix).await;
+    let onto = before[1].clone().expect("stream 1 has a leader");
+    let request = serde_json::json!({ "placement": { "preferred": onto } });
+    let answer: serde_json::Value = cluster
+        .js
+        .request(
+            format!("STREAM.LEADER.STEPDOWN.{prefix}_EVENTS_0"),
+            &request,
+        )
+        .await
+        .expect("a step-down answer");
+    assert!(answer.get("error").is_none(), "{answer}");
+    eventually("two events streams led by one node", || async {
+        let now = events_leaders(cluster, prefix).await;
+        (now[0].as_deref() == Some(onto.as_str())).then_some(())
+    })
+    .await;
+
+    let stop = CancellationToken::new();
+    let spreading = tokio::spawn(leaders::keep_spread(
+        cluster.js.clone(),
+        cluster.names.clone(),
+        "test",
+        Duration::from_millis(200),
+        stop.clone(),
+    ));
+    let spread = eventually("the leaders spread again", || async {
+        let now = events_leaders(cluster, prefix).await;
+        let distinct: BTreeSet<_> = now.iter().flatten().collect();
+        (now.iter().all(Option::is_some) && distinct.len() == 3).then_some(now)
+    })
+    .await;
+    stop.cancel();
+    spreading.await.expect("the rebalancing task");
+    assert!(spread.contains(&Some(onto)), "{spread:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

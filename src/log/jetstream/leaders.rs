@@ -7,11 +7,18 @@
 //! in favour of that replica (`placement.preferred`, nats-server 2.11 and later; older
 //! servers elect at random, so it looks again), a few rounds at most. It never fails the
 //! start: a cluster it cannot balance just runs with the leaders where they are.
+//!
+//! Later, every `store.jetstream.rebalance_interval` (plus a part set by the instance's name,
+//! so that instances do not all look at once), it looks again and makes at most one such move: a node that
+//! died and came back leads nothing until then. A step-down costs the stream an election (a
+//! publish stall of well under a second), so it is made only when one node leads at least
+//! two more events streams than a replica of one of them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
+use tokio_util::sync::CancellationToken;
 
 use super::Names;
 
@@ -141,6 +148,35 @@ pub async fn spread(js: &Context, names: &Names) {
             return;
         };
         step_down(js, &stream, &to).await;
+    }
+}
+
+/// Every `every` (plus up to a quarter of it, set by the instance's name), makes the one
+/// move that evens the leaders out most, if any does, until `stop`; `every` of zero: never.
+pub async fn keep_spread(
+    js: Context,
+    names: Names,
+    instance: &str,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    if every.is_zero() || names.event_stream_count() < 2 {
+        return;
+    }
+    let share = (xxhash_rust::xxh3::xxh3_64(instance.as_bytes()) % 1000) as f64 / 4000.0;
+    let jitter = every.mul_f64(share);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every + jitter) => {}
+        }
+        let Some(placements) = placements(&js, &names).await else {
+            continue;
+        };
+        if let Some((stream, to)) = next_move(&placements) {
+            tracing::info!(%stream, %to, "events stream leaders uneven; moving one");
+            step_down(&js, &stream, &to).await;
+        }
     }
 }
 

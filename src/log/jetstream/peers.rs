@@ -114,6 +114,11 @@ impl std::fmt::Debug for JsPeers {
 }
 
 impl JsPeers {
+    /// The cluster the peers share.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// Peers in `cluster`; `ownership` knows which instances are live.
     pub fn new(cluster: Arc<Cluster>, ownership: Arc<JsOwnership>) -> Self {
         Self { cluster, ownership }
