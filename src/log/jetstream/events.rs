@@ -213,7 +213,12 @@ impl EventLog for JsEvents {
         let messages = consumer.messages().await.map_err(|err| {
             LogError::Unavailable(format!("reading partition {partition}: {err}"))
         })?;
-        Ok(Box::new(JsEventReader { messages, lag }))
+        Ok(Box::new(JsEventReader {
+            partition,
+            messages,
+            lag,
+            last: after,
+        }))
     }
 
     async fn truncate(
@@ -229,8 +234,11 @@ impl EventLog for JsEvents {
 
 /// Follows one partition's subject.
 struct JsEventReader {
+    partition: Partition,
     messages: async_nats::jetstream::consumer::pull::Ordered,
     lag: u64,
+    /// The position of the last record read.
+    last: u64,
 }
 
 #[async_trait]
@@ -250,6 +258,20 @@ impl EventReader for JsEventReader {
             i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
         );
         let position = info.stream_sequence;
+        if position <= self.last {
+            // Positions only grow along a partition's consumer; a record read after a later
+            // one is applied out of order (its alerts stored after the later records'). One
+            // cluster fault run stored alerts that way without a cause found: said loudly.
+            counter!(telemetry::JETSTREAM_ERRORS, "operation" => "events_out_of_order")
+                .increment(1);
+            tracing::error!(
+                partition = self.partition,
+                position,
+                after = self.last,
+                "an events record delivered after a later one"
+            );
+        }
+        self.last = self.last.max(position);
         let has = |name: &str| {
             message
                 .headers
