@@ -47,6 +47,29 @@ async fn instance_with(prefix: &str, name: &str, extra: impl FnOnce(&mut Config)
     .await
 }
 
+/// The JetStream configuration of this test cluster under `prefix`, `extra` adjusting it.
+fn library_config(prefix: &str, extra: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::default();
+    config.store.backend = Backend::Jetstream;
+    config.store.jetstream.servers = nats_urls();
+    config.store.jetstream.prefix = prefix.to_owned();
+    config.store.jetstream.partitions = PARTITIONS;
+    extra(&mut config);
+    config
+}
+
+/// A connection to the cluster as the library makes it, with `config`'s streams provisioned.
+async fn library_cluster(config: &Config) -> std::sync::Arc<outage_relay::log::jetstream::Cluster> {
+    std::sync::Arc::new(
+        bounded(
+            "connect to JetStream",
+            outage_relay::log::jetstream::Cluster::connect(config),
+        )
+        .await
+        .expect("a cluster"),
+    )
+}
+
 async fn cluster_status(relay: &TestRelay) -> GetClusterStatusResponse {
     bounded(
         "GetClusterStatus",
@@ -583,23 +606,14 @@ async fn a_snapshot_of_many_chunks_restores_the_partition_on_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jetstream_backend_passes_the_conformance_suite() {
     use outage_relay::log::conformance::{self, Subject};
-    use outage_relay::log::jetstream::Cluster;
     use outage_relay::log::jetstream::alerts::JsAlerts;
     use outage_relay::log::jetstream::checkpoints::JsCheckpoints;
     use outage_relay::log::jetstream::events::JsEvents;
     use outage_relay::route::RoutingTable;
     use std::sync::Arc;
 
-    let mut config = Config::default();
-    config.store.backend = Backend::Jetstream;
-    config.store.jetstream.servers = nats_urls();
-    config.store.jetstream.prefix = unique_prefix("conformance");
-    config.store.jetstream.partitions = PARTITIONS;
-    let cluster = Arc::new(
-        bounded("connect to JetStream", Cluster::connect(&config))
-            .await
-            .expect("a cluster"),
-    );
+    let config = library_config(&unique_prefix("conformance"), |_| {});
+    let cluster = library_cluster(&config).await;
     let table = Arc::new(RoutingTable::from_config(&config.routing));
     conformance::run_all(&Subject {
         events: Arc::new(JsEvents::new(Arc::clone(&cluster))),
@@ -622,17 +636,8 @@ async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
     use std::sync::Arc;
 
     let prefix = unique_prefix("streams");
-    let mut config = Config::default();
-    config.store.backend = Backend::Jetstream;
-    config.store.jetstream.servers = nats_urls();
-    config.store.jetstream.prefix = prefix.clone();
-    config.store.jetstream.partitions = PARTITIONS;
-    config.store.jetstream.event_streams = 3;
-    let cluster = Arc::new(
-        bounded("connect to JetStream", Cluster::connect(&config))
-            .await
-            .expect("a cluster"),
-    );
+    let mut config = library_config(&prefix, |config| config.store.jetstream.event_streams = 3);
+    let cluster = library_cluster(&config).await;
     let events = JsEvents::new(Arc::clone(&cluster));
     let mark = EventRecord {
         arrival: UtcMillis(0),
@@ -808,24 +813,16 @@ async fn retention_keeps_max_alerts_unacknowledged_and_moves_the_shared_cursor_p
 async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_refused() {
     use async_nats::jetstream::context::PublishErrorKind;
     use outage_relay::log::conformance::{UKPN, device_in, poa, route};
+    use outage_relay::log::jetstream::EMITTED_BY;
     use outage_relay::log::jetstream::alert_batch::{self, COUNT, FIRST};
     use outage_relay::log::jetstream::alert_stream::AlertStream;
     use outage_relay::log::jetstream::alerts::JsAlerts;
-    use outage_relay::log::jetstream::{Cluster, EMITTED_BY};
     use outage_relay::log::{AlertLog, Destination};
     use outage_relay::route::RoutingTable;
     use std::sync::Arc;
 
-    let mut config = Config::default();
-    config.store.backend = Backend::Jetstream;
-    config.store.jetstream.servers = nats_urls();
-    config.store.jetstream.prefix = unique_prefix("barrier");
-    config.store.jetstream.partitions = PARTITIONS;
-    let cluster = Arc::new(
-        bounded("connect to JetStream", Cluster::connect(&config))
-            .await
-            .expect("a cluster"),
-    );
+    let config = library_config(&unique_prefix("barrier"), |_| {});
+    let cluster = library_cluster(&config).await;
     let table = Arc::new(RoutingTable::from_config(&config.routing));
     let alerts = JsAlerts::new(Arc::clone(&cluster), table);
     let heads = alerts.heads();
@@ -907,7 +904,6 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
 async fn two_instances_storing_large_groups_in_one_stream_keep_its_sequences_contiguous() {
     use outage_relay::domain::DeviceId;
     use outage_relay::log::conformance::{UKPN, poa, route};
-    use outage_relay::log::jetstream::Cluster;
     use outage_relay::log::jetstream::alerts::JsAlerts;
     use outage_relay::log::{AlertLog, LogEntry};
     use outage_relay::route::RoutingTable;
@@ -919,17 +915,10 @@ async fn two_instances_storing_large_groups_in_one_stream_keep_its_sequences_con
     let prefix = unique_prefix("batches");
     let mut logs = Vec::new();
     for name in ["a", "b"] {
-        let mut config = Config::default();
-        config.store.backend = Backend::Jetstream;
-        config.store.jetstream.servers = nats_urls();
-        config.store.jetstream.prefix = prefix.clone();
-        config.store.jetstream.partitions = PARTITIONS;
-        config.store.jetstream.instance = Some(name.to_owned());
-        let cluster = Arc::new(
-            bounded("connect to JetStream", Cluster::connect(&config))
-                .await
-                .expect("a cluster"),
-        );
+        let config = library_config(&prefix, |config| {
+            config.store.jetstream.instance = Some(name.to_owned());
+        });
+        let cluster = library_cluster(&config).await;
         let table = Arc::new(RoutingTable::from_config(&config.routing));
         logs.push(Arc::new(JsAlerts::new(cluster, table)));
     }
