@@ -29,8 +29,9 @@
 //! any other. A new owner stores one in each stream before reading what earlier owners
 //! stored after its checkpoint, and reads up to it: a publish an earlier owner sent before
 //! its lease ended is either before the barrier in the stream's log (and read), or is
-//! refused by its `Nats-Expected-Last-Sequence`, which the barrier no longer matches. No fixed wait decides it (a publish held in a leader election
-//! could land seconds later, after a read that waited a fixed time, and be stored twice).
+//! refused by its `Nats-Expected-Last-Sequence`, which the barrier no longer matches. No
+//! fixed wait decides it (a publish held in a leader election could land seconds later,
+//! after a read that waited a fixed time, and be stored twice).
 //!
 //! Writers of different subscribers do not wait for each other: a stream without a leader
 //! holds up only its own subscriber's alerts, and an owner goes on reading while one of its
@@ -100,14 +101,15 @@ pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Request> {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis();
+        .as_millis() as u64;
     let writer = Writer {
         stream,
         group: Vec::new(),
         failed: Vec::new(),
         tail: None,
         head_recorded: (Instant::now(), 0),
-        barriers: (started, 0),
+        started,
+        barriers: 0,
         batches: 0,
     };
     tokio::spawn(writer.run(requests));
@@ -125,10 +127,12 @@ struct Writer {
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
     head_recorded: (Instant, u64),
-    /// When this writer started (ms since the epoch) and the barriers it stored: together
-    /// with the instance's name, a barrier's unique message id.
-    barriers: (u128, u64),
-    /// Atomic batches this writer sent: with its start, a batch's id.
+    /// When this writer started, in ms since the epoch: with the instance's name and a
+    /// count, the unique id of a barrier or a batch.
+    started: u64,
+    /// Barriers this writer stored.
+    barriers: u64,
+    /// Atomic batches this writer sent.
     batches: u64,
 }
 
@@ -188,12 +192,12 @@ impl Writer {
     /// Stores a barrier: a message holding no alerts (see the module doc).
     async fn store_barrier(&mut self) -> Result<u64, LogError> {
         self.group.clear();
-        self.barriers.1 += 1;
+        self.barriers += 1;
         let id = format!(
             "barrier.{}.{}.{}",
             self.stream.cluster().instance,
-            self.barriers.0,
-            self.barriers.1
+            self.started,
+            self.barriers
         );
         let landed = self.store_message(&[], &id, None).await;
         if let Err(err) = &landed {
@@ -204,52 +208,50 @@ impl Writer {
 
     /// Stores the alerts of `jobs`, a group, and answers each job.
     async fn store_jobs(&mut self, jobs: Vec<Job>) {
-        {
-            self.failed.retain(|(_, lease)| lease.valid());
-            let mut admitted = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                match refusal(&self.failed, job.partition, job.lease.as_ref()) {
-                    None => admitted.push(job),
-                    Some(err) => {
-                        let _ = job.done.send(Err(err));
-                    }
+        self.failed.retain(|(_, lease)| lease.valid());
+        let mut admitted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match refusal(&self.failed, job.partition, job.lease.as_ref()) {
+                None => admitted.push(job),
+                Some(err) => {
+                    let _ = job.done.send(Err(err));
                 }
             }
-            let jobs = admitted;
-            self.group.clear();
-            for job in &jobs {
-                if let Some(lease) = &job.lease
-                    && !self
-                        .group
-                        .iter()
-                        .any(|(partition, _)| *partition == job.partition)
-                {
-                    self.group.push((job.partition, lease.clone()));
+        }
+        let jobs = admitted;
+        self.group.clear();
+        for job in &jobs {
+            if let Some(lease) = &job.lease
+                && !self
+                    .group
+                    .iter()
+                    .any(|(partition, _)| *partition == job.partition)
+            {
+                self.group.push((job.partition, lease.clone()));
+            }
+        }
+        let alerts: Vec<(Alert, Destination)> = jobs
+            .iter()
+            .flat_map(|job| job.alerts.iter().copied())
+            .collect();
+        match self.store(&alerts).await {
+            Ok(stored) => {
+                let mut stored = stored.into_iter();
+                for job in jobs {
+                    let part = stored.by_ref().take(job.alerts.len()).collect();
+                    let _ = job.done.send(Ok(part));
                 }
             }
-            let alerts: Vec<(Alert, Destination)> = jobs
-                .iter()
-                .flat_map(|job| job.alerts.iter().copied())
-                .collect();
-            match self.store(&alerts).await {
-                Ok(stored) => {
-                    let mut stored = stored.into_iter();
-                    for job in jobs {
-                        let part = stored.by_ref().take(job.alerts.len()).collect();
-                        let _ = job.done.send(Ok(part));
+            Err(err) => {
+                tracing::warn!(subscriber = %self.stream.name, %err, alerts = alerts.len(), "alerts not stored");
+                self.tail = None;
+                for job in jobs {
+                    if let Some(lease) = &job.lease
+                        && refusal(&self.failed, job.partition, Some(lease)).is_none()
+                    {
+                        self.failed.push((job.partition, lease.clone()));
                     }
-                }
-                Err(err) => {
-                    tracing::warn!(subscriber = %self.stream.name, %err, alerts = alerts.len(), "alerts not stored");
-                    self.tail = None;
-                    for job in jobs {
-                        if let Some(lease) = &job.lease
-                            && refusal(&self.failed, job.partition, Some(lease)).is_none()
-                        {
-                            self.failed.push((job.partition, lease.clone()));
-                        }
-                        let _ = job.done.send(Err(err.clone()));
-                    }
+                    let _ = job.done.send(Err(err.clone()));
                 }
             }
         }
@@ -317,7 +319,7 @@ impl Writer {
         let cluster = self.stream.cluster();
         let count = window.len();
         self.batches += 1;
-        let batch = format!("{:016x}.{}", self.barriers.0 as u64, self.batches);
+        let batch = format!("{:016x}.{}", self.started, self.batches);
         let mut placements = Vec::with_capacity(count);
         let mut first = tail.head + 1;
         let mut commit = None;
@@ -375,12 +377,14 @@ impl Writer {
         match acked {
             // A batch is stored whole or not at all: its last message at `last`, all of it.
             Ok(ack) if !ack.duplicate && ack.sequence == last => {
-                for (at, placed) in (tail.stream + 1..).zip(&placements) {
-                    self.stream.remember(at, *placed);
-                    stored.extend((0..placed.count).map(|index| Stored {
-                        sequence: placed.first + index,
+                for (at, placed) in (tail.stream + 1..).zip(placements) {
+                    self.stream.remember(at, placed);
+                    let landed = Landed {
+                        placed,
+                        at,
                         duplicate: false,
-                    }));
+                    };
+                    stored.extend(landed.stored());
                 }
                 self.tail = Some(Tail {
                     stream: last,

@@ -16,8 +16,8 @@
 //!   knew it ([`AlertLog::heads`]); before replaying, [`AlertLog::guard_replay`] stores a
 //!   barrier in each stream and reads what was stored after those heads up to it; the
 //!   partition's alerts found there are answered with their first sequence, as duplicates,
-//!   without being stored again. A message sent again
-//!   whole (a publish whose ack was lost) is dropped by the stream's duplicate window.
+//!   without being stored again. A message sent again whole (a publish whose ack was
+//!   lost) is dropped by the stream's duplicate window.
 //! - Acks move the cursor by compare-and-set, never back, so instances acking for the same
 //!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
 //!   them (`store.retention_max_age`, the stream's max age; its messages are bounded by

@@ -8,11 +8,11 @@
 //! servers elect at random, so it looks again), a few rounds at most. It never fails the
 //! start: a cluster it cannot balance just runs with the leaders where they are.
 //!
-//! Later, every `store.jetstream.rebalance_interval` (plus a part set by the instance's name,
-//! so that instances do not all look at once), it looks again and makes at most one such move: a node that
-//! died and came back leads nothing until then. A step-down costs the stream an election (a
-//! publish stall of well under a second), so it is made only when one node leads at least
-//! two more events streams than a replica of one of them.
+//! Later, every `store.jetstream.rebalance_interval` (plus a part set by the instance's
+//! name, so that instances do not all look at once), it looks again and makes at most one
+//! such move: a node that died and came back leads nothing until then. A step-down costs the
+//! stream an election (a publish stall of well under a second), so it is made only when one
+//! node leads at least two more events streams than a replica of one of them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
