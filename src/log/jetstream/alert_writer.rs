@@ -21,9 +21,11 @@
 //!   partitions' next owners (new leases) replay and emit them again in order;
 //! - it stores nothing for a partition whose owner's lease is no longer valid (its fence,
 //!   [`crate::log::AlertLog::fence`]): a job queued under an ended lease is refused, and a
-//!   group being retried is given up once one of its partitions' leases ends. A new owner
-//!   reads what was stored after its checkpoint only once the lease ended, so nothing the
-//!   earlier owner appended lands after that read.
+//!   lease that ends while its group is stored drops that partition's alerts at the next
+//!   window boundary, where nothing is in doubt, while the rest of the group is stored (a
+//!   message in doubt holding its alerts fails the group: see [`Writer::store`]). A new
+//!   owner reads what was stored after its checkpoint only once the lease ended, so nothing
+//!   the earlier owner appended lands after that read.
 //!
 //! A barrier ([`Request::Barrier`]) is a message holding no alerts, stored at the end like
 //! any other. A new owner stores one in each stream before reading what earlier owners
@@ -155,6 +157,67 @@ impl Landed {
     }
 }
 
+/// A group's alerts in store order, each with its partition and its place in the group;
+/// those from `next` on are still to be stored.
+struct Queue {
+    alerts: Vec<(Alert, Destination)>,
+    partitions: Vec<Partition>,
+    places: Vec<usize>,
+    next: usize,
+}
+
+impl Queue {
+    /// The alerts of `jobs`, in job order.
+    fn of(jobs: &[Job]) -> Self {
+        let alerts: Vec<(Alert, Destination)> = jobs
+            .iter()
+            .flat_map(|job| job.alerts.iter().copied())
+            .collect();
+        let partitions = jobs
+            .iter()
+            .flat_map(|job| std::iter::repeat_n(job.partition, job.alerts.len()))
+            .collect();
+        let places = (0..alerts.len()).collect();
+        Self {
+            alerts,
+            partitions,
+            places,
+            next: 0,
+        }
+    }
+
+    /// The alerts still to be stored.
+    fn rest(&self) -> &[(Alert, Destination)] {
+        &self.alerts[self.next..]
+    }
+
+    /// The partitions of [`Self::rest`], alert by alert.
+    fn rest_partitions(&self) -> &[Partition] {
+        &self.partitions[self.next..]
+    }
+
+    /// Moves past the next `count` alerts, stored; answers their places in the group.
+    fn take(&mut self, count: usize) -> Vec<usize> {
+        let end = (self.next + count).min(self.alerts.len());
+        let taken = self.places[self.next..end].to_vec();
+        self.next = end;
+        taken
+    }
+
+    /// Drops the alerts of `partition` still to be stored; answers how many.
+    fn drop_partition(&mut self, partition: Partition) -> usize {
+        let before = self.alerts.len() - self.next;
+        let kept: Vec<usize> = (self.next..self.alerts.len())
+            .filter(|&index| self.partitions[index] != partition)
+            .collect();
+        self.alerts = kept.iter().map(|&index| self.alerts[index]).collect();
+        self.places = kept.iter().map(|&index| self.places[index]).collect();
+        self.partitions = kept.iter().map(|&index| self.partitions[index]).collect();
+        self.next = 0;
+        before - kept.len()
+    }
+}
+
 impl Writer {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Request>) {
         while let Some(first) = queue.recv().await {
@@ -199,7 +262,7 @@ impl Writer {
             self.started,
             self.barriers
         );
-        let landed = self.store_message(&[], &id, None).await;
+        let landed = self.store_message(&[], &[], &id, None).await;
         if let Err(err) = &landed {
             tracing::warn!(subscriber = %self.stream.name, %err, "barrier not stored");
         }
@@ -230,20 +293,22 @@ impl Writer {
                 self.group.push((job.partition, lease.clone()));
             }
         }
-        let alerts: Vec<(Alert, Destination)> = jobs
-            .iter()
-            .flat_map(|job| job.alerts.iter().copied())
-            .collect();
-        match self.store(&alerts).await {
-            Ok(stored) => {
-                let mut stored = stored.into_iter();
+        let queue = Queue::of(&jobs);
+        let total = queue.alerts.len();
+        match self.store(queue).await {
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
                 for job in jobs {
-                    let part = stored.by_ref().take(job.alerts.len()).collect();
-                    let _ = job.done.send(Ok(part));
+                    let part: Option<Vec<Stored>> =
+                        answers.by_ref().take(job.alerts.len()).collect();
+                    // A job missing an answer was dropped: its partition's lease ended.
+                    let _ = job
+                        .done
+                        .send(part.ok_or_else(|| lease_ended(job.partition)));
                 }
             }
             Err(err) => {
-                tracing::warn!(subscriber = %self.stream.name, %err, alerts = alerts.len(), "alerts not stored");
+                tracing::warn!(subscriber = %self.stream.name, %err, alerts = total, "alerts not stored");
                 self.tail = None;
                 for job in jobs {
                     if let Some(lease) = &job.lease
@@ -259,21 +324,38 @@ impl Writer {
 
     /// The partition of the group being stored whose lease ended, if one did.
     fn ended(&self) -> Option<Partition> {
-        self.group
-            .iter()
-            .find(|(_, lease)| !lease.valid())
-            .map(|(partition, _)| *partition)
+        self.ended_in(None)
     }
 
-    /// Stores `alerts` in order: windows of up to [`WINDOW`] messages pipelined, and a
-    /// message the pipeline did not store cleanly (with those after it in its window) one by
-    /// one.
-    async fn store(&mut self, alerts: &[(Alert, Destination)]) -> Result<Vec<Stored>, LogError> {
-        let mut stored = Vec::with_capacity(alerts.len());
-        let mut rest = alerts;
-        while !rest.is_empty() {
+    /// The partition whose lease ended, of those holding alerts in a message (`holds`, one
+    /// partition per alert; `None`: of the whole group).
+    fn ended_in(&self, holds: Option<&[Partition]>) -> Option<Partition> {
+        self.group
+            .iter()
+            .filter(|(_, lease)| !lease.valid())
+            .map(|(partition, _)| *partition)
+            .find(|partition| holds.is_none_or(|holds| holds.contains(partition)))
+    }
+
+    /// Stores the queued alerts in order: windows of up to [`WINDOW`] messages pipelined,
+    /// and a message the pipeline did not store cleanly (with those after it in its window)
+    /// one by one. Answers, by place in the group, where each alert was stored; `None`: it
+    /// was dropped because its partition's lease ended.
+    ///
+    /// A lease that ends while the group is stored costs only its partition's alerts: they
+    /// are dropped at the next window boundary, where nothing is in doubt (every message
+    /// before it stored, none after it sent), and the rest of the group is stored. A message
+    /// in doubt (sent, outcome unknown) holding alerts of that partition fails the whole
+    /// group instead: re-cut without them it could store the other alerts twice, sent
+    /// again whole it could land after the next owner's read.
+    async fn store(&mut self, mut queue: Queue) -> Result<Vec<Option<Stored>>, LogError> {
+        let mut answers = vec![None; queue.alerts.len()];
+        while !queue.rest().is_empty() {
             if let Some(partition) = self.ended() {
-                return Err(lease_ended(partition));
+                self.group.retain(|(held, _)| *held != partition);
+                let dropped = queue.drop_partition(partition);
+                tracing::info!(subscriber = %self.stream.name, partition, dropped, "lease ended: the partition's alerts are left to its next owner");
+                continue;
             }
             let most = if self.stream.cluster().atomic_batches {
                 WINDOW
@@ -281,24 +363,35 @@ impl Writer {
                 1
             };
             let mut window = Vec::with_capacity(most);
+            let mut holds = Vec::with_capacity(most);
+            let mut rest = queue.rest();
+            let mut partitions = queue.rest_partitions();
             while window.len() < most && !rest.is_empty() {
-                let (message, after) = rest.split_at(alert_batch::next_cut(rest));
+                let cut = alert_batch::next_cut(rest);
+                let (message, after) = rest.split_at(cut);
+                let (held, others) = partitions.split_at(cut);
                 window.push(message);
+                holds.push(held);
                 rest = after;
+                partitions = others;
             }
+            let mut stored = Vec::new();
             let before = self.tail.map(|tail| tail.stream);
             let (done, attempted) = match self.tail {
                 Some(tail) => self.pipeline(tail, &window, &mut stored).await,
                 None => (0, false),
             };
             let scan_from = if attempted { before } else { None };
-            for message in &window[done..] {
+            for (message, held) in window[done..].iter().zip(&holds[done..]) {
                 let id = alert_batch::message_id(message);
-                let landed = self.store_message(message, &id, scan_from).await?;
+                let landed = self.store_message(message, held, &id, scan_from).await?;
                 stored.extend(landed.stored());
             }
+            for (place, stored) in queue.take(stored.len()).into_iter().zip(stored) {
+                answers[place] = Some(stored);
+            }
         }
-        Ok(stored)
+        Ok(answers)
     }
 
     /// Stores `window`'s messages right after `tail` as one atomic batch (`Nats-Batch-Id`;
@@ -400,8 +493,9 @@ impl Writer {
     }
 
     /// Stores one message's alerts (none: a barrier) at the end of the stream, as message
-    /// `id`. `scan_from`: a pipelined publish of it may have been stored after this stream
-    /// sequence.
+    /// `id`; `holds` names each alert's partition: once one of their leases ended, the
+    /// message is not sent (again). `scan_from`: a pipelined publish of it may have been
+    /// stored after this stream sequence.
     ///
     /// A publish whose outcome is unknown may still be stored later (a proposal the old
     /// leader made, committed by the new one), after the retry was checked against the
@@ -410,6 +504,7 @@ impl Writer {
     async fn store_message(
         &mut self,
         alerts: &[(Alert, Destination)],
+        holds: &[Partition],
         id: &str,
         mut scan_from: Option<u64>,
     ) -> Result<Landed, LogError> {
@@ -424,7 +519,7 @@ impl Writer {
         loop {
             // Before every publish, a retry too: a publish refused because a new owner's
             // barrier moved the tail must not be sent again after that owner's read.
-            if let Some(partition) = self.ended() {
+            if let Some(partition) = self.ended_in(Some(holds)) {
                 return Err(lease_ended(partition));
             }
             let outcome = match self.tail {
@@ -477,7 +572,7 @@ impl Writer {
             } else {
                 tracing::debug!(subscriber = %self.stream.name, %error, "alert publish failed; retrying");
             }
-            if let Some(partition) = self.ended() {
+            if let Some(partition) = self.ended_in(Some(holds)) {
                 return Err(lease_ended(partition));
             }
             if Instant::now() + delay > give_up {
@@ -681,6 +776,52 @@ mod tests {
         );
         assert!(refusal(&failed, 3, None).is_none(), "an unfenced job");
         assert!(refusal(&[], 3, Some(&first)).is_none());
+    }
+
+    fn job(partition: Partition, devices: std::ops::Range<u64>) -> Job {
+        use crate::domain::DeviceId;
+        use crate::log::conformance::{poa, route};
+        let alerts = devices
+            .map(|device| {
+                (
+                    poa(DeviceId(device), 0),
+                    Destination::Routed(route(crate::route::SubscriberId(0))),
+                )
+            })
+            .collect();
+        Job {
+            partition,
+            lease: None,
+            alerts,
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_dropped_partition_leaves_the_rest_of_the_group_in_order_with_its_places() {
+        let jobs = [job(3, 0..4), job(4, 10..13), job(3, 20..22), job(5, 30..32)];
+        let mut queue = Queue::of(&jobs);
+        assert_eq!(
+            queue.take(2),
+            vec![0, 1],
+            "the first message: two of partition 3's"
+        );
+        assert_eq!(
+            queue.drop_partition(3),
+            4,
+            "two left of the first job, two of the third"
+        );
+        let devices: Vec<u64> = queue
+            .rest()
+            .iter()
+            .map(|(alert, _)| alert.point.device.0)
+            .collect();
+        assert_eq!(devices, vec![10, 11, 12, 30, 31]);
+        assert_eq!(queue.rest_partitions(), &[4, 4, 4, 5, 5]);
+        assert_eq!(queue.take(4), vec![4, 5, 6, 9]);
+        assert_eq!(queue.drop_partition(7), 0, "a partition with nothing left");
+        assert_eq!(queue.take(9), vec![10], "no further than the queue");
+        assert!(queue.rest().is_empty());
     }
 
     #[test]
