@@ -825,7 +825,7 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
     let cluster = library_cluster(&config).await;
     let table = Arc::new(RoutingTable::from_config(&config.routing));
     let alerts = JsAlerts::new(Arc::clone(&cluster), table);
-    let heads = alerts.heads();
+    let heads = alerts.heads(0);
     let stored_early = poa(device_in(0, PARTITIONS, 1), 0);
     let first = alerts
         .append(vec![(stored_early, route(UKPN))])
@@ -855,6 +855,13 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
         .guard_replay(0, PARTITIONS, &heads)
         .await
         .expect("guard");
+    // The guard is not awaited by the owner; an alert of another partition appended after
+    // it is stored only once the barrier is.
+    let other = alerts
+        .append(vec![(poa(device_in(1, PARTITIONS, 3), 0), route(UKPN))])
+        .await
+        .expect("append after the guard")[0];
+    assert_eq!(other.sequence, first.sequence + 1);
     let late = cluster
         .js
         .publish_with_headers(
@@ -873,7 +880,8 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
     );
 
     // The new owner emits both again: the one stored before the read keeps its sequence,
-    // the refused one is stored once, right after it (the barrier takes no sequence).
+    // the refused one is stored once, after the other partition's (the barrier takes no
+    // sequence).
     let again = alerts
         .append(vec![(stored_early, route(UKPN)), (held_up, route(UKPN))])
         .await
@@ -884,14 +892,78 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
     );
     assert_eq!(
         (again[1].sequence, again[1].duplicate),
-        (first.sequence + 1, false)
+        (first.sequence + 2, false)
     );
     let bounds = stream.bounds().await.expect("bounds");
-    assert_eq!(bounds.tail.head, first.sequence + 1, "{bounds:?}");
+    assert_eq!(bounds.tail.head, first.sequence + 2, "{bounds:?}");
     assert_eq!(
         bounds.tail.stream,
-        tail.stream + 2,
-        "one barrier message, then the stored alert: {bounds:?}"
+        tail.stream + 3,
+        "one barrier message, the other partition's alert, then the stored alert: {bounds:?}"
+    );
+}
+
+/// A checkpoint taken while a new owner's replay has yet to emit again an alert an earlier
+/// owner stored records no head past it, so an owner starting from that checkpoint finds
+/// the alert stored and does not store it twice; other partitions' checkpoints, and this
+/// one's once the alert came back, record the head as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_taken_mid_replay_records_no_head_past_alerts_still_to_come_again() {
+    use outage_relay::log::AlertLog;
+    use outage_relay::log::conformance::{UKPN, device_in, poa, route};
+    use outage_relay::log::jetstream::alerts::JsAlerts;
+    use outage_relay::route::RoutingTable;
+    use std::sync::Arc;
+
+    let config = library_config(&unique_prefix("floors"), |_| {});
+    let cluster = library_cluster(&config).await;
+    let table = Arc::new(RoutingTable::from_config(&config.routing));
+    let alerts = JsAlerts::new(Arc::clone(&cluster), table);
+    let ukpn_head = |heads: outage_relay::log::AlertHeads| {
+        heads
+            .0
+            .into_iter()
+            .find(|(name, _)| name == "ukpn")
+            .map(|(_, head)| head)
+            .expect("ukpn named")
+    };
+    let other = |n| (poa(device_in(1, PARTITIONS, n), 0), route(UKPN));
+    let checkpointed = alerts.heads(0);
+    let before = ukpn_head(checkpointed.clone());
+    let earlier = poa(device_in(0, PARTITIONS, 1), 0);
+    let first = alerts
+        .append(vec![(earlier, route(UKPN))])
+        .await
+        .expect("stored by the earlier owner")[0];
+    alerts.append(vec![other(1)]).await.expect("stored");
+
+    // Partition 0 taken over from that checkpoint; the guard holds once the barrier is stored.
+    alerts
+        .guard_replay(0, PARTITIONS, &checkpointed)
+        .await
+        .expect("guard");
+    let after_guard = alerts.append(vec![other(2)]).await.expect("stored")[0];
+    assert_eq!(
+        ukpn_head(alerts.heads(0)),
+        before,
+        "mid-replay, partition 0's checkpoint keeps the head it replays from"
+    );
+    assert_eq!(
+        ukpn_head(alerts.heads(1)),
+        after_guard.sequence,
+        "another partition's checkpoint records the head"
+    );
+
+    let again = alerts
+        .append(vec![(earlier, route(UKPN))])
+        .await
+        .expect("emitted again")[0];
+    assert_eq!((again.sequence, again.duplicate), (first.sequence, true));
+    let next = alerts.append(vec![other(3)]).await.expect("stored")[0];
+    assert_eq!(
+        ukpn_head(alerts.heads(0)),
+        next.sequence,
+        "the guard spent, partition 0's checkpoint records the head again"
     );
 }
 
@@ -926,11 +998,14 @@ async fn two_instances_storing_large_groups_in_one_stream_keep_its_sequences_con
     // so a's next batch of messages is refused at its first message and stored again.
     let small = vec![(poa(DeviceId(0x00bc_0000_0000_0001), 0), route(UKPN))];
     logs[0].append(small).await.expect("stored");
-    let heads = logs[1].heads();
+    let heads = logs[1].heads(PARTITIONS - 1);
     logs[1]
         .guard_replay(PARTITIONS - 1, PARTITIONS, &heads)
         .await
-        .expect("b's barrier");
+        .expect("b's guard");
+    // Stored once b's barrier is: the guard is queued, not awaited.
+    let after_barrier = vec![(poa(DeviceId(0x00bc_0000_0000_0002), 0), route(UKPN))];
+    logs[1].append(after_barrier).await.expect("stored");
     let large: Vec<_> = (0..PER_APPEND)
         .map(|n| (poa(DeviceId(0x00bc_0001_0000_0000 | n), 0), route(UKPN)))
         .collect();
@@ -938,8 +1013,8 @@ async fn two_instances_storing_large_groups_in_one_stream_keep_its_sequences_con
         .await
         .expect("stored");
     let sequences: Vec<u64> = stored.iter().map(|stored| stored.sequence).collect();
-    assert_eq!(sequences, (2..=PER_APPEND + 1).collect::<Vec<_>>());
-    let before = PER_APPEND + 1;
+    assert_eq!(sequences, (3..=PER_APPEND + 2).collect::<Vec<_>>());
+    let before = PER_APPEND + 2;
 
     let writers = logs.iter().enumerate().map(|(instance, log)| {
         let log = Arc::clone(log);

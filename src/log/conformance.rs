@@ -443,7 +443,7 @@ pub async fn a_reader_waits_for_the_next_entry(subject: &Subject) {
 pub async fn alerts_a_replay_emits_again_keep_their_first_sequence(subject: &Subject) {
     let alerts = &subject.alerts;
     let partitions = subject.partitions;
-    let heads: AlertHeads = alerts.heads();
+    let heads: AlertHeads = alerts.heads(0);
     let ours = poa(device_in(0, partitions, 7), 0);
     let first = alerts
         .append(vec![(ours, route(UKPN))])

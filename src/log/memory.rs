@@ -496,7 +496,7 @@ impl AlertLog for MemoryAlerts {
         Ok(expired)
     }
 
-    fn heads(&self) -> AlertHeads {
+    fn heads(&self, _partition: Partition) -> AlertHeads {
         let inner = self.inner.lock();
         AlertHeads(
             inner

@@ -509,8 +509,12 @@ pub trait AlertLog: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<Vec<Expired>, LogError>;
 
-    /// Each log's durable head now (a checkpoint records them).
-    fn heads(&self) -> AlertHeads;
+    /// Each log's durable head now, as a checkpoint of `partition` records them: a later
+    /// owner reads the partition's alerts stored after them ([`AlertLog::guard_replay`]).
+    /// No higher than the heads of the partition's own replay while alerts found stored
+    /// after those are still to be emitted again (a checkpoint taken mid-replay must not
+    /// skip them).
+    fn heads(&self, partition: Partition) -> AlertHeads;
 
     /// Before `partition` replays from a checkpoint taken at `heads`: the alerts of its
     /// supply points stored after those heads may be emitted again by the replay, and must

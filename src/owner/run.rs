@@ -651,7 +651,7 @@ impl Owner {
         if self.sequencing == Sequencing::Owner {
             self.drain(pending).await?;
         }
-        let state = checkpoint::encode_state(&self.state, &self.ctx.alerts.heads());
+        let state = checkpoint::encode_state(&self.state, &self.ctx.alerts.heads(self.partition));
         let checkpoint = Checkpoint {
             position: self.position,
             state,

@@ -233,8 +233,8 @@ impl AlertLog for GatedAlerts {
         self.inner.maintain(now, retention).await
     }
 
-    fn heads(&self) -> AlertHeads {
-        self.inner.heads()
+    fn heads(&self, partition: Partition) -> AlertHeads {
+        self.inner.heads(partition)
     }
 
     async fn guard_replay(

@@ -27,13 +27,19 @@
 //!   owner reads what was stored after its checkpoint only once the lease ended, so nothing
 //!   the earlier owner appended lands after that read.
 //!
-//! A barrier ([`Request::Barrier`]) is a message holding no alerts, stored at the end like
-//! any other. A new owner stores one in each stream before reading what earlier owners
-//! stored after its checkpoint, and reads up to it: a publish an earlier owner sent before
-//! its lease ended is either before the barrier in the stream's log (and read), or is
-//! refused by its `Nats-Expected-Last-Sequence`, which the barrier no longer matches. No
-//! fixed wait decides it (a publish held in a leader election could land seconds later,
-//! after a read that waited a fixed time, and be stored twice).
+//! A new owner's guard ([`Request::Guard`]) is queued to each writer before the owner
+//! replays: the writer stores a barrier (a message holding no alerts) at the end like any
+//! other message, reads the partition's alerts stored after the checkpoint's head up to it,
+//! and from then on answers those alerts, emitted again by the replay, with their first
+//! sequence instead of storing them again. A publish an earlier owner sent before its lease
+//! ended is either before the barrier in the stream's log (and read), or is refused by its
+//! `Nats-Expected-Last-Sequence`, which the barrier no longer matches. No fixed wait decides
+//! it (a publish held in a leader election could land seconds later, after a read that
+//! waited a fixed time, and be stored twice). The owner does not wait for its guards: its
+//! alerts queue behind them, so a stream without a leader holds up only that subscriber's
+//! alerts of the partition taken over, not its recovery. A guard that cannot be kept (its
+//! barrier or its read failed) refuses the partition's later alerts for that stream under
+//! the owner's lease: that owner ends and the partition is taken up again.
 //!
 //! Writers of different subscribers do not wait for each other: a stream without a leader
 //! holds up only its own subscriber's alerts, and an owner goes on reading while one of its
@@ -48,6 +54,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
+use futures::StreamExt;
 use metrics::counter;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -56,7 +63,8 @@ use super::EMITTED_BY;
 use super::alert_batch::{self, COUNT, FIRST, Placed};
 use super::alert_stream::{self, AlertStream, Tail};
 use crate::domain::Alert;
-use crate::log::{Destination, Lease, LogError, Partition, Stored};
+use crate::domain::alert::AlertId;
+use crate::log::{Destination, Lease, LogError, Partition, Stored, partition_of};
 use crate::telemetry;
 
 /// Alerts a writer takes from its queue in one turn.
@@ -75,14 +83,44 @@ const RECORD_HEAD_EVERY: Duration = Duration::from_secs(1);
 /// the one current when it was made.
 pub type Fences = Arc<Mutex<HashMap<Partition, Lease>>>;
 
+/// Of one stream, by partition: the head a replay's guard was asked for, while the guard
+/// may still hold alerts to be emitted again. Set when the guard is asked for, removed by the
+/// writer once the guard holds none (see [`crate::log::AlertLog::heads`]).
+pub type Floors = Arc<Mutex<HashMap<Partition, u64>>>;
+
 /// What an instance asks of a subscriber's writer; requests are served in queue order.
 pub enum Request {
     /// Store a job's alerts.
     Store(Job),
-    /// Store a barrier after everything queued before it, and answer with its stream
-    /// sequence. Barriers asked for in the same turn share one message.
-    Barrier(oneshot::Sender<Result<u64, LogError>>),
+    /// Guard a partition's replay (see the module doc): a barrier after everything queued
+    /// before it, then the read. Guards asked for in the same turn share one barrier.
+    Guard(GuardRequest),
 }
+
+/// A new owner's guard of one stream.
+pub struct GuardRequest {
+    /// The partition taken over.
+    pub partition: Partition,
+    /// The stream's head in the partition's checkpoint: its alerts stored after it may be
+    /// emitted again.
+    pub after: u64,
+    /// The new owner's lease: a guard that failed refuses its later jobs.
+    pub lease: Option<Lease>,
+    /// Answered with how many of the partition's alerts the read found, once the guard
+    /// holds.
+    pub done: oneshot::Sender<Result<usize, LogError>>,
+}
+
+/// A replayed partition's alerts found stored after its checkpoint, by id, and since when.
+type Guard = (Instant, HashMap<AlertId, u64>);
+
+/// How long a guard answers for a replayed partition. Not only the replay of its records
+/// emits alerts again: a timer the earlier owner had fired fires again at the next mark
+/// after the replay. A guard's entries go once answered; the guard goes after this long,
+/// as JetStream's duplicate window for a message sent again.
+const GUARD_FOR: Duration = Duration::from_secs(30 * 60);
+/// Bound on waiting for the next message while reading a stream back.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Alerts of one append for one subscriber, and where to answer.
 pub struct Job {
@@ -98,7 +136,7 @@ pub struct Job {
 }
 
 /// Starts the writer of `stream`; its queue closes when every sender is dropped.
-pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Request> {
+pub fn spawn(stream: AlertStream, floors: Floors) -> mpsc::UnboundedSender<Request> {
     let (queue, requests) = mpsc::unbounded_channel();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -108,6 +146,8 @@ pub fn spawn(stream: AlertStream) -> mpsc::UnboundedSender<Request> {
         stream,
         group: Vec::new(),
         failed: Vec::new(),
+        guards: HashMap::new(),
+        floors,
         tail: None,
         head_recorded: (Instant::now(), 0),
         started,
@@ -125,6 +165,10 @@ struct Writer {
     /// Partitions whose alerts this writer failed to store, under the lease they were
     /// appended under: later jobs under that lease are refused (see the module doc).
     failed: Vec<(Partition, Lease)>,
+    /// Partitions taken over by this instance: their alerts found already stored.
+    guards: HashMap<Partition, Guard>,
+    /// Shared with the checkpoints: removed here once a partition's guard holds nothing.
+    floors: Floors,
     /// The stream's last message as far as this writer knows; `None`: read it first.
     tail: Option<Tail>,
     /// When the head was last recorded, and what it was.
@@ -157,8 +201,8 @@ impl Landed {
     }
 }
 
-/// A group's alerts in store order, each with its partition and its place in the group;
-/// those from `next` on are still to be stored.
+/// A group's alerts to be stored, in order, each with its partition and its place in the
+/// group; those from `next` on are still to be stored.
 struct Queue {
     alerts: Vec<(Alert, Destination)>,
     partitions: Vec<Partition>,
@@ -167,23 +211,42 @@ struct Queue {
 }
 
 impl Queue {
-    /// The alerts of `jobs`, in job order.
-    fn of(jobs: &[Job]) -> Self {
-        let alerts: Vec<(Alert, Destination)> = jobs
-            .iter()
-            .flat_map(|job| job.alerts.iter().copied())
-            .collect();
-        let partitions = jobs
-            .iter()
-            .flat_map(|job| std::iter::repeat_n(job.partition, job.alerts.len()))
-            .collect();
-        let places = (0..alerts.len()).collect();
-        Self {
-            alerts,
-            partitions,
-            places,
+    /// The alerts of `jobs`, in job order, but for those a replay guard finds already
+    /// stored (taken from `guards`): those are answered at once, as duplicates with their
+    /// first sequence. Returns the queue and the group's answers so far, by place.
+    fn of(jobs: &[Job], guards: &mut HashMap<Partition, Guard>) -> (Self, Vec<Option<Stored>>) {
+        let total = jobs.iter().map(|job| job.alerts.len()).sum();
+        let mut answers = vec![None; total];
+        let mut queue = Self {
+            alerts: Vec::with_capacity(total),
+            partitions: Vec::with_capacity(total),
+            places: Vec::with_capacity(total),
             next: 0,
+        };
+        let mut place = 0;
+        for job in jobs {
+            let mut guard = guards.get_mut(&job.partition);
+            for (alert, destination) in &job.alerts {
+                let stored = guard
+                    .as_mut()
+                    .and_then(|(_, stored)| stored.remove(&alert.id()));
+                match stored {
+                    Some(sequence) => {
+                        answers[place] = Some(Stored {
+                            sequence,
+                            duplicate: true,
+                        });
+                    }
+                    None => {
+                        queue.alerts.push((*alert, *destination));
+                        queue.partitions.push(job.partition);
+                        queue.places.push(place);
+                    }
+                }
+                place += 1;
+            }
         }
+        (queue, answers)
     }
 
     /// The alerts still to be stored.
@@ -219,19 +282,34 @@ impl Queue {
 }
 
 impl Writer {
+    /// Serves requests in queue order. A turn takes the jobs queued (a group) and the guards
+    /// after them; a job queued after a guard waits for the next turn, so that it is stored
+    /// only once the guard holds.
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Request>) {
-        while let Some(first) = queue.recv().await {
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match queue.recv().await {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
             let mut size = 0;
             let mut jobs = Vec::new();
-            let mut barriers = Vec::new();
+            let mut guards = Vec::new();
             let mut next = Some(first);
             while let Some(request) = next {
                 match request {
-                    Request::Store(job) => {
+                    Request::Store(job) if guards.is_empty() => {
                         size += job.alerts.len();
                         jobs.push(job);
                     }
-                    Request::Barrier(answer) => barriers.push(answer),
+                    Request::Store(job) => {
+                        carried = Some(Request::Store(job));
+                        break;
+                    }
+                    Request::Guard(guard) => guards.push(guard),
                 }
                 next = if size < GROUP_MAX {
                     queue.try_recv().ok()
@@ -242,14 +320,109 @@ impl Writer {
             if !jobs.is_empty() {
                 self.store_jobs(jobs).await;
             }
-            if !barriers.is_empty() {
-                let stored = self.store_barrier().await;
-                for answer in barriers {
-                    let _ = answer.send(stored.clone());
-                }
+            if !guards.is_empty() {
+                self.guard(guards).await;
             }
             self.record_head();
         }
+    }
+
+    /// Keeps new owners' guards (see the module doc): one barrier, then one read of the
+    /// partitions' alerts stored after their checkpoints' heads up to it. A guard that could
+    /// not be kept refuses its partition's later jobs under the owner's lease.
+    async fn guard(&mut self, requests: Vec<GuardRequest>) {
+        let asked = Instant::now();
+        let mut heads: HashMap<Partition, u64> = HashMap::new();
+        for request in &requests {
+            let head = heads.entry(request.partition).or_insert(request.after);
+            *head = (*head).min(request.after);
+        }
+        let found = match self.store_barrier().await {
+            Ok(through) => self.stored_after(&heads, through).await,
+            Err(err) => Err(err),
+        };
+        match found {
+            Ok(found) => {
+                for request in requests {
+                    let stored = found.get(&request.partition).cloned().unwrap_or_default();
+                    let count = stored.len();
+                    tracing::info!(subscriber = %self.stream.name, partition = request.partition, alerts = count, after = request.after, elapsed = ?asked.elapsed(), "replay guarded: the partition's alerts stored after its checkpoint are not stored again");
+                    self.guards
+                        .insert(request.partition, (Instant::now(), stored));
+                    let _ = request.done.send(Ok(count));
+                }
+                self.drop_spent_guards();
+            }
+            Err(err) => {
+                tracing::warn!(subscriber = %self.stream.name, %err, "replay guard not kept: the partitions' alerts for this subscriber are left to their next owners");
+                for request in requests {
+                    self.guards.remove(&request.partition);
+                    if let Some(lease) = &request.lease
+                        && refusal(&self.failed, request.partition, Some(lease)).is_none()
+                    {
+                        self.failed.push((request.partition, lease.clone()));
+                    }
+                    let _ = request.done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// The alerts of `heads`' partitions stored after each one's head, in messages up to
+    /// stream sequence `through`, by partition.
+    async fn stored_after(
+        &self,
+        heads: &HashMap<Partition, u64>,
+        through: u64,
+    ) -> Result<HashMap<Partition, HashMap<AlertId, u64>>, LogError> {
+        let mut found: HashMap<Partition, HashMap<AlertId, u64>> = HashMap::new();
+        let Some(after) = heads.values().min().copied() else {
+            return Ok(found);
+        };
+        let stream = &self.stream;
+        let bounds = stream.bounds().await?;
+        if bounds.tail.head <= after {
+            return Ok(found);
+        }
+        let start = stream.locate(after + 1, &bounds).await?;
+        if start > through {
+            return Ok(found);
+        }
+        let partitions = stream.cluster().settings.partitions;
+        // One consumer reads the range through, rather than a request per message.
+        let mut messages =
+            super::alerts::open_reader(stream.cluster(), stream.stream.clone(), None, start)
+                .await?;
+        let what = format!("alert stream of {}", stream.name);
+        let unavailable =
+            |err: &dyn std::fmt::Display| LogError::Unavailable(format!("{what}: {err}"));
+        loop {
+            let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| unavailable(&"the stream stopped answering"))?
+                .ok_or_else(|| unavailable(&"the consumer ended"))?
+                .map_err(|err| unavailable(&err))?;
+            let at = message
+                .info()
+                .map_err(|err| unavailable(&err))?
+                .stream_sequence;
+            for entry in alert_batch::decode(message.headers.as_ref(), &message.payload, at)? {
+                let partition = partition_of(entry.alert.point.device, partitions);
+                if heads
+                    .get(&partition)
+                    .is_some_and(|head| entry.sequence > *head)
+                {
+                    found
+                        .entry(partition)
+                        .or_default()
+                        .insert(entry.alert.id(), entry.sequence);
+                }
+            }
+            if at >= through {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// Stores a barrier: a message holding no alerts (see the module doc).
@@ -267,6 +440,28 @@ impl Writer {
             tracing::warn!(subscriber = %self.stream.name, %err, "barrier not stored");
         }
         landed.map(|landed| landed.at)
+    }
+
+    /// Drops the guards that hold nothing more, or held long enough ([`GUARD_FOR`]); their
+    /// partitions' checkpoints record the stream's head again.
+    fn drop_spent_guards(&mut self) {
+        let spent: Vec<Partition> = self
+            .guards
+            .iter()
+            .filter(|(_, (since, stored))| stored.is_empty() || since.elapsed() >= GUARD_FOR)
+            .map(|(partition, _)| *partition)
+            .collect();
+        if spent.is_empty() {
+            return;
+        }
+        let mut floors = self
+            .floors
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for partition in spent {
+            self.guards.remove(&partition);
+            floors.remove(&partition);
+        }
     }
 
     /// Stores the alerts of `jobs`, a group, and answers each job.
@@ -293,9 +488,10 @@ impl Writer {
                 self.group.push((job.partition, lease.clone()));
             }
         }
-        let queue = Queue::of(&jobs);
+        self.drop_spent_guards();
+        let (queue, answers) = Queue::of(&jobs, &mut self.guards);
         let total = queue.alerts.len();
-        match self.store(queue).await {
+        match self.store(queue, answers).await {
             Ok(answers) => {
                 let mut answers = answers.into_iter();
                 for job in jobs {
@@ -339,8 +535,8 @@ impl Writer {
 
     /// Stores the queued alerts in order: windows of up to [`WINDOW`] messages pipelined,
     /// and a message the pipeline did not store cleanly (with those after it in its window)
-    /// one by one. Answers, by place in the group, where each alert was stored; `None`: it
-    /// was dropped because its partition's lease ended.
+    /// one by one. Fills in `answers`, by place in the group, where each alert was stored;
+    /// left `None`: it was dropped because its partition's lease ended.
     ///
     /// A lease that ends while the group is stored costs only its partition's alerts: they
     /// are dropped at the next window boundary, where nothing is in doubt (every message
@@ -348,8 +544,11 @@ impl Writer {
     /// in doubt (sent, outcome unknown) holding alerts of that partition fails the whole
     /// group instead: re-cut without them it could store the other alerts twice, sent
     /// again whole it could land after the next owner's read.
-    async fn store(&mut self, mut queue: Queue) -> Result<Vec<Option<Stored>>, LogError> {
-        let mut answers = vec![None; queue.alerts.len()];
+    async fn store(
+        &mut self,
+        mut queue: Queue,
+        mut answers: Vec<Option<Stored>>,
+    ) -> Result<Vec<Option<Stored>>, LogError> {
         while !queue.rest().is_empty() {
             if let Some(partition) = self.ended() {
                 self.group.retain(|(held, _)| *held != partition);
@@ -800,7 +999,8 @@ mod tests {
     #[test]
     fn a_dropped_partition_leaves_the_rest_of_the_group_in_order_with_its_places() {
         let jobs = [job(3, 0..4), job(4, 10..13), job(3, 20..22), job(5, 30..32)];
-        let mut queue = Queue::of(&jobs);
+        let (mut queue, answers) = Queue::of(&jobs, &mut HashMap::new());
+        assert!(answers.iter().all(Option::is_none), "nothing guarded");
         assert_eq!(
             queue.take(2),
             vec![0, 1],
@@ -822,6 +1022,49 @@ mod tests {
         assert_eq!(queue.drop_partition(7), 0, "a partition with nothing left");
         assert_eq!(queue.take(9), vec![10], "no further than the queue");
         assert!(queue.rest().is_empty());
+    }
+
+    #[test]
+    fn alerts_a_replay_guard_found_stored_are_answered_with_their_first_sequence_once() {
+        let jobs = [job(3, 0..3), job(4, 0..2)];
+        let first = jobs[0].alerts[1].0;
+        let other = jobs[0].alerts[2].0;
+        let mut guards = HashMap::from([(
+            3,
+            (
+                Instant::now(),
+                HashMap::from([(first.id(), 17), (other.id(), 18)]),
+            ),
+        )]);
+        let (queue, answers) = Queue::of(&jobs[..1], &mut guards);
+        let devices: Vec<u64> = queue.rest().iter().map(|(a, _)| a.point.device.0).collect();
+        assert_eq!(
+            devices,
+            vec![0],
+            "only the alert not found stored is queued"
+        );
+        assert_eq!(queue.places, vec![0]);
+        assert_eq!(
+            answers,
+            vec![
+                None,
+                Some(Stored {
+                    sequence: 17,
+                    duplicate: true
+                }),
+                Some(Stored {
+                    sequence: 18,
+                    duplicate: true
+                }),
+            ]
+        );
+        let (queue, answers) = Queue::of(&jobs, &mut guards);
+        assert_eq!(
+            queue.rest().len(),
+            5,
+            "a guard's entry answers once; partition 4 has none"
+        );
+        assert!(answers.iter().all(Option::is_none));
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //!   stores in queue order. A point's alerts all go to one subscriber, so per-point order
 //!   holds, while a stream that stalls holds up only its own subscriber's alerts.
 //! - Alerts a replay emits again: a checkpoint records each stream's head as this instance
-//!   knew it ([`AlertLog::heads`]); before replaying, [`AlertLog::guard_replay`] stores a
-//!   barrier in each stream and reads what was stored after those heads up to it; the
-//!   partition's alerts found there are answered with their first sequence, as duplicates,
-//!   without being stored again. A message sent again whole (a publish whose ack was
+//!   knew it ([`AlertLog::heads`]); before replaying, [`AlertLog::guard_replay`] queues a
+//!   guard to each stream's writer, ahead of the replay's alerts and without waiting for it:
+//!   the writer stores a barrier, reads what was stored after the head up to it, and
+//!   answers the partition's alerts found there with their first sequence, as duplicates,
+//!   without storing them again. A message sent again whole (a publish whose ack was
 //!   lost) is dropped by the stream's duplicate window.
 //! - Acks move the cursor by compare-and-set, never back, so instances acking for the same
 //!   subscriber cannot lose an ack. Acknowledged alerts stay readable while the stream keeps
@@ -39,7 +40,7 @@
 //!   stream's limits removed unacknowledged are not journalled.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -56,9 +57,8 @@ use metrics::counter;
 use tokio::sync::{mpsc, oneshot};
 
 use super::alert_stream::{AlertStream, Bounds};
-use super::alert_writer::{self, Job, Request};
+use super::alert_writer::{self, GuardRequest, Job, Request};
 use super::{Cluster, EMITTED_BY, alert_batch};
-use crate::domain::alert::AlertId;
 use crate::domain::{Alert, UtcMillis};
 use crate::log::codec::{decode_entry, decode_settled, encode_entry, encode_settled};
 use crate::log::{
@@ -91,13 +91,13 @@ pub struct JsAlerts {
     streams: Arc<[AlertStream]>,
     /// Each subscriber's writer on this instance, started with its first alert.
     writers: Arc<[OnceLock<mpsc::UnboundedSender<Request>>]>,
-    /// Partitions that replayed: their alerts already stored after the checkpoint's heads,
-    /// and since when (see [`GUARD_FOR`]).
-    guards: Arc<Mutex<HashMap<Partition, Guard>>>,
     /// One per partition: its parks run one at a time, in call order.
     order: Arc<[Arc<tokio::sync::Mutex<()>>]>,
     /// Each owned partition's lease: writers drop a partition's alerts once it is not valid.
     fences: alert_writer::Fences,
+    /// Per stream, by subscriber index: the heads of replays whose guards still hold alerts
+    /// to be emitted again ([`AlertLog::heads`] records no higher).
+    floors: Arc<[alert_writer::Floors]>,
 }
 
 impl JsAlerts {
@@ -112,6 +112,7 @@ impl JsAlerts {
             .map(|(_, name)| AlertStream::new(Arc::clone(&cluster), name))
             .collect();
         let writers = streams.iter().map(|_| OnceLock::new()).collect();
+        let floors = streams.iter().map(|_| Arc::default()).collect();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             for stream in streams.iter().cloned() {
                 runtime.spawn(async move {
@@ -126,9 +127,9 @@ impl JsAlerts {
             table,
             streams,
             writers,
-            guards: Arc::default(),
             order,
             fences: Arc::default(),
+            floors,
         }
     }
 
@@ -163,20 +164,12 @@ impl JsAlerts {
     }
 
     fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Request> {
-        self.writers[usize::from(log.0)]
-            .get_or_init(|| alert_writer::spawn(self.stream(log).clone()))
-    }
-
-    /// Stores a barrier in `log`'s stream through this instance's writer: the stream
-    /// sequence it got (see [`alert_writer`]).
-    async fn barrier(&self, log: SubscriberId) -> Result<u64, LogError> {
-        let (answer, stored) = oneshot::channel();
-        self.writer(log)
-            .send(Request::Barrier(answer))
-            .map_err(|_| LogError::Unavailable("the alert writer stopped".into()))?;
-        stored
-            .await
-            .map_err(|_| LogError::Unavailable("the alert writer stopped".into()))?
+        self.writers[usize::from(log.0)].get_or_init(|| {
+            alert_writer::spawn(
+                self.stream(log).clone(),
+                Arc::clone(&self.floors[usize::from(log.0)]),
+            )
+        })
     }
 
     /// The stream's bounds once its head reaches `sequence`, or as they stand after
@@ -259,53 +252,6 @@ impl JsAlerts {
                 first_retained: first,
             },
         }))
-    }
-
-    /// The alerts of `partition` stored in `log` after DNO sequence `after`, in messages up
-    /// to stream sequence `through`.
-    async fn stored_after(
-        &self,
-        log: SubscriberId,
-        after: u64,
-        partition: Partition,
-        through: u64,
-    ) -> Result<HashMap<AlertId, u64>, LogError> {
-        let stream = self.stream(log);
-        let bounds = stream.bounds().await?;
-        let mut found = HashMap::new();
-        if bounds.tail.head <= after {
-            return Ok(found);
-        }
-        let partitions = self.cluster.settings.partitions;
-        let start = stream.locate(after + 1, &bounds).await?;
-        if start > through {
-            return Ok(found);
-        }
-        // One consumer reads the range through, rather than a request per message.
-        let mut messages = open_reader(&self.cluster, stream.stream.clone(), None, start).await?;
-        let what = format!("alert stream of {}", stream.name);
-        loop {
-            let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| unavailable(&what, "the stream stopped answering"))?
-                .ok_or_else(|| unavailable(&what, "the consumer ended"))?
-                .map_err(|err| unavailable(&what, err))?;
-            let at = message
-                .info()
-                .map_err(|err| unavailable(&what, err))?
-                .stream_sequence;
-            for entry in alert_batch::decode(message.headers.as_ref(), &message.payload, at)? {
-                if entry.sequence > after
-                    && partition_of(entry.alert.point.device, partitions) == partition
-                {
-                    found.insert(entry.alert.id(), entry.sequence);
-                }
-            }
-            if at >= through {
-                break;
-            }
-        }
-        Ok(found)
     }
 }
 
@@ -478,7 +424,7 @@ async fn drain(
 }
 
 /// Reads a stream from a sequence with an ordered consumer.
-async fn open_reader(
+pub(super) async fn open_reader(
     cluster: &Cluster,
     stream: String,
     filter: Option<String>,
@@ -583,15 +529,6 @@ async fn read_all<T>(
     Ok(read)
 }
 
-/// A replayed partition's alerts that were stored after its checkpoint, by id.
-type Guard = (tokio::time::Instant, HashMap<AlertId, u64>);
-
-/// How long a guard answers for a replayed partition. Not only the replay of its records
-/// emits alerts again: a timer the earlier owner had fired fires again at the next mark
-/// after the replay. A guard's entries go once answered; the guard goes after this long,
-/// as JetStream's duplicate window for a message sent again.
-const GUARD_FOR: Duration = Duration::from_secs(30 * 60);
-
 /// One subscriber's alerts of an append, and where each goes in the append's answer.
 type Part = (Vec<(Alert, Destination)>, Vec<usize>);
 
@@ -668,27 +605,10 @@ impl AlertLog for JsAlerts {
             .map_or(0, |(alert, _)| partition_of(alert.point.device, partitions));
         let mut answers: Vec<Option<Stored>> = vec![None; total];
         let mut parts: HashMap<SubscriberId, Part> = HashMap::new();
-        {
-            let mut guards = self
-                .guards
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            guards.retain(|_, (since, stored)| !stored.is_empty() && since.elapsed() < GUARD_FOR);
-            for (index, (alert, route)) in alerts.into_iter().enumerate() {
-                let replayed = guards
-                    .get_mut(&partition_of(alert.point.device, partitions))
-                    .and_then(|(_, stored)| stored.remove(&alert.id()));
-                if let Some(sequence) = replayed {
-                    answers[index] = Some(Stored {
-                        sequence,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-                let part = parts.entry(route.subscriber).or_default();
-                part.0.push((alert, Destination::Routed(route)));
-                part.1.push(index);
-            }
+        for (index, (alert, route)) in alerts.into_iter().enumerate() {
+            let part = parts.entry(route.subscriber).or_default();
+            part.0.push((alert, Destination::Routed(route)));
+            part.1.push(index);
         }
         let lease = self
             .fences
@@ -951,11 +871,23 @@ impl AlertLog for JsAlerts {
         Ok(expired)
     }
 
-    fn heads(&self) -> AlertHeads {
+    fn heads(&self, partition: Partition) -> AlertHeads {
         AlertHeads(
             self.streams
                 .iter()
-                .map(|stream| (stream.name.clone(), stream.known_head()))
+                .zip(self.floors.iter())
+                .map(|(stream, floors)| {
+                    let floor = floors
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .get(&partition)
+                        .copied();
+                    let head = stream.known_head();
+                    (
+                        stream.name.clone(),
+                        floor.map_or(head, |floor| floor.min(head)),
+                    )
+                })
                 .collect(),
         )
     }
@@ -966,35 +898,58 @@ impl AlertLog for JsAlerts {
         _partitions: u16,
         heads: &AlertHeads,
     ) -> Result<(), LogError> {
-        // A barrier first, then the read up to it: whatever an earlier owner published
-        // before its lease ended is either before the barrier or refused (see
-        // `alert_writer`). The streams are read side by side.
-        let reads = self.table.iter().map(|(log, name)| {
+        // Queued to every writer ahead of the replay's alerts, not awaited: each writer
+        // stores a barrier, reads what was stored after the head up to it, and answers the
+        // partition's alerts found there as duplicates (see `alert_writer`). A stream
+        // without a leader holds up only that subscriber's alerts of the partition.
+        let lease = self
+            .fences
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&partition)
+            .cloned();
+        let mut guarded = Vec::with_capacity(self.streams.len());
+        for (log, name) in self.table.iter() {
             // A stream the checkpoint does not name is read whole, as far as retained.
             let after = heads
                 .0
                 .iter()
                 .find(|(head_of, _)| head_of == name)
                 .map_or(0, |(_, head)| *head);
-            async move {
-                let through = self.barrier(log).await?;
-                self.stored_after(log, after, partition, through).await
-            }
-        });
-        let mut stored = HashMap::new();
-        for found in futures::future::try_join_all(reads).await? {
-            stored.extend(found);
+            let (done, answer) = oneshot::channel();
+            self.writer(log)
+                .send(Request::Guard(GuardRequest {
+                    partition,
+                    after,
+                    lease: lease.clone(),
+                    done,
+                }))
+                .map_err(|_| LogError::Unavailable("the alert writer stopped".into()))?;
+            self.floors[usize::from(log.0)]
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(partition, after);
+            guarded.push(answer);
         }
-        tracing::info!(
-            partition,
-            alerts = stored.len(),
-            heads = ?heads.0,
-            "alerts stored after the checkpoint's heads; a replay emitting them again stores nothing"
-        );
-        self.guards
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert(partition, (tokio::time::Instant::now(), stored));
+        let asked = tokio::time::Instant::now();
+        let heads = heads.0.clone();
+        tokio::spawn(async move {
+            let mut alerts = 0;
+            for answer in guarded {
+                match answer.await {
+                    Ok(Ok(found)) => alerts += found,
+                    // Said by the writer; the partition's owner ends on its next alert there.
+                    Ok(Err(_)) | Err(_) => return,
+                }
+            }
+            tracing::info!(
+                partition,
+                alerts,
+                ?heads,
+                elapsed = ?asked.elapsed(),
+                "replay guarded in every alert stream: alerts stored after the checkpoint's heads are not stored again"
+            );
+        });
         Ok(())
     }
 

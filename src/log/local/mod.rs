@@ -785,7 +785,7 @@ impl AlertLog for LocalAlerts {
         .await
     }
 
-    fn heads(&self) -> AlertHeads {
+    fn heads(&self, _partition: Partition) -> AlertHeads {
         AlertHeads(
             self.names
                 .iter()
