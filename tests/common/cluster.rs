@@ -400,13 +400,19 @@ pub struct Delivery {
     pub pra_ms: Vec<i64>,
     /// Alerts first received after their SLA deadline, described.
     pub late: Vec<String>,
+    /// POAs: ms from when each could be emitted to its emission by a relay, sorted.
+    pub poa_emit_ms: Vec<i64>,
+    /// POAs: ms from emission to first receipt (storing and delivery), sorted.
+    pub poa_deliver_ms: Vec<i64>,
+    /// The slowest alert: its latency and where its time went, described.
+    pub slowest: Option<(i64, String)>,
 }
 
 impl Delivery {
     /// Reads the receipts of every subscriber.
     pub fn of(shared: &Shared) -> Self {
         let mut delivery = Self::default();
-        for index in 0..SUBSCRIBERS.len() {
+        for (index, (subscriber, _)) in SUBSCRIBERS.iter().enumerate() {
             let mut first: HashMap<String, storm::Receipt> = HashMap::new();
             for receipt in shared.receipts(index) {
                 first
@@ -419,9 +425,34 @@ impl Delivery {
                     .or_insert(receipt);
             }
             for receipt in first.into_values() {
-                let latency = receipt.received_at - shared.could_emit(&receipt);
+                let could_emit = shared.could_emit(&receipt);
+                let latency = receipt.received_at - could_emit;
+                if delivery
+                    .slowest
+                    .as_ref()
+                    .is_none_or(|(slowest, _)| latency > *slowest)
+                {
+                    delivery.slowest = Some((
+                        latency,
+                        format!(
+                            "{} ms: {} #{} to {} by {}, emitted {} ms after it could be, \
+                             received {} ms after that",
+                            latency,
+                            receipt.alert_id,
+                            receipt.sequence,
+                            subscriber,
+                            receipt.emitted_by,
+                            receipt.emitted_at - could_emit,
+                            receipt.received_at - receipt.emitted_at
+                        ),
+                    ));
+                }
                 if receipt.is_poa() {
                     delivery.poa_ms.push(latency);
+                    delivery.poa_emit_ms.push(receipt.emitted_at - could_emit);
+                    delivery
+                        .poa_deliver_ms
+                        .push(receipt.received_at - receipt.emitted_at);
                 } else {
                     delivery.pra_ms.push(latency);
                 }
@@ -439,6 +470,8 @@ impl Delivery {
         }
         delivery.poa_ms.sort_unstable();
         delivery.pra_ms.sort_unstable();
+        delivery.poa_emit_ms.sort_unstable();
+        delivery.poa_deliver_ms.sort_unstable();
         delivery
     }
 
@@ -458,7 +491,23 @@ impl Delivery {
                 sorted[sorted.len() - 1]
             )
         };
-        format!("POA {}; PRA {}", line(&self.poa_ms), line(&self.pra_ms))
+        let p99 = |sorted: &[i64]| {
+            sorted
+                .get(((sorted.len().max(1) - 1) as f64 * 0.99).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        format!(
+            "POA {}; PRA {}\n  POA p99 split: could be emitted→emitted {} ms, \
+             emitted→received {} ms; slowest alert {}",
+            line(&self.poa_ms),
+            line(&self.pra_ms),
+            p99(&self.poa_emit_ms),
+            p99(&self.poa_deliver_ms),
+            self.slowest
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |(_, what)| what.clone())
+        )
     }
 }
 

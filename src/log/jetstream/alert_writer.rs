@@ -346,7 +346,7 @@ impl Writer {
                 for request in requests {
                     let stored = found.get(&request.partition).cloned().unwrap_or_default();
                     let count = stored.len();
-                    tracing::info!(subscriber = %self.stream.name, partition = request.partition, alerts = count, after = request.after, elapsed = ?asked.elapsed(), "replay guarded: the partition's alerts stored after its checkpoint are not stored again");
+                    tracing::debug!(subscriber = %self.stream.name, partition = request.partition, alerts = count, after = request.after, elapsed = ?asked.elapsed(), "replay guarded: the partition's alerts stored after its checkpoint are not stored again");
                     self.guards
                         .insert(request.partition, (Instant::now(), stored));
                     let _ = request.done.send(Ok(count));
