@@ -903,6 +903,41 @@ async fn an_earlier_owners_publish_reaching_the_stream_after_the_guard_read_is_r
     );
 }
 
+/// A DNO resuming from a sequence it received is served from its stream alone: with the
+/// cursors bucket unreadable (as while its leader's node is dead and a new one is elected),
+/// `Subscribe` from a given sequence still streams, while one from the cursor cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_subscribe_does_not_wait_for_the_cursors() {
+    let prefix = unique_prefix("resume");
+    let relay = instance(&prefix, "a").await;
+    wait_owned_by(&relay, &["a"]).await;
+    let lost_at = now_ms() - LONG_AGO_MS;
+    relay
+        .publish_ok(
+            (0..3)
+                .map(|n| lost(&device(400 + n), lost_at, Some(&valid_mpan(12, 400 + n))))
+                .collect(),
+        )
+        .await;
+    let mut feed = relay.subscribe("ukpn", 0).await;
+    assert_eq!(sequences(&feed.take(3).await), vec![1, 2, 3]);
+    drop(feed);
+
+    let config = library_config(&prefix, |_| {});
+    let cluster = library_cluster(&config).await;
+    cluster
+        .js
+        .delete_key_value(cluster.names.cursors_bucket())
+        .await
+        .expect("the cursors bucket deleted");
+    let mut resumed = relay.subscribe("ukpn", 2).await;
+    assert_eq!(sequences(&resumed.take(2).await), vec![2, 3]);
+    let Err(from_cursor) = relay.try_subscribe("ukpn", 0).await else {
+        panic!("a Subscribe from the cursor served without the cursors bucket");
+    };
+    assert_eq!(from_cursor.code(), Code::Unavailable, "{from_cursor}");
+}
+
 /// A checkpoint taken while a new owner's replay has yet to emit again an alert an earlier
 /// owner stored records no head past it, so an owner starting from that checkpoint finds
 /// the alert stored and does not store it twice; other partitions' checkpoints, and this

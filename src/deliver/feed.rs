@@ -141,18 +141,24 @@ impl AlertFeed for FeedService {
         let log = self.log_of(&request.subscriber)?;
         refuse_push_subscriber(self.delivery.table(), &request.subscriber)?;
         let alerts = self.delivery.alerts();
-        let status = ride_through("subscribe: cursors", || {
-            alerts.status_reaching(log, request.from_sequence.saturating_sub(1))
-        })
-        .await
-        .map_err(RelayError::from)?;
-        let from = start_sequence(
-            request.from_sequence,
-            status.acked,
-            status.first_retained,
-            status.head,
-        )
-        .map_err(RelayError::from)?;
+        // From the cursor when no sequence is given; a resume from a given sequence needs
+        // only the retained range, so it does not wait on the cursors (on JetStream a bucket
+        // whose leader may be the node that just died, while this DNO's stream is fine).
+        let (acked, first_retained, head) = if request.from_sequence == 0 {
+            let status = ride_through("subscribe: cursors", || alerts.status(log))
+                .await
+                .map_err(RelayError::from)?;
+            (status.acked, status.first_retained, status.head)
+        } else {
+            let (first_retained, head) = ride_through("subscribe: retained alerts", || {
+                alerts.retained_reaching(log, request.from_sequence - 1)
+            })
+            .await
+            .map_err(RelayError::from)?;
+            (0, first_retained, head)
+        };
+        let from = start_sequence(request.from_sequence, acked, first_retained, head)
+            .map_err(RelayError::from)?;
         let reader = ride_through("subscribe: reader", || alerts.reader(log, from))
             .await
             .map_err(RelayError::from)?;

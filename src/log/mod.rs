@@ -457,6 +457,19 @@ pub trait AlertLog: Send + Sync + 'static {
         self.status(log).await
     }
 
+    /// The retained range of `log`, `(first_retained, head)`, for a caller resuming after
+    /// `sequence` it received (waiting, as [`Self::status_reaching`], for a lagging head),
+    /// without the cursor: a backend that keeps cursors apart from the alerts (JetStream: a
+    /// bucket with a leader of its own) serves a resumed `Subscribe` while they cannot be read.
+    async fn retained_reaching(
+        &self,
+        log: SubscriberId,
+        sequence: u64,
+    ) -> Result<(u64, u64), LogError> {
+        let status = self.status_reaching(log, sequence).await?;
+        Ok((status.first_retained, status.head))
+    }
+
     /// Moves `log`'s cursor to `upto` (cumulative; never back) at relay time `at`; resolves
     /// once durable, with the cursors afterwards. Beyond the head: [`LogError::BeyondHead`].
     /// A move is journalled with `at` for the compliance report.

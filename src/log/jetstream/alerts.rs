@@ -701,6 +701,15 @@ impl AlertLog for JsAlerts {
         })
     }
 
+    async fn retained_reaching(
+        &self,
+        log: SubscriberId,
+        sequence: u64,
+    ) -> Result<(u64, u64), LogError> {
+        let bounds = self.bounds_reaching(log, sequence).await?;
+        Ok((bounds.first_retained, bounds.tail.head))
+    }
+
     async fn ack(
         &self,
         log: SubscriberId,
