@@ -935,11 +935,15 @@ async fn publisher(
 
 /// Reads subscriber `index`'s feed from its cursor through one instance, acknowledging every
 /// 50 alerts and when idle; whenever the stream breaks, goes on through the next instance
-/// (with a single instance: through it again). Until told to stop.
+/// (with a single instance: through it again). Until told to stop. Subscribers of even index
+/// resume from the shared cursor, those of odd index from the sequence after the last they
+/// received (the two ways a DNO resumes).
 async fn subscriber(shared: Arc<Shared>, index: usize) {
     let name = SUBSCRIBERS[index].0;
     let mut target = index % shared.urls.len();
     let mut first = true;
+    let resumes_from_received = index % 2 == 1;
+    let mut received_up_to = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         if !first {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -951,9 +955,14 @@ async fn subscriber(shared: Arc<Shared>, index: usize) {
             continue;
         };
         let mut feed = AlertFeedClient::new(channel);
+        let from_sequence = if resumes_from_received && received_up_to > 0 {
+            received_up_to + 1
+        } else {
+            0
+        };
         let request = SubscribeRequest {
             subscriber: name.to_owned(),
-            from_sequence: 0,
+            from_sequence,
         };
         let subscribed = tokio::time::timeout(shared.call_limit, feed.subscribe(request)).await;
         let mut stream = match subscribed {
@@ -976,6 +985,7 @@ async fn subscriber(shared: Arc<Shared>, index: usize) {
                         ));
                     }
                     last = last.max(alert.sequence);
+                    received_up_to = received_up_to.max(alert.sequence);
                     unacked += 1;
                     shared.receipts[index]
                         .lock()
