@@ -11,7 +11,7 @@
 //!
 //! A log that is briefly unavailable (a JetStream stream or the cursors bucket electing a
 //! new leader after a node died) makes `Subscribe` and `Ack` wait, for up to
-//! [`RIDE_THROUGH`], rather than fail: the DNO sees a slower answer, not an error.
+//! [`crate::log::RIDE_THROUGH`], rather than fail: the DNO sees a slower answer, not an error.
 //!
 //! A caller identified by certificate may subscribe to, ack and watch the summaries of only
 //! its own feed (`PERMISSION_DENIED` otherwise, checked before the name is even looked up),
@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::Delivery;
 use super::convert::alert_to_proto;
 use crate::error::RelayError;
-use crate::log::{AlertReader, LogError};
+use crate::log::{AlertReader, LogError, ride_through};
 use crate::proto::{self, alert_feed_server::AlertFeed};
 use crate::route::{RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
@@ -38,34 +38,6 @@ use crate::summary::Summaries;
 use crate::summary::task::SummaryItem;
 
 const READ_BATCH: usize = 256;
-
-/// How long `Subscribe` and `Ack` keep trying a log that answers [`LogError::Unavailable`]:
-/// longer than a JetStream leader election after a node's death (2–5 s measured).
-pub const RIDE_THROUGH: Duration = Duration::from_secs(10);
-
-/// Runs `attempt` until it succeeds, fails otherwise than [`LogError::Unavailable`], or
-/// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s.
-/// `attempt` must be safe to repeat (reads, and cumulative acks, are).
-pub async fn ride_through<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, LogError>>,
-{
-    let deadline = tokio::time::Instant::now() + RIDE_THROUGH;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match attempt().await {
-            Err(LogError::Unavailable(reason))
-                if tokio::time::Instant::now() + pause < deadline =>
-            {
-                tracing::debug!(what, %reason, "log unavailable; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            done => return done,
-        }
-    }
-}
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -273,6 +245,8 @@ pub fn refuse_push_subscriber(table: &RoutingTable, subscriber: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::log::RIDE_THROUGH;
 
     use super::*;
 

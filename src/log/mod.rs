@@ -59,6 +59,7 @@ pub mod memory;
 pub mod single;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -547,6 +548,35 @@ pub trait AlertLog: Send + Sync + 'static {
     /// partition's appends once the lease is no longer valid, so that nothing an earlier
     /// owner appended lands after a new owner read what was stored.
     fn fence(&self, _partition: Partition, _lease: &Lease) {}
+}
+
+/// How long `Subscribe`, `Ack` and a partition's recovery keep trying a log that answers
+/// [`LogError::Unavailable`]: longer than a JetStream leader election after a node's death
+/// (2–5 s measured).
+pub const RIDE_THROUGH: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` until it succeeds, fails otherwise than [`LogError::Unavailable`], or
+/// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s.
+/// `attempt` must be safe to repeat (reads, and cumulative acks, are).
+pub async fn ride_through<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let deadline = tokio::time::Instant::now() + RIDE_THROUGH;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(LogError::Unavailable(reason))
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(what, %reason, "log unavailable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// A partition's state at a position of its event log.

@@ -19,7 +19,7 @@ use crate::domain::{Alert, AlertKind, DeviceEvent, UtcMillis};
 use crate::error::RelayError;
 use crate::log::{
     AlertHeads, Appended, Checkpoint, EventReader, EventRecord, Lease, LogError, Logged,
-    OwnerAnswer, OwnerQuery, Partition, Retention, Sequencing, Stored,
+    OwnerAnswer, OwnerQuery, Partition, Retention, Sequencing, Stored, ride_through,
 };
 use crate::route::{ParkReason, Registry, Route};
 use crate::summary::{Input, OpenPoint};
@@ -128,7 +128,10 @@ impl Owner {
         lease: Lease,
         ctx: Arc<OwnerContext>,
     ) -> Result<(Self, Option<Box<dyn EventReader>>), LogError> {
-        let (saved, heads, position) = match ctx.checkpoints.load(partition).await? {
+        // Both wait out an election (the node leading the checkpoints or the events stream
+        // just died) rather than fail the recovery and hand the partition back a round later.
+        let loaded = ride_through("recovery: checkpoint", || ctx.checkpoints.load(partition));
+        let (saved, heads, position) = match loaded.await? {
             Some(found) => {
                 let (saved, heads) = checkpoint::decode(&found.state)?;
                 (saved, heads, found.position)
@@ -141,7 +144,10 @@ impl Owner {
             .await?;
         let dedup = EventIdWindow::new(ctx.dedup_window, ctx.dedup_capacity);
         let state = PartitionState::restore(ctx.settings, dedup, saved);
-        let mut reader = ctx.events.reader(partition, position).await?;
+        let mut reader = ride_through("recovery: events reader", || {
+            ctx.events.reader(partition, position)
+        })
+        .await?;
         let sequencing = ctx.events.sequencing();
         let mut owner = Self {
             partition,

@@ -1,6 +1,7 @@
 //! The owner loop of a log-sequenced partition against logs that fail on cue: when its lease
 //! ends while alerts are still being stored, the owner saves a last checkpoint only if they
-//! were stored. A checkpoint past alerts that failed would make the next owner skip them.
+//! were stored (a checkpoint past alerts that failed would make the next owner skip them);
+//! a checkpoint store briefly unavailable delays the recovery instead of failing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,6 +252,34 @@ impl AlertLog for GatedAlerts {
     }
 }
 
+/// Checkpoints in memory whose first `unavailable` loads fail as during an election.
+struct ElectingCheckpoints {
+    inner: Arc<MemoryCheckpoints>,
+    unavailable: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Checkpoints for ElectingCheckpoints {
+    async fn save(
+        &self,
+        partition: Partition,
+        checkpoint: &Checkpoint,
+        lease: &Lease,
+    ) -> Result<(), LogError> {
+        self.inner.save(partition, checkpoint, lease).await
+    }
+
+    async fn load(&self, partition: Partition) -> Result<Option<Checkpoint>, LogError> {
+        let left = self.unavailable.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.unavailable
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(LogError::Unavailable("no leader".into()));
+        }
+        self.inner.load(partition).await
+    }
+}
+
 struct Fixture {
     events: Arc<SharedEvents>,
     gate: Arc<Gate>,
@@ -271,6 +300,11 @@ fn start_owner() -> Fixture {
 
 /// [`start_owner`], checkpointing by `checkpoint`.
 fn start_owner_with(checkpoint: CheckpointPolicy) -> Fixture {
+    start_owner_on(checkpoint, 0)
+}
+
+/// [`start_owner_with`], its checkpoint store failing the first `unavailable` loads.
+fn start_owner_on(checkpoint: CheckpointPolicy, unavailable: usize) -> Fixture {
     let table = RoutingTable::from_config(&RoutingConfig::default());
     let events = Arc::new(SharedEvents::default());
     let gate = Arc::new(Gate::default());
@@ -281,7 +315,10 @@ fn start_owner_with(checkpoint: CheckpointPolicy) -> Fixture {
             inner: Arc::new(MemoryAlerts::new(&table)),
             gate: Arc::clone(&gate),
         }),
-        checkpoints: Arc::clone(&checkpoints) as Arc<dyn Checkpoints>,
+        checkpoints: Arc::new(ElectingCheckpoints {
+            inner: Arc::clone(&checkpoints),
+            unavailable: unavailable.into(),
+        }),
         router: Arc::new(Router::new(table, Registry::empty())),
         settings: Settings {
             debounce: Duration::from_secs(180),
@@ -412,5 +449,28 @@ async fn an_owner_reads_on_while_an_alert_is_stored_and_checkpoints_behind_it() 
     .expect("the checkpoint is written once the alert before it is stored");
     assert!(saved >= later);
     fixture.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), fixture.owner).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovery_waits_out_a_checkpoint_store_without_a_leader() {
+    let fixture = start_owner_on(
+        CheckpointPolicy {
+            every: Duration::from_secs(24 * 3600),
+            events: u64::MAX,
+            event_retention: Duration::ZERO,
+        },
+        3,
+    );
+    let device = device_in(PARTITION, PARTITIONS, 0);
+    let _ = fixture
+        .events
+        .append(PARTITION, record(0, vec![loss(device, 0)]))
+        .await;
+    tokio::time::timeout(Duration::from_secs(3600), fixture.gate.arrived.notified())
+        .await
+        .expect("the partition recovered once its checkpoint could be read, and emitted the POA");
+    fixture.stop.cancel();
+    fixture.gate.release.notify_one();
     let _ = tokio::time::timeout(Duration::from_secs(60), fixture.owner).await;
 }
