@@ -442,6 +442,7 @@ pub(super) async fn open_reader(
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
+            max_expires: super::CONSUMER_MAX_EXPIRES,
             ..Default::default()
         })
         .await
@@ -504,6 +505,7 @@ async fn read_all<T>(
         .create_consumer(OrderedConfig {
             filter_subject: subject,
             deliver_policy: DeliverPolicy::All,
+            max_expires: super::CONSUMER_MAX_EXPIRES,
             ..Default::default()
         })
         .await

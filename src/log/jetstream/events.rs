@@ -203,6 +203,7 @@ impl EventLog for JsEvents {
             .create_consumer(OrderedConfig {
                 filter_subject: cluster.names.event_subject(partition),
                 deliver_policy,
+                max_expires: super::CONSUMER_MAX_EXPIRES,
                 ..Default::default()
             })
             .await

@@ -199,6 +199,15 @@ impl Names {
 /// Header carrying the instance that emitted an alert.
 pub const EMITTED_BY: &str = "Outage-Relay-Instance";
 
+/// The longest one pull of the relay's ordered consumers waits (the consumer's
+/// `max_expires`): the client's idle heartbeat follows it down to half of it, and a consumer
+/// lost with its server (an ordered consumer is one replica, on the stream leader of when it
+/// was made) is noticed after two heartbeats missed and made again. With the client's
+/// defaults (30 s pulls, 15 s heartbeats) a feed or an owner whose consumer was on a killed
+/// node stalled for 30 s and more; with this, about four. Idle, a consumer costs a pull
+/// request every two seconds.
+pub const CONSUMER_MAX_EXPIRES: Duration = Duration::from_secs(2);
+
 /// How long alert streams remember alert ids to drop re-emissions.
 const ALERT_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);
 
