@@ -15,7 +15,8 @@
 //! Publishers send batches round-robin over the instances and resend a batch to the next
 //! instance on any error (events are de-duplicated by their key, so resending is safe). One
 //! subscriber per DNO group subscribes through some instance, acknowledges as it goes, and on
-//! any stream error reconnects to the next instance, resuming from its shared cursor.
+//! any stream error reconnects to the next instance, resuming from its shared cursor (half
+//! the subscribers) or from the sequence after the last it received (the other half).
 //!
 //! At the end, when every expected alert has arrived, each subscriber's receipts are checked
 //! against the model of the script:
