@@ -163,6 +163,15 @@ impl JsAlerts {
         Ok(())
     }
 
+    /// The lease `partition`'s owner here acts under, if it was fenced.
+    fn lease_of(&self, partition: Partition) -> Option<Lease> {
+        self.fences
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&partition)
+            .cloned()
+    }
+
     fn writer(&self, log: SubscriberId) -> &mpsc::UnboundedSender<Request> {
         self.writers[usize::from(log.0)].get_or_init(|| {
             alert_writer::spawn(
@@ -612,12 +621,7 @@ impl AlertLog for JsAlerts {
             part.0.push((alert, Destination::Routed(route)));
             part.1.push(index);
         }
-        let lease = self
-            .fences
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&partition)
-            .cloned();
+        let lease = self.lease_of(partition);
         // Queued now, in call order: the writers store in that order.
         let mut waiting = Vec::with_capacity(parts.len());
         for (log, (alerts, places)) in parts {
@@ -913,12 +917,7 @@ impl AlertLog for JsAlerts {
         // stores a barrier, reads what was stored after the head up to it, and answers the
         // partition's alerts found there as duplicates (see `alert_writer`). A stream
         // without a leader holds up only that subscriber's alerts of the partition.
-        let lease = self
-            .fences
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&partition)
-            .cloned();
+        let lease = self.lease_of(partition);
         let mut guarded = Vec::with_capacity(self.streams.len());
         for (log, name) in self.table.iter() {
             // A stream the checkpoint does not name is read whole, as far as retained.
