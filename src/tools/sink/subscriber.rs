@@ -1,6 +1,7 @@
 //! Subscribe mode: `AlertFeed.Subscribe` with cumulative acks and reconnection.
 
 use super::*;
+use crate::proto::AckResponse;
 
 /// Subscribe-mode settings.
 pub(super) struct Subscription {
@@ -95,47 +96,86 @@ enum SessionEnd {
     Closed,
 }
 
-/// Cumulative acknowledgement state of one subscription session.
+/// An `Ack` call under way, answered with the reply or the failure, named by its sequence.
+type AckCall = futures::future::BoxFuture<'static, anyhow::Result<(u64, AckResponse)>>;
+
+/// Cumulative acknowledgement state of one subscription session. At most one `Ack` is under
+/// way at a time, and reading goes on meanwhile: an ack that waits (the relay's cursor store
+/// electing a leader) does not hold up the alerts still arriving.
 struct Acker {
     client: AlertFeedClient<Channel>,
     subscriber: String,
-    /// Highest recorded sequence not yet acknowledged.
+    /// Highest recorded sequence not yet sent in an ack.
     pending: Option<u64>,
     since_ack: u64,
+    /// The ack under way, if one is.
+    in_flight: Option<AckCall>,
 }
 
 impl Acker {
-    /// Flushes the output, then acknowledges everything recorded.
-    async fn ack(&mut self, recorder: &Recorder) -> anyhow::Result<()> {
+    /// Flushes the output, then sends an ack for everything recorded, unless one is under
+    /// way (the next goes once it is answered: acks are cumulative).
+    fn send(&mut self, recorder: &Recorder) {
         let Some(sequence) = self.pending else {
-            return Ok(());
+            return;
         };
-        if !recorder.flush() {
-            return Ok(());
+        // Flushed even while an ack is under way: what was recorded reaches the output.
+        if !recorder.flush() || self.in_flight.is_some() {
+            return;
         }
-        let reply = self
-            .client
-            .ack(AckRequest {
-                subscriber: self.subscriber.clone(),
-                sequence,
-            })
-            .await
-            .with_context(|| format!("Ack({sequence})"))?
-            .into_inner();
+        let mut client = self.client.clone();
+        let request = AckRequest {
+            subscriber: self.subscriber.clone(),
+            sequence,
+        };
+        self.in_flight = Some(Box::pin(async move {
+            let reply = client
+                .ack(request)
+                .await
+                .with_context(|| format!("Ack({sequence})"))?
+                .into_inner();
+            Ok((sequence, reply))
+        }));
+        self.pending = None;
+        self.since_ack = 0;
+    }
+
+    /// Waits for the ack under way; never resolves while there is none.
+    async fn answered(&mut self) -> anyhow::Result<(u64, AckResponse)> {
+        match self.in_flight.as_mut() {
+            Some(call) => {
+                let answer = call.await;
+                self.in_flight = None;
+                answer
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Logs an answered ack, and sends the next if alerts were recorded meanwhile.
+    fn on_answer(&mut self, sequence: u64, reply: &AckResponse, recorder: &Recorder) {
         tracing::debug!(
             sequence,
             acked_sequence = reply.acked_sequence,
             backlog = reply.backlog,
             "acknowledged"
         );
-        self.pending = None;
-        self.since_ack = 0;
-        Ok(())
+        self.send(recorder);
     }
 
-    /// Best-effort acknowledgement when a session ends.
+    /// Best-effort acknowledgement of everything recorded when a session ends.
     async fn ack_last(&mut self, recorder: &Recorder) {
-        match tokio::time::timeout(FINAL_ACK_TIMEOUT, self.ack(recorder)).await {
+        let last = async {
+            if self.in_flight.is_some() {
+                self.answered().await?;
+            }
+            self.send(recorder);
+            if self.in_flight.is_some() {
+                self.answered().await?;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(FINAL_ACK_TIMEOUT, last).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "last ack failed"),
             Err(_) => tracing::warn!("last ack timed out"),
@@ -175,6 +215,7 @@ async fn session(
         subscriber: subscription.subscriber.clone(),
         pending: None,
         since_ack: 0,
+        in_flight: None,
     };
     loop {
         let idle = tokio::time::sleep(IDLE_ACK_AFTER);
@@ -194,7 +235,7 @@ async fn session(
                     acker.pending = Some(acker.pending.unwrap_or(0).max(alert.sequence));
                     acker.since_ack += 1;
                     if acker.since_ack >= subscription.ack_every {
-                        acker.ack(recorder).await?;
+                        acker.send(recorder);
                     }
                 }
                 Ok(None) => {
@@ -206,7 +247,11 @@ async fn session(
                     return Err(status).context("alert stream");
                 }
             },
-            () = idle, if acker.pending.is_some() => acker.ack(recorder).await?,
+            answer = acker.answered(), if acker.in_flight.is_some() => {
+                let (sequence, reply) = answer?;
+                acker.on_answer(sequence, &reply, recorder);
+            }
+            () = idle, if acker.pending.is_some() => acker.send(recorder),
         }
     }
 }

@@ -215,12 +215,18 @@ async fn push_mode_stops_after_once_count() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An `AlertFeed` holding alerts 1..=5 whose first Subscribe stream fails after two alerts.
+/// An `AlertFeed` holding alerts 1..=5 whose first Subscribe stream fails after two alerts;
+/// or, `steady`, one stream that sends two alerts, waits for an ack to arrive, then sends
+/// the other three, with acks answered only once `release`d while `held`.
 #[derive(Clone, Default)]
 struct FakeFeed {
     acked: Arc<Mutex<u64>>,
     ack_calls: Arc<Mutex<u32>>,
     subscribes: Arc<Mutex<Vec<u64>>>,
+    steady: bool,
+    held: Arc<Mutex<bool>>,
+    ack_arrived: Arc<Notify>,
+    release: Arc<Notify>,
 }
 
 #[tonic::async_trait]
@@ -251,6 +257,21 @@ impl AlertFeed for FakeFeed {
             from => from,
         };
         let (tx, rx) = mpsc::channel(16);
+        if self.steady {
+            let ack_arrived = Arc::clone(&self.ack_arrived);
+            tokio::spawn(async move {
+                for sequence in start..=5 {
+                    if sequence == 3 {
+                        ack_arrived.notified().await;
+                    }
+                    if tx.send(Ok(alert(sequence))).await.is_err() {
+                        return;
+                    }
+                }
+                tx.closed().await;
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         tokio::spawn(async move {
             let end = if first_call { start + 1 } else { 5 };
             for sequence in start..=end {
@@ -269,6 +290,11 @@ impl AlertFeed for FakeFeed {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         *self.ack_calls.lock() += 1;
+        self.ack_arrived.notify_one();
+        let held = *self.held.lock();
+        if held {
+            self.release.notified().await;
+        }
         let mut acked = self.acked.lock();
         *acked = (*acked).max(request.into_inner().sequence);
         Ok(Response::new(AckResponse {
@@ -336,6 +362,66 @@ async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::
         })
         .collect::<Result<_, _>>()?;
     assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    relay_stop.cancel();
+    relay.await??;
+    Ok(())
+}
+
+/// An ack the relay is slow to answer (its cursor store electing a leader) does not hold up
+/// the alerts still arriving: they are recorded meanwhile, and acknowledged once it answers.
+#[tokio::test]
+async fn subscribe_mode_records_on_while_an_ack_waits() -> anyhow::Result<()> {
+    let feed = FakeFeed {
+        steady: true,
+        held: Arc::new(Mutex::new(true)),
+        ..FakeFeed::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AlertFeedServer::new(feed.clone()))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                relay_stop.clone().cancelled_owned(),
+            ),
+    );
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("alerts.jsonl");
+    let args = Cli::try_parse_from([
+        "sink",
+        "--subscribe",
+        &format!("http://{addr}"),
+        "--subscriber",
+        "ukpn",
+        "--output",
+        &output.display().to_string(),
+    ])?
+    .sink;
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn(run(args, shutdown.clone()));
+
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while std::fs::read_to_string(&output).map_or(0, |text| text.lines().count()) < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("alerts 3..=5 were not recorded while the first ack waited"))?;
+    assert_eq!(*feed.acked.lock(), 0, "the first ack is still held");
+    *feed.held.lock() = false;
+    feed.release.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *feed.acked.lock() < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    shutdown.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(5), sink).await???;
+    assert_eq!(summary.received, 5);
+    assert_eq!(*feed.subscribes.lock(), [0], "one session throughout");
     relay_stop.cancel();
     relay.await??;
     Ok(())
