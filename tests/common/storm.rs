@@ -974,7 +974,19 @@ async fn subscriber(shared: Arc<Shared>, index: usize) {
             Ok(Err(_)) | Err(_) => continue,
         };
         let (mut last, mut unacked) = (0u64, 0u32);
+        // One ack under way at a time, reading going on meanwhile (as `dno-sink` does).
+        let mut acking: Option<tokio::task::JoinHandle<Result<(), tonic::Status>>> = None;
         loop {
+            if let Some(call) = acking.take_if(|call| call.is_finished()) {
+                match call.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(status)) if fatal(status.code()) => {
+                        shared.anomaly(format!("FEED Ack({name}) refused: {status}"));
+                        break;
+                    }
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
             let received = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
             let idle = match received {
                 Ok(Ok(Some(alert))) => {
@@ -996,19 +1008,20 @@ async fn subscriber(shared: Arc<Shared>, index: usize) {
                 Ok(Ok(None)) | Ok(Err(_)) => break,
                 Err(_) => true,
             };
-            if unacked > 0 && (unacked >= 50 || idle) {
+            if unacked > 0 && (unacked >= 50 || idle) && acking.is_none() {
                 let ack = AckRequest {
                     subscriber: name.to_owned(),
                     sequence: last,
                 };
-                match tokio::time::timeout(shared.call_limit, feed.ack(ack)).await {
-                    Ok(Ok(_)) => unacked = 0,
-                    Ok(Err(status)) if fatal(status.code()) => {
-                        shared.anomaly(format!("FEED Ack({name}, {last}) refused: {status}"));
-                        break;
+                let mut client = feed.clone();
+                let limit = shared.call_limit;
+                acking = Some(tokio::spawn(async move {
+                    match tokio::time::timeout(limit, client.ack(ack)).await {
+                        Ok(answer) => answer.map(|_| ()),
+                        Err(_) => Err(tonic::Status::deadline_exceeded("Ack took too long")),
                     }
-                    Ok(Err(_)) | Err(_) => break,
-                }
+                }));
+                unacked = 0;
             }
             if idle && shared.stop.load(Ordering::Relaxed) {
                 return;
