@@ -304,9 +304,17 @@ impl AlertFeed for FakeFeed {
     }
 }
 
-#[tokio::test]
-async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::Result<()> {
-    let feed = FakeFeed::default();
+/// The fake relay serving `feed` on loopback, and a sink subscribed to it as `ukpn`
+/// writing `output`: the relay's stop and task, the sink's shutdown and task.
+async fn serve_and_subscribe(
+    feed: &FakeFeed,
+    output: &std::path::Path,
+) -> anyhow::Result<(
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<SinkSummary>>,
+)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let relay_stop = CancellationToken::new();
@@ -318,8 +326,6 @@ async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::
                 relay_stop.clone().cancelled_owned(),
             ),
     );
-    let dir = tempfile::tempdir()?;
-    let output = dir.path().join("alerts.jsonl");
     let args = Cli::try_parse_from([
         "sink",
         "--subscribe",
@@ -332,6 +338,15 @@ async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::
     .sink;
     let shutdown = CancellationToken::new();
     let sink = tokio::spawn(run(args, shutdown.clone()));
+    Ok((relay_stop, relay, shutdown, sink))
+}
+
+#[tokio::test]
+async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::Result<()> {
+    let feed = FakeFeed::default();
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("alerts.jsonl");
+    let (relay_stop, relay, shutdown, sink) = serve_and_subscribe(&feed, &output).await?;
 
     tokio::time::timeout(Duration::from_secs(10), async {
         while *feed.acked.lock() < 5 {
@@ -376,31 +391,9 @@ async fn subscribe_mode_records_on_while_an_ack_waits() -> anyhow::Result<()> {
         held: Arc::new(Mutex::new(true)),
         ..FakeFeed::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AlertFeedServer::new(feed.clone()))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                relay_stop.clone().cancelled_owned(),
-            ),
-    );
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("alerts.jsonl");
-    let args = Cli::try_parse_from([
-        "sink",
-        "--subscribe",
-        &format!("http://{addr}"),
-        "--subscriber",
-        "ukpn",
-        "--output",
-        &output.display().to_string(),
-    ])?
-    .sink;
-    let shutdown = CancellationToken::new();
-    let sink = tokio::spawn(run(args, shutdown.clone()));
+    let (relay_stop, relay, shutdown, sink) = serve_and_subscribe(&feed, &output).await?;
 
     tokio::time::timeout(Duration::from_secs(10), async {
         while std::fs::read_to_string(&output).map_or(0, |text| text.lines().count()) < 5 {
