@@ -361,7 +361,10 @@ fn deploy_files() -> Vec<PathBuf> {
         for entry in std::fs::read_dir(&dir).expect("read a deploy directory") {
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
-                pending.push(path);
+                // Python's bytecode cache, left by running the Python client from here.
+                if path.file_name().is_none_or(|name| name != "__pycache__") {
+                    pending.push(path);
+                }
             } else if path.extension().is_none_or(|ext| ext != "png") {
                 found.push(path);
             }
