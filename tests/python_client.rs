@@ -1,7 +1,9 @@
 //! The Python DNO client (`deploy/clients/python/outage_relay_client.py`) against the real
 //! binary on loopback: every alert once and in order, cumulative acks, a restart resuming after
 //! the sequence in its state file (after a clean stop and after SIGKILL), storm summaries, and
-//! mutual TLS with the DNO's certificate and refused without it or with another DNO's.
+//! mutual TLS with the DNO's certificate and refused without it or with another DNO's. And,
+//! against a fake relay whose `Ack` waits until the test releases it, reading going on while an
+//! ack is under way.
 //!
 //! The client runs in the venv `.ci/test` makes, found through `OUTAGE_RELAY_PYTHON`.
 
@@ -9,15 +11,23 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::pki::{PemPair, Pki, SERVER_NAME, tls_channel};
 use common::process::{Running, free_port, read, spawn, spawn_program, wait_healthy};
-use common::{LONG_AGO_MS, bounded, device, eventually, lost, now_ms, restored, valid_mpan};
+use common::{LONG_AGO_MS, bounded, device, eventually, lost, now_ms, restored, ts, valid_mpan};
 use outage_relay::proto::admin_client::AdminClient;
+use outage_relay::proto::alert_feed_server::{AlertFeed, AlertFeedServer};
 use outage_relay::proto::ingest_client::IngestClient;
-use outage_relay::proto::{DeviceEvent, EventBatch, GetDeliveryStatusRequest, SubscriberStatus};
+use outage_relay::proto::{
+    AckRequest, AckResponse, Alert, AlertKind, DeviceEvent, EventBatch, GetDeliveryStatusRequest,
+    OutageSummary, SubscribeRequest, SubscriberStatus, SummaryRequest,
+};
 use serde_json::Value;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 /// The client script, in this repository.
 const CLIENT: &str = concat!(
@@ -475,4 +485,200 @@ async fn the_python_client_works_over_mutual_tls_and_is_refused_without_its_cert
     assert_eq!(nged.exit().await.code(), Some(1));
     let refusal = read(dir, "nged.err");
     assert!(refusal.contains("PERMISSION_DENIED"), "{refusal}");
+}
+
+/// What the fake relay of [`SlowAcks`] has seen.
+#[derive(Debug, Default)]
+struct SlowAcksSeen {
+    /// `from_sequence` of each `Subscribe`.
+    subscribes: Vec<u64>,
+    /// The sequence of each `Ack`, in the order they arrived.
+    acks: Vec<u64>,
+    /// `Ack` calls answered.
+    answered: usize,
+    /// Whether an `Ack` arrived while an earlier one was still unanswered.
+    overlapped: bool,
+}
+
+/// A fake relay's `AlertFeed` holding UKPN's alerts 1..=5, whose cursor store answers acks
+/// only once the test [`release`](SlowAcks::release)s them. Its stream sends the alerts
+/// from `from_sequence` but waits for an ack to arrive before alert 2, so alerts 2..=5 leave
+/// it while that ack is under way; then it stays open.
+#[derive(Clone)]
+struct SlowAcks {
+    seen: Arc<Mutex<SlowAcksSeen>>,
+    ack_arrived: Arc<Notify>,
+    released: Arc<watch::Sender<bool>>,
+}
+
+impl SlowAcks {
+    fn new() -> Self {
+        Self {
+            seen: Arc::default(),
+            ack_arrived: Arc::new(Notify::new()),
+            released: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    fn seen(&self) -> MutexGuard<'_, SlowAcksSeen> {
+        self.seen.lock().expect("the fake relay's lock")
+    }
+
+    /// Answers the acks waiting and every later one at once.
+    fn release(&self) {
+        self.released.send_replace(true);
+    }
+}
+
+/// UKPN's alert `sequence`, a POA of supply `sequence`.
+fn slow_acks_alert(sequence: u64) -> Alert {
+    Alert {
+        alert_id: format!("poa-{}-0-{sequence}", device(sequence)),
+        sequence,
+        kind: AlertKind::PowerOutage as i32,
+        device_id: device(sequence),
+        mpan_core: valid_mpan(12, sequence),
+        distributor_id: 12,
+        gsp_group: "_C".to_owned(),
+        lost_at: Some(ts(now_ms() - LONG_AGO_MS)),
+        subscriber: "ukpn".to_owned(),
+        ..Alert::default()
+    }
+}
+
+#[tonic::async_trait]
+impl AlertFeed for SlowAcks {
+    type SubscribeStream = ReceiverStream<Result<Alert, Status>>;
+    type WatchSummariesStream = ReceiverStream<Result<OutageSummary, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        assert_eq!(request.subscriber, "ukpn");
+        self.seen().subscribes.push(request.from_sequence);
+        let (tx, rx) = mpsc::channel(8);
+        let ack_arrived = Arc::clone(&self.ack_arrived);
+        tokio::spawn(async move {
+            for sequence in request.from_sequence.max(1)..=5 {
+                if sequence == 2 {
+                    ack_arrived.notified().await;
+                }
+                if tx.send(Ok(slow_acks_alert(sequence))).await.is_err() {
+                    return;
+                }
+            }
+            tx.closed().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let request = request.into_inner();
+        assert_eq!(request.subscriber, "ukpn");
+        {
+            let mut seen = self.seen();
+            seen.overlapped |= seen.acks.len() > seen.answered;
+            seen.acks.push(request.sequence);
+        }
+        self.ack_arrived.notify_one();
+        let mut released = self.released.subscribe();
+        if released.wait_for(|released| *released).await.is_err() {
+            return Err(Status::unavailable("the fake relay is gone"));
+        }
+        let mut seen = self.seen();
+        seen.answered += 1;
+        let acked = seen.acks[..seen.answered]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        Ok(Response::new(AckResponse {
+            acked_sequence: acked,
+            backlog: 5 - acked,
+        }))
+    }
+
+    async fn watch_summaries(
+        &self,
+        _request: Request<SummaryRequest>,
+    ) -> Result<Response<Self::WatchSummariesStream>, Status> {
+        Err(Status::unimplemented("the fake relay has no summaries"))
+    }
+}
+
+/// An ack the relay is slow to answer (its cursor store electing a leader) does not hold up
+/// reading: alerts 2..=5, sent only once the client's first ack has arrived and while it is
+/// held, reach the client's output in the same session, with the state file still at the
+/// sequence of that ack and no second ack sent meanwhile. Having its `--once-count`, the
+/// client waits for that ack before it stops; once released, the next ack covers all five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_reads_on_while_an_ack_waits() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let dir = dir.path();
+    let feed = SlowAcks::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let relay = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AlertFeedServer::new(feed.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut subscriber = client(
+        dir,
+        "slow",
+        &[
+            "subscribe",
+            "--target",
+            &url,
+            "--subscriber",
+            "ukpn",
+            "--state",
+            "state.json",
+            "--output",
+            "alerts.jsonl",
+            "--ack-every",
+            "1",
+            "--once-count",
+            "5",
+        ],
+    );
+
+    let lines = wait_line(dir, "alerts.jsonl", 5).await;
+    assert_eq!(sequences(&lines), [1, 2, 3, 4, 5]);
+    {
+        let seen = feed.seen();
+        assert_eq!(seen.acks, [1], "one ack, still under way: {seen:?}");
+        assert_eq!(seen.answered, 0, "{seen:?}");
+        assert_eq!(seen.subscribes, [0], "one session: {seen:?}");
+    }
+    assert_eq!(
+        saved_sequence(dir),
+        1,
+        "saved before the ack that covers it"
+    );
+    assert!(
+        subscriber.is_running(),
+        "the client stopped before its ack was answered: {}",
+        read(dir, "slow.err")
+    );
+
+    feed.release();
+    let status = subscriber.exit().await;
+    assert!(status.success(), "{}", read(dir, "slow.err"));
+    {
+        let seen = feed.seen();
+        assert_eq!(seen.acks, [1, 5], "the next ack is cumulative: {seen:?}");
+        assert_eq!(seen.answered, 2, "{seen:?}");
+        assert!(!seen.overlapped, "one ack under way at a time: {seen:?}");
+        assert_eq!(seen.subscribes, [0], "one session: {seen:?}");
+    }
+    assert_eq!(saved_sequence(dir), 5);
+    assert_eq!(sequences(&json_lines(dir, "alerts.jsonl")), [1, 2, 3, 4, 5]);
+    let log = read(dir, "slow.err");
+    assert!(log.contains("acknowledged up to 5"), "{log}");
+    relay.abort();
 }

@@ -5,20 +5,24 @@ Library and command line in one file. It does what ``outage-relay dno-sink --sub
 
 - ``subscribe``: calls ``AlertFeed.Subscribe``, hands every alert to a handler (the command
   line appends one JSON line per alert), and acknowledges cumulatively with ``AlertFeed.Ack``
-  every ``--ack-every`` alerts and whenever the stream has been idle for 50 ms. With
+  every ``--ack-every`` alerts and whenever the stream has been idle for 50 ms. An ack does
+  not hold up reading: one ``Ack`` is under way at a time while alerts go on being received
+  and handled (a relay whose cursor store is electing a leader may take seconds to answer),
+  and once it is answered the next ack covers everything handled meanwhile. With
   ``--state FILE`` it keeps the last acknowledged sequence in FILE, saved (atomically) *before*
   each ack, and a restart resumes from the sequence after it. It reconnects with exponential
-  backoff (100 ms to 10 s, jittered) after an error the relay may recover from, resuming after
-  the last alert handled, and drops an alert delivered again (same sequence). A refusal no
-  retry can cure (wrong identity, another DNO's feed, unknown subscriber, a sequence the
-  relay no longer has) ends it with exit status 1.
+  backoff (100 ms to 10 s, jittered) after an error the relay may recover from (a failed ack
+  included), resuming after the last alert handled, and drops an alert delivered again (same
+  sequence). A refusal no retry can cure (wrong identity, another DNO's feed, unknown
+  subscriber, a sequence the relay no longer has) ends it with exit status 1.
 - ``watch-summaries``: calls ``AlertFeed.WatchSummaries`` and writes one JSON line per
   ``OutageSummary`` (the protobuf JSON mapping), reconnecting the same way.
 
 Delivery is at least once: an alert is acknowledged only after the handler has returned for it
-and every earlier one, its output has been flushed and the state saved. A crash between
-handling an alert and saving the state hands that alert to the handler again after the
-restart, with the same ``alert_id`` and ``sequence``.
+and every earlier one, its output has been flushed and the state saved. While an ack is under
+way the handler is still flushed every ``--ack-every`` alerts and when the stream is idle, so
+the output keeps up. A crash between handling an alert and saving the state hands that alert
+to the handler again after the restart, with the same ``alert_id`` and ``sequence``.
 
 The Python stubs are generated from the relay's ``proto/`` directory at start (into a
 temporary directory, with grpcio-tools), so they always match the proto files next to the
@@ -48,6 +52,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -66,7 +71,8 @@ IDLE_ACK_AFTER = 0.05
 #: First and largest reconnection delays (seconds).
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
-#: How long a single ``Ack`` may take (seconds); the last one of a session as well.
+#: How long a single ``Ack`` may take (seconds); also how long a session's end waits for the
+#: ack under way and the last one.
 ACK_TIMEOUT = 5.0
 #: A summary of many areas can be large: accept messages up to this size (bytes).
 MAX_RECEIVE_MESSAGE = 64 * 1024 * 1024
@@ -313,13 +319,28 @@ class Backoff:
 
 
 _END = object()
+#: Put into a stream's queue when an ``Ack`` under way is answered, to wake the session.
+_ACK_ANSWERED = object()
 
 
-def _drain(call, stop: threading.Event, idle: Callable[[], float]) -> Iterator[object]:
+def _stream_queue() -> queue.Queue:
+    """The queue between a stream's reader thread and the loop consuming it."""
+    return queue.Queue(maxsize=1024)
+
+
+def _drain(
+    call,
+    stop: threading.Event,
+    idle: Callable[[], float],
+    items: queue.Queue | None = None,
+) -> Iterator[object]:
     """Yields the messages of a streaming ``call`` from a reader thread, ``None`` whenever
     ``idle()`` seconds pass without one, and finally the ``grpc.RpcError`` that ended it, if
-    any. Returns when the stream ends or ``stop`` is set (cancelling the call)."""
-    items: queue.Queue = queue.Queue(maxsize=1024)
+    any. Returns when the stream ends or ``stop`` is set (cancelling the call).
+
+    ``items``, when given, is the queue the reader thread fills (from :func:`_stream_queue`):
+    another thread may ``put_nowait`` a marker of its own into it, which is yielded as is."""
+    items = _stream_queue() if items is None else items
     closed = threading.Event()
 
     def put(item) -> None:
@@ -363,6 +384,14 @@ def _log(message: str) -> None:
     print(f"outage_relay_client: {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class _AckCall:
+    """The ``Ack`` under way: the sequence it acknowledges, and grpcio's future of it."""
+
+    sequence: int
+    future: grpc.Future
+
+
 class Subscriber:
     """Receives one subscriber's alerts, acknowledges them and resumes where it left off.
 
@@ -397,6 +426,10 @@ class Subscriber:
         self.acked = self.handled
         #: Alerts handled in this run.
         self.received = 0
+        #: The highest sequence the handler has flushed.
+        self._flushed = self.handled
+        #: The ``Ack`` under way, if one is: at most one at a time.
+        self._in_flight: _AckCall | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Subscribes until ``stop`` is set or ``once_count`` is reached, reconnecting after
@@ -423,7 +456,11 @@ class Subscriber:
         return self._once_count is not None and self.received >= self._once_count
 
     def _session(self, stop: threading.Event) -> None:
-        """One connection: subscribe, handle and acknowledge until the stream ends or stops."""
+        """One connection: subscribe, handle and acknowledge until the stream ends or stops.
+
+        Everything runs on this thread but the stream's reader and grpcio's own: the answer of
+        the ``Ack`` under way only wakes it up (a marker in the stream's queue), and it takes
+        the answer and sends the next ack itself."""
         alerts = self._protos.alerts
         with self._connect() as channel:
             feed = self._protos.alerts_grpc.AlertFeedStub(channel)
@@ -433,13 +470,21 @@ class Subscriber:
             )
             start = from_sequence or "the oldest unacknowledged"
             _log(f"subscribing as {self._subscriber} from sequence {start}")
+            items = _stream_queue()
+
+            def answered(_future) -> None:
+                # On a grpcio thread: wake the session, which takes the answer itself. A full
+                # queue wakes it anyway, and every ack it makes takes the answer first.
+                with contextlib.suppress(queue.Full):
+                    items.put_nowait(_ACK_ANSWERED)
+
             since_ack = 0
-            idle = self._idle_wait
             try:
-                with contextlib.closing(_drain(call, stop, idle)) as stream:
+                with contextlib.closing(_drain(call, stop, self._idle_wait, items)) as stream:
                     for item in stream:
-                        if item is None:
-                            self._ack(feed)
+                        if item is None or item is _ACK_ANSWERED:
+                            # Idle, or the ack under way was answered: acknowledge what is left.
+                            self._ack(feed, answered)
                             since_ack = 0
                             continue
                         if isinstance(item, grpc.RpcError):
@@ -455,36 +500,98 @@ class Subscriber:
                         if self._done():
                             return
                         if since_ack >= self._ack_every:
-                            self._ack(feed)
+                            self._ack(feed, answered)
                             since_ack = 0
             finally:
                 self._ack_last(feed)
 
+    def _covered(self) -> int:
+        """The highest sequence acknowledged or in the ack under way."""
+        return self._in_flight.sequence if self._in_flight else self.acked
+
     def _pending(self) -> bool:
-        return self.handled > self.acked
+        return self.handled > self._covered()
 
     def _idle_wait(self) -> float:
         """How long the stream may be quiet before pending alerts are acknowledged."""
         return IDLE_ACK_AFTER if self._pending() else POLL
 
-    def _ack(self, feed) -> None:
-        """Flushes the handler, saves the state, then acknowledges everything handled."""
+    def _ack(
+        self,
+        feed,
+        on_answer: Callable[[grpc.Future], None] | None = None,
+        timeout: float = ACK_TIMEOUT,
+    ) -> None:
+        """Takes the answer of the ack under way if it has come, flushes the handler, then,
+        unless an ack is still under way, saves the state and sends an ack for everything
+        handled, without waiting for it (``on_answer`` is called, on another thread, once it is
+        answered). Raises the ``grpc.RpcError`` of a failed ack."""
+        self._take_answer()
         if not self._pending():
             return
+        self._flush()
+        if self._in_flight is not None:
+            return  # The next ack goes when this one is answered: acks are cumulative.
         sequence = self.handled
-        self._handler.flush()
         if self._state:
             self._state.save(sequence)
         request = self._protos.alerts.AckRequest(subscriber=self._subscriber, sequence=sequence)
-        feed.Ack(request, timeout=ACK_TIMEOUT)
-        self.acked = sequence
+        future = feed.Ack.future(request, timeout=timeout)
+        self._in_flight = _AckCall(sequence, future)
+        if on_answer is not None:
+            future.add_done_callback(on_answer)
+
+    def _flush(self) -> None:
+        """Flushes the handler, if it has handled alerts since it was last flushed."""
+        if self.handled > self._flushed:
+            self._handler.flush()
+            self._flushed = self.handled
+
+    def _take_answer(self, timeout: float | None = None) -> None:
+        """Takes the answer of the ack under way if it has come, or within ``timeout`` seconds
+        when given (else ``grpc.FutureTimeoutError``, leaving it under way): ``acked``
+        advances, or the ``grpc.RpcError`` of a failed ack is raised, what it covered then
+        pending again."""
+        call = self._in_flight
+        if call is None or (timeout is None and not call.future.done()):
+            return
+        try:
+            call.future.result(timeout=timeout)
+        except grpc.RpcError:
+            self._in_flight = None
+            raise
+        self._in_flight = None
+        self.acked = max(self.acked, call.sequence)
 
     def _ack_last(self, feed) -> None:
-        """Best-effort acknowledgement when a session ends (the state is saved regardless)."""
+        """Best-effort acknowledgement when a session ends, within ``ACK_TIMEOUT`` in all:
+        flushes the handler, waits for the ack under way, then acknowledges what is left and
+        waits for that (the state is saved regardless)."""
+        self._flush()
+        deadline = time.monotonic() + ACK_TIMEOUT
+
+        def remaining() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        self._wait_last(remaining())
         try:
-            self._ack(feed)
+            self._ack(feed, timeout=remaining())
         except grpc.RpcError as err:
             _log(f"last ack failed: {_describe(err)}")
+        self._wait_last(remaining())
+
+    def _wait_last(self, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for the ack under way, if any; gives it up then."""
+        if self._in_flight is None:
+            return
+        try:
+            self._take_answer(timeout)
+        except grpc.RpcError as err:
+            _log(f"last ack failed: {_describe(err)}")
+        except grpc.FutureTimeoutError:
+            _log(f"last ack timed out: {self._in_flight.sequence} not acknowledged")
+            self._in_flight.future.cancel()
+            self._in_flight = None
 
 
 def watch_summaries(
