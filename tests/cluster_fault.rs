@@ -144,7 +144,8 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         names[victim]
     );
     let leaders = stream_leaders(&nats_urls, &prefix).await;
-    let leading = leaders
+    let led = cluster::led_per_node(&leaders);
+    let leading = led
         .iter()
         .max_by_key(|(name, count)| (**count, std::cmp::Reverse((*name).clone())))
         .and_then(|(name, _)| name.strip_prefix('n')?.parse().ok());
@@ -155,10 +156,17 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
     };
     tokio::time::sleep_until(storm + NODE_KILL_AT).await;
     node.kill().await;
+    let killed_node = format!("n{}", node.node);
+    let killed_led: Vec<&str> = leaders
+        .iter()
+        .filter(|(_, leader)| **leader == killed_node)
+        .map(|(stream, _)| stream.as_str())
+        .collect();
     println!(
-        "{:.1?}: kill -9 JetStream node {} (streams led per node: {leaders:?})",
+        "{:.1?}: kill -9 JetStream node {} (streams led per node: {led:?}; it led {})",
         storm.elapsed(),
-        node.node
+        node.node,
+        killed_led.join(" ")
     );
     tokio::time::sleep_until(storm + NODE_RESTART_AT).await;
     node.restart().await;
@@ -211,6 +219,7 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         slowest.map_or_else(|| "-".to_owned(), |ms| ms.to_string())
     );
 
+    let delivery = cluster::Delivery::of(&shared);
     let (mut failures, counts) = shared.check(&script, &heads);
     let (more, by_emitter) = check_order_and_emitters(&shared, &script, &names);
     failures.extend(more);
@@ -226,12 +235,13 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         "cluster fault summary (seed {seed:#x}, wall {:.1?}):\n  \
          faults: relay {} killed (owned {owned_by_victim} of {PARTITIONS} partitions), \
          JetStream node {} killed; {takeover}; restarted relay owning partitions again after \
-         {rejoin:.1?}\n  {}\n  {}\n  by emitter {by_emitter:?}",
+         {rejoin:.1?}\n  {}\n  {}\n  {}\n  by emitter {by_emitter:?}",
         began.elapsed(),
         names[victim],
         node.node,
         shared.traffic(&script, &counts, &heads),
-        cluster::Delivery::of(&shared).summary(),
+        delivery.summary(),
+        delivery.by_leader(&leaders, &killed_node),
     );
     if failures.is_empty() && std::env::var_os("OUTAGE_RELAY_FAULT_KEEP").is_some() {
         drop(relays);

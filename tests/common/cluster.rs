@@ -158,9 +158,10 @@ pub async fn nats_cluster(args: Vec<String>) {
     );
 }
 
-/// How many of this run's streams and buckets each JetStream node (`n1`..`n3`) leads, read
-/// with a NATS client of the test's own; empty if that fails.
-pub async fn stream_leaders(nats_urls: &str, prefix: &str) -> BTreeMap<String, u32> {
+/// The leader of each of this run's streams and buckets (stream name without the prefix,
+/// e.g. `EVENTS_1`, `ALERTS_ukpn`, `KV_LEASES`), by node name; streams without a leader (or
+/// not answering within [`CALL_LIMIT`]) are left out.
+pub async fn stream_leaders(nats_urls: &str, prefix: &str) -> BTreeMap<String, String> {
     let mut leaders = BTreeMap::new();
     let mut options = async_nats::ConnectOptions::new();
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
@@ -174,17 +175,24 @@ pub async fn stream_leaders(nats_urls: &str, prefix: &str) -> BTreeMap<String, u
         return leaders;
     };
     let js = async_nats::jetstream::new(client);
-    let mut names: Vec<String> = ["EVENTS", "PARKED", "SNAPSHOTS"]
-        .iter()
-        .map(|s| format!("{prefix}_{s}"))
-        .collect();
-    names.extend(
-        SUBSCRIBERS
-            .iter()
-            .map(|(s, _)| format!("{prefix}_ALERTS_{s}")),
-    );
-    names.extend(["LEASES", "INSTANCES", "CURSORS"].map(|s| format!("KV_{prefix}_{s}")));
+    let names: Vec<String> = {
+        use futures::StreamExt as _;
+        let listing = js.stream_names().collect::<Vec<_>>();
+        match tokio::time::timeout(CALL_LIMIT, listing).await {
+            Ok(names) => names.into_iter().filter_map(Result::ok).collect(),
+            Err(_) => return leaders,
+        }
+    };
+    let bucket_prefix = format!("KV_{prefix}_");
+    let stream_prefix = format!("{prefix}_");
     for name in names {
+        let short = if let Some(bucket) = name.strip_prefix(&bucket_prefix) {
+            format!("KV_{bucket}")
+        } else if let Some(stream) = name.strip_prefix(&stream_prefix) {
+            stream.to_owned()
+        } else {
+            continue;
+        };
         if let Ok(Ok(stream)) = tokio::time::timeout(CALL_LIMIT, js.get_stream(&name)).await
             && let Some(leader) = stream
                 .cached_info()
@@ -192,10 +200,19 @@ pub async fn stream_leaders(nats_urls: &str, prefix: &str) -> BTreeMap<String, u
                 .as_ref()
                 .and_then(|c| c.leader.clone())
         {
-            *leaders.entry(leader).or_default() += 1;
+            leaders.insert(short, leader);
         }
     }
     leaders
+}
+
+/// How many of the streams in `leaders` (from [`stream_leaders`]) each node leads.
+pub fn led_per_node(leaders: &BTreeMap<String, String>) -> BTreeMap<String, u32> {
+    let mut counts = BTreeMap::new();
+    for node in leaders.values() {
+        *counts.entry(node.clone()).or_default() += 1;
+    }
+    counts
 }
 
 /// A JetStream node this test killed; started again when dropped if the test did not.
@@ -406,6 +423,9 @@ pub struct Delivery {
     pub poa_deliver_ms: Vec<i64>,
     /// The slowest alert: its latency and where its time went, described.
     pub slowest: Option<(i64, String)>,
+    /// POAs of each subscriber: ms from when each could be emitted to its first receipt,
+    /// sorted.
+    pub poa_by_subscriber: BTreeMap<&'static str, Vec<i64>>,
 }
 
 impl Delivery {
@@ -449,6 +469,11 @@ impl Delivery {
                 }
                 if receipt.is_poa() {
                     delivery.poa_ms.push(latency);
+                    delivery
+                        .poa_by_subscriber
+                        .entry(*subscriber)
+                        .or_default()
+                        .push(latency);
                     delivery.poa_emit_ms.push(receipt.emitted_at - could_emit);
                     delivery
                         .poa_deliver_ms
@@ -472,7 +497,39 @@ impl Delivery {
         delivery.pra_ms.sort_unstable();
         delivery.poa_emit_ms.sort_unstable();
         delivery.poa_deliver_ms.sort_unstable();
+        for latencies in delivery.poa_by_subscriber.values_mut() {
+            latencies.sort_unstable();
+        }
         delivery
+    }
+
+    /// `POA p99 per subscriber: ukpn* 8120 ms, nged 410 ms, …`, a `*` marking each subscriber
+    /// whose alert stream `killed` led (from [`stream_leaders`] before the kill), and the p99
+    /// of the POAs of the subscribers it did not lead.
+    pub fn by_leader(&self, leaders: &BTreeMap<String, String>, killed: &str) -> String {
+        let mut elsewhere = Vec::new();
+        let mut parts = Vec::new();
+        for (subscriber, latencies) in &self.poa_by_subscriber {
+            let led = leaders
+                .get(&format!("ALERTS_{subscriber}"))
+                .is_some_and(|node| node == killed);
+            if !led {
+                elsewhere.extend_from_slice(latencies);
+            }
+            parts.push(format!(
+                "{subscriber}{} {} ms",
+                if led { "*" } else { "" },
+                percentile(latencies, 0.99)
+            ));
+        }
+        elsewhere.sort_unstable();
+        format!(
+            "POA p99 per subscriber (* its alert stream led by the killed node {killed}): {}; \
+             subscribers it did not lead: p99 {} ms over {} POAs",
+            parts.join(", "),
+            percentile(&elsewhere, 0.99),
+            elsewhere.len()
+        )
     }
 
     /// `POA due→received p50/p99/max …; PRA …`, for the run's summary.
@@ -491,12 +548,7 @@ impl Delivery {
                 sorted[sorted.len() - 1]
             )
         };
-        let p99 = |sorted: &[i64]| {
-            sorted
-                .get(((sorted.len().max(1) - 1) as f64 * 0.99).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
+        let p99 = |sorted: &[i64]| percentile(sorted, 0.99);
         format!(
             "POA {}; PRA {}\n  POA p99 split: could be emitted→emitted {} ms, \
              emitted→received {} ms; slowest alert {}",
@@ -509,6 +561,14 @@ impl Delivery {
                 .map_or_else(|| "-".to_owned(), |(_, what)| what.clone())
         )
     }
+}
+
+/// The `p` quantile of `sorted` (nearest rank), 0 when empty.
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Fails the test with `failures` counted by kind (the first word), the first five of each
