@@ -154,6 +154,7 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         node: leading.unwrap_or_else(|| u8::try_from(1 + rng.below(3)).expect("1..3")),
         down: false,
     };
+    let meta = cluster::meta_leader(&node.cluster_dir).await;
     tokio::time::sleep_until(storm + NODE_KILL_AT).await;
     node.kill().await;
     let killed_node = format!("n{}", node.node);
@@ -163,10 +164,12 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         .map(|(stream, _)| stream.as_str())
         .collect();
     println!(
-        "{:.1?}: kill -9 JetStream node {} (streams led per node: {led:?}; it led {})",
+        "{:.1?}: kill -9 JetStream node {} (streams led per node: {led:?}; it led {}; the meta \
+         leader was {})",
         storm.elapsed(),
         node.node,
-        killed_led.join(" ")
+        killed_led.join(" "),
+        meta.as_deref().unwrap_or("unknown")
     );
     tokio::time::sleep_until(storm + NODE_RESTART_AT).await;
     node.restart().await;

@@ -271,6 +271,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_unanswered_attempt_is_abandoned_and_tried_again_sooner_than_a_request_timeout() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = ride_through("test", || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call < 2 {
+                    // A request to a stream without a leader: never answered.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u64, LogError>(7)
+            }
+        })
+        .await;
+        assert_eq!(answer, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // Abandoned after 1 s, then 50 ms apart, abandoned after 2 s, 100 ms apart: answered
+        // 3.15 s in, where waiting out a 5 s request timeout twice would take 10 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(3_150));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_log_unavailable_for_longer_fails_with_its_last_error() {
         let calls = AtomicUsize::new(0);
         let started = tokio::time::Instant::now();

@@ -551,13 +551,22 @@ pub trait AlertLog: Send + Sync + 'static {
 }
 
 /// How long `Subscribe`, `Ack` and a partition's recovery keep trying a log that answers
-/// [`LogError::Unavailable`]: longer than a JetStream leader election after a node's death
-/// (2–5 s measured).
-pub const RIDE_THROUGH: Duration = Duration::from_secs(10);
+/// [`LogError::Unavailable`] or does not answer: longer than a JetStream leader election after
+/// a node's death (a follower waits 4–9 s for its lost leader before it campaigns: nats-server's
+/// `minElectionTimeout`..`maxElectionTimeout`), with room for a second round.
+pub const RIDE_THROUGH: Duration = Duration::from_secs(15);
+
+/// How long the first attempt of [`ride_through`] may go unanswered before it is abandoned
+/// and tried again; each later one may take twice as long as the one before. A request to a
+/// stream without a leader is not answered at all (it waits out the client's 5 s request
+/// timeout), so this decides how soon after an election a request reaches the new leader.
+pub const FIRST_ATTEMPT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Runs `attempt` until it succeeds, fails otherwise than [`LogError::Unavailable`], or
-/// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s.
-/// `attempt` must be safe to repeat (reads, and cumulative acks, are).
+/// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s. An
+/// attempt unanswered within its bound ([`FIRST_ATTEMPT_WITHIN`], doubling) is abandoned and
+/// counts as unavailable. `attempt` must be safe to repeat, and to abandon half done (reads,
+/// and cumulative acks, are).
 pub async fn ride_through<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
 where
     F: FnMut() -> Fut,
@@ -565,14 +574,23 @@ where
 {
     let deadline = tokio::time::Instant::now() + RIDE_THROUGH;
     let mut pause = Duration::from_millis(50);
+    let mut within = FIRST_ATTEMPT_WITHIN;
     loop {
-        match attempt().await {
+        let bound = within.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let outcome = match tokio::time::timeout(bound, attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LogError::Unavailable(format!(
+                "{what}: no answer within {bound:?}"
+            ))),
+        };
+        match outcome {
             Err(LogError::Unavailable(reason))
                 if tokio::time::Instant::now() + pause < deadline =>
             {
                 tracing::debug!(what, %reason, "log unavailable; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
+                within *= 2;
             }
             done => return done,
         }

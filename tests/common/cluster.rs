@@ -215,6 +215,40 @@ pub fn led_per_node(leaders: &BTreeMap<String, String>) -> BTreeMap<String, u32>
     counts
 }
 
+/// The JetStream meta leader as the nodes' monitoring endpoints (`/jsz`, ports in
+/// `{cluster_dir}/ports`) report it, for the fault tests' output; `None` when none answers.
+pub async fn meta_leader(cluster_dir: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ports = std::fs::read_to_string(Path::new(cluster_dir).join("ports")).ok()?;
+    for port in ports.lines().filter_map(|line| {
+        line.strip_prefix("HTTP_")?
+            .split_once('=')?
+            .1
+            .parse::<u16>()
+            .ok()
+    }) {
+        let ask = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            stream
+                .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await
+                .ok()?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.ok()?;
+            let answer = String::from_utf8_lossy(&answer);
+            let body = answer.split_once("\r\n\r\n")?.1;
+            let jsz: serde_json::Value = serde_json::from_str(body).ok()?;
+            jsz["meta_cluster"]["leader"].as_str().map(str::to_owned)
+        };
+        if let Ok(Some(leader)) = tokio::time::timeout(CALL_LIMIT, ask).await {
+            return Some(leader);
+        }
+    }
+    None
+}
+
 /// A JetStream node this test killed; started again when dropped if the test did not.
 pub struct KilledNode {
     pub cluster_dir: String,
