@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::process::BIN;
+use common::process::{BIN, free_port};
 use common::storm::{self, Pacing, Plan, Rng, SUBSCRIBERS, Script, Shared};
 use outage_relay::domain::UtcMillis;
 use outage_relay::proto::ListParkedAlertsRequest;
@@ -153,14 +153,6 @@ impl Drop for Relay {
     }
 }
 
-/// Two distinct loopback ports on which nothing listens (bound together, then released).
-fn free_ports() -> (u16, u16) {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &std::net::TcpListener| l.local_addr().expect("its address").port();
-    (port(&a), port(&b))
-}
-
 /// How many alerts the relay at `url` has parked, if it answers.
 async fn parked(url: &str) -> Option<u64> {
     let channel = storm::channel(url).await?;
@@ -214,7 +206,7 @@ async fn sigkilled_relay_loses_no_alert_and_reuses_no_sequence() {
     println!("script: {}", script.summary());
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (grpc, metrics) = free_ports();
+    let (grpc, metrics) = (free_port().await, free_port().await);
     let listen = format!("127.0.0.1:{grpc}");
     let data_dir = dir.path().join("data");
     let args: Vec<String> = [

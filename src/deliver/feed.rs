@@ -287,9 +287,9 @@ mod tests {
         .await;
         assert_eq!(answer, Ok(7));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        // Abandoned after 1 s, then 50 ms apart, abandoned after 2 s, 100 ms apart: answered
-        // 3.15 s in, where waiting out a 5 s request timeout twice would take 10 s.
-        assert_eq!(started.elapsed(), Duration::from_millis(3_150));
+        // Abandoned after 2 s, then 50 ms apart, abandoned after 4 s, 100 ms apart: answered
+        // 6.15 s in, where waiting out a 5 s request timeout twice would take 10 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(6_150));
     }
 
     #[tokio::test(start_paused = true)]

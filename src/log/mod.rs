@@ -560,7 +560,7 @@ pub const RIDE_THROUGH: Duration = Duration::from_secs(15);
 /// and tried again; each later one may take twice as long as the one before. A request to a
 /// stream without a leader is not answered at all (it waits out the client's 5 s request
 /// timeout), so this decides how soon after an election a request reaches the new leader.
-pub const FIRST_ATTEMPT_WITHIN: Duration = Duration::from_secs(1);
+pub const FIRST_ATTEMPT_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs `attempt` until it succeeds, fails otherwise than [`LogError::Unavailable`], or
 /// [`RIDE_THROUGH`] has passed (then its last error), with backoff from 50 ms to 1 s. An

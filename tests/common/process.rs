@@ -15,12 +15,28 @@ use super::WAIT;
 /// The compiled `outage-relay` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_outage-relay");
 
-/// A loopback port on which nothing listens (bound, then released).
+/// A loopback port on which nothing listens (bound, then released), from 10000–19999: below
+/// the kernel's ephemeral range (32768–60999 by default), from which port 0 binds and the
+/// local ends of outgoing connections are drawn alike: a port found by binding port 0 could
+/// become the local end of a connection before the program meant to listen on it started,
+/// and stay busy as long as that connection (a relay failed to start for a whole minute with
+/// "Address already in use" that way). `.ci/nats-cluster` picks its ports from 20000–32000.
 pub async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    listener.local_addr().expect("address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TRIED: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..10_000 {
+        let tried = TRIED.fetch_add(1, Ordering::Relaxed);
+        let offset = seed.wrapping_add(tried.wrapping_mul(7_919)) % 10_000;
+        let port = 10_000 + u16::try_from(offset).expect("below 10000");
+        if TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 10000-19999");
 }
 
 /// A child process, killed if the test ends while it still runs.

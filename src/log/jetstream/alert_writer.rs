@@ -74,11 +74,6 @@ pub const STORE_WITHIN: Duration = Duration::from_secs(20);
 /// First and longest wait before a message is sent again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// How long a request after a failed one may go unanswered before it is abandoned (in
-/// doubt, for a publish) and tried again; doubled on each failure up to [`RETRY_ANSWER_MAX`].
-const RETRY_ANSWER_WITHIN: Duration = Duration::from_secs(1);
-/// The longest bound of [`RETRY_ANSWER_WITHIN`]'s doubling.
-const RETRY_ANSWER_MAX: Duration = Duration::from_secs(5);
 /// Messages a writer stores at once, as one atomic batch (see [`Writer::pipeline`]).
 pub const WINDOW: usize = 8;
 /// How often the DNO's head is recorded in the cursors bucket while alerts are stored.
@@ -124,7 +119,11 @@ type Guard = (Instant, HashMap<AlertId, u64>);
 /// after the replay. A guard's entries go once answered; the guard goes after this long,
 /// as JetStream's duplicate window for a message sent again.
 const GUARD_FOR: Duration = Duration::from_secs(30 * 60);
-/// Messages a guard reads back at once.
+/// Bound on waiting for the next message while reading a stream back.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A guard reads a range shorter than this many messages by sequence, without a consumer.
+const GUARD_READ_BY_SEQUENCE: u64 = 256;
+/// Messages a guard reads back by sequence at once.
 const GUARD_READS_AT_ONCE: usize = 16;
 
 /// Alerts of one append for one subscriber, and where to answer.
@@ -400,17 +399,8 @@ impl Writer {
             return Ok(found);
         }
         let partitions = stream.cluster().settings.partitions;
-        // Read message by message from the stream's leader, some at once, rather than with a
-        // consumer: making a consumer needs the cluster's meta leader, which may be the node
-        // that just died (a guard is kept while partitions are taken over after a fault),
-        // and the range is short (the messages stored since the partitions' checkpoints).
-        let mut messages = futures::stream::iter(start..=through)
-            .map(|at| async move { (at, stream.message(at).await) })
-            .buffered(GUARD_READS_AT_ONCE);
-        while let Some((at, message)) = messages.next().await {
-            // Removed by retention meanwhile: nothing of it to answer.
-            let Some(message) = message? else { continue };
-            for entry in alert_batch::decode(Some(&message.headers), &message.payload, at)? {
+        let mut take = |at: u64, headers: Option<&HeaderMap>, payload: &[u8]| {
+            for entry in alert_batch::decode(headers, payload, at)? {
                 let partition = partition_of(entry.alert.point.device, partitions);
                 if heads
                     .get(&partition)
@@ -421,6 +411,45 @@ impl Writer {
                         .or_default()
                         .insert(entry.alert.id(), entry.sequence);
                 }
+            }
+            Ok::<(), LogError>(())
+        };
+        if through - start < GUARD_READ_BY_SEQUENCE {
+            // A short range (the usual one: the messages stored since the partitions'
+            // checkpoints), message by message from the stream's leader, some at once:
+            // making a consumer needs the cluster's meta leader, which may be the node that
+            // just died, as guards are kept while partitions are taken over after a fault.
+            let mut messages = futures::stream::iter(start..=through)
+                .map(|at| async move { (at, stream.message(at).await) })
+                .buffered(GUARD_READS_AT_ONCE);
+            while let Some((at, message)) = messages.next().await {
+                // Removed by retention meanwhile: nothing of it to answer.
+                if let Some(message) = message? {
+                    take(at, Some(&message.headers), &message.payload)?;
+                }
+            }
+            return Ok(found);
+        }
+        // A long one through one consumer, rather than a request per message.
+        let mut messages =
+            super::alerts::open_reader(stream.cluster(), stream.stream.clone(), None, start)
+                .await?;
+        let what = format!("alert stream of {}", stream.name);
+        let unavailable =
+            |err: &dyn std::fmt::Display| LogError::Unavailable(format!("{what}: {err}"));
+        loop {
+            let message = tokio::time::timeout(READ_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| unavailable(&"the stream stopped answering"))?
+                .ok_or_else(|| unavailable(&"the consumer ended"))?
+                .map_err(|err| unavailable(&err))?;
+            let at = message
+                .info()
+                .map_err(|err| unavailable(&err))?
+                .stream_sequence;
+            take(at, message.headers.as_ref(), &message.payload)?;
+            if at >= through {
+                break;
             }
         }
         Ok(found)
@@ -722,52 +751,27 @@ impl Writer {
             if let Some(partition) = self.ended_in(Some(holds)) {
                 return Err(lease_ended(partition));
             }
-            // After a failure, each request gets a short bound: one sent to a stream without
-            // a leader is never answered, and waiting out the client's 5 s request timeout
-            // each time would hold the stream's alerts up to 5 s past the election.
-            let within = (failures > 0).then(|| {
-                RETRY_ANSWER_WITHIN
-                    .saturating_mul(1 << (failures - 1).min(3))
-                    .min(RETRY_ANSWER_MAX)
-            });
             let outcome = match self.tail {
                 Some(tail) => {
                     publishes += 1;
-                    let outcome = answered(
-                        within,
-                        self.publish(tail, id, count, payload.clone()),
-                        Attempt::Failed,
-                    )
-                    .await;
+                    let outcome = self.publish(tail, id, count, payload.clone()).await;
                     if matches!(outcome, Attempt::Failed(_)) {
                         scan_from =
                             Some(scan_from.map_or(tail.stream, |from| from.min(tail.stream)));
                     }
                     outcome
                 }
-                None => {
-                    let this = &*self;
-                    let look = async move {
-                        let bounds = this.stream.bounds().await.map_err(|err| err.to_string())?;
-                        let found = match scan_from {
-                            Some(from) => Some(this.find(id, from, bounds.tail.stream).await),
-                            None => None,
-                        };
-                        Ok((bounds, found))
-                    };
-                    let looked = answered(within, look, Err).await;
-                    match looked {
-                        Ok((bounds, found)) => match found {
-                            Some(found) => found,
-                            None => {
-                                self.tail = Some(bounds.tail);
-                                Attempt::Retry
-                            }
+                None => match self.stream.bounds().await {
+                    Ok(bounds) => match scan_from {
+                        Some(from) => self.find(id, from, bounds.tail.stream).await,
+                        None => {
+                            self.tail = Some(bounds.tail);
+                            Attempt::Retry
                         }
-                        .and_tail(bounds.tail, &mut self.tail),
-                        Err(err) => Attempt::Failed(err),
                     }
-                }
+                    .and_tail(bounds.tail, &mut self.tail),
+                    Err(err) => Attempt::Failed(err.to_string()),
+                },
             };
             let error = match outcome {
                 Attempt::Stored(placed, at, duplicate) => {
@@ -950,22 +954,6 @@ fn lease_ended(partition: Partition) -> LogError {
     LogError::Unavailable(format!(
         "the lease of partition {partition} ended: its alerts are not stored by this instance"
     ))
-}
-
-/// `attempt`, abandoned when `within` is given and it goes unanswered that long: then
-/// `unanswered` says so (what it sent may still be stored: the caller treats it as a publish
-/// in doubt).
-async fn answered<T>(
-    within: Option<Duration>,
-    attempt: impl std::future::Future<Output = T>,
-    unanswered: impl FnOnce(String) -> T,
-) -> T {
-    match within {
-        None => attempt.await,
-        Some(within) => tokio::time::timeout(within, attempt)
-            .await
-            .unwrap_or_else(|_| unanswered(format!("no answer within {within:?}"))),
-    }
 }
 
 impl Attempt {
