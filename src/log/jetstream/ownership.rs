@@ -198,14 +198,17 @@ impl JsOwnership {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match timeout(margin, cluster.instances.put(&cluster.instance, me.clone())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => tracing::warn!(%err, "cannot write the instance heartbeat"),
-                Err(_) => {
-                    tracing::warn!("the instance heartbeat took longer than the lease margin")
+            // Side by side: a slow heartbeat must not delay the renewals past their windows.
+            let heartbeat = async {
+                match timeout(margin, cluster.instances.put(&cluster.instance, me.clone())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => tracing::warn!(%err, "cannot write the instance heartbeat"),
+                    Err(_) => {
+                        tracing::warn!("the instance heartbeat took longer than the lease margin")
+                    }
                 }
-            }
-            self.renew(&me, &mut held).await;
+            };
+            tokio::join!(heartbeat, self.renew(&me, &mut held));
             let (mut live, mut owners) = match timeout(ttl / 2, read_state(cluster)).await {
                 Ok(Ok(state)) => state,
                 Ok(Err(err)) => {
@@ -271,14 +274,17 @@ impl JsOwnership {
                         .filter(|unit| !held.contains_key(unit)),
                 )
                 .collect();
-            for unit in claims {
-                let sent = Instant::now();
-                let Ok(Ok(revision)) = timeout(
-                    margin,
-                    cluster.leases.create(key(unit, &self.table), me.clone()),
-                )
-                .await
-                else {
+            // Side by side, each bounded by the margin, so that a round stays short.
+            let attempts = futures::future::join_all(claims.into_iter().map(|unit| {
+                let create = cluster.leases.create(key(unit, &self.table), me.clone());
+                async move {
+                    let sent = Instant::now();
+                    (unit, sent, timeout(margin, create).await)
+                }
+            }))
+            .await;
+            for (unit, sent, created) in attempts {
+                let Ok(Ok(revision)) = created else {
                     continue;
                 };
                 let (window, watch) = watch::channel(sent + ttl - margin);
@@ -362,7 +368,15 @@ impl JsOwnership {
             match (renewed, held.get_mut(&unit)) {
                 (Some(revision), Some(lease)) => {
                     lease.revision = revision;
-                    let _ = lease.window.send(sent + ttl - margin);
+                    if !extend(&lease.window, sent + ttl - margin) {
+                        counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_lapsed")
+                            .increment(1);
+                        tracing::warn!(
+                            ?unit,
+                            "lease window passed before its renewal came back; its task stopped"
+                        );
+                        lost.push(unit);
+                    }
                 }
                 _ => lost.push(unit),
             }
@@ -407,6 +421,23 @@ impl JsOwnership {
             Err(_) => tracing::warn!(?unit, "deleting the lease timed out; it expires by itself"),
         }
     }
+}
+
+/// Moves the lease's window on to `until`, only while it is still open: a window that has
+/// passed stays closed, even when the renewal that would have kept it open succeeds late.
+/// Whatever saw the lease invalid meanwhile acted on it (a subscriber stream's writer drops
+/// the partition's queued alerts), and reopening the window would let the same owner store
+/// its later alerts before the dropped ones are emitted again: a supply point's PRA before
+/// its POA (the cluster fault test's ORDER, under two busy loops). Returns whether it moved.
+fn extend(window: &watch::Sender<Instant>, until: Instant) -> bool {
+    window.send_if_modified(|current| {
+        if Instant::now() < *current {
+            *current = until;
+            true
+        } else {
+            false
+        }
+    })
 }
 
 /// Ends the lease's window now, before the lease itself goes: what its holder left queued
@@ -485,10 +516,33 @@ async fn current_entries(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn set(items: &[u16]) -> BTreeSet<u16> {
         items.iter().copied().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_moves_an_open_window_on() {
+        let (window, watch) = watch::channel(Instant::now() + Duration::from_secs(1));
+        let lease = Lease::renewable(watch, CancellationToken::new());
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(extend(&window, Instant::now() + Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(lease.valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_that_passed_is_not_reopened_by_a_late_renewal() {
+        let (window, watch) = watch::channel(Instant::now() + Duration::from_secs(1));
+        let lease = Lease::renewable(watch, CancellationToken::new());
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        // A writer looked meanwhile and dropped the partition's queued alerts.
+        assert!(!lease.valid());
+        assert!(!extend(&window, Instant::now() + Duration::from_secs(1)));
+        assert!(!lease.valid());
     }
 
     #[test]
