@@ -157,6 +157,7 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
     let meta = cluster::meta_leader(&node.cluster_dir).await;
     tokio::time::sleep_until(storm + NODE_KILL_AT).await;
     node.kill().await;
+    let node_killed_ms = UtcMillis::system_now().0;
     let killed_node = format!("n{}", node.node);
     let killed_led: Vec<&str> = leaders
         .iter()
@@ -244,7 +245,7 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         node.node,
         shared.traffic(&script, &counts, &heads),
         delivery.summary(),
-        delivery.by_leader(&leaders, &killed_node),
+        delivery.by_leader(&shared, &leaders, &killed_node, node_killed_ms),
     );
     if failures.is_empty() && std::env::var_os("OUTAGE_RELAY_FAULT_KEEP").is_some() {
         drop(relays);

@@ -460,6 +460,8 @@ pub struct Delivery {
     /// POAs of each subscriber: ms from when each could be emitted to its first receipt,
     /// sorted.
     pub poa_by_subscriber: BTreeMap<&'static str, Vec<i64>>,
+    /// The slowest POA of each subscriber: its latency and its receipt.
+    pub slowest_poa_by_subscriber: BTreeMap<&'static str, (i64, storm::Receipt)>,
 }
 
 impl Delivery {
@@ -508,6 +510,13 @@ impl Delivery {
                         .entry(*subscriber)
                         .or_default()
                         .push(latency);
+                    let slowest = delivery
+                        .slowest_poa_by_subscriber
+                        .entry(*subscriber)
+                        .or_insert_with(|| (latency, receipt.clone()));
+                    if latency > slowest.0 {
+                        *slowest = (latency, receipt.clone());
+                    }
                     delivery.poa_emit_ms.push(receipt.emitted_at - could_emit);
                     delivery
                         .poa_deliver_ms
@@ -539,10 +548,19 @@ impl Delivery {
 
     /// `POA p99 per subscriber: ukpn* 8120 ms, nged 410 ms, …`, a `*` marking each subscriber
     /// whose alert stream `killed` led (from [`stream_leaders`] before the kill), and the p99
-    /// of the POAs of the subscribers it did not lead.
-    pub fn by_leader(&self, leaders: &BTreeMap<String, String>, killed: &str) -> String {
+    /// of the POAs of the subscribers it did not lead; then each subscriber's slowest POA,
+    /// with when it could be emitted, was emitted and was received, in ms after `killed_at`
+    /// (when the node was killed).
+    pub fn by_leader(
+        &self,
+        shared: &Shared,
+        leaders: &BTreeMap<String, String>,
+        killed: &str,
+        killed_at: i64,
+    ) -> String {
         let mut elsewhere = Vec::new();
         let mut parts = Vec::new();
+        let mut slowest = Vec::new();
         for (subscriber, latencies) in &self.poa_by_subscriber {
             let led = leaders
                 .get(&format!("ALERTS_{subscriber}"))
@@ -550,19 +568,32 @@ impl Delivery {
             if !led {
                 elsewhere.extend_from_slice(latencies);
             }
+            let mark = if led { "*" } else { "" };
             parts.push(format!(
-                "{subscriber}{} {} ms",
-                if led { "*" } else { "" },
+                "{subscriber}{mark} {} ms",
                 percentile(latencies, 0.99)
             ));
+            if let Some((latency, receipt)) = self.slowest_poa_by_subscriber.get(subscriber) {
+                slowest.push(format!(
+                    "{subscriber}{mark} {latency} ms (#{} by {}: could be emitted {:+}, emitted \
+                     {:+}, received {:+})",
+                    receipt.sequence,
+                    receipt.emitted_by,
+                    shared.could_emit(receipt) - killed_at,
+                    receipt.emitted_at - killed_at,
+                    receipt.received_at - killed_at
+                ));
+            }
         }
         elsewhere.sort_unstable();
         format!(
             "POA p99 per subscriber (* its alert stream led by the killed node {killed}): {}; \
-             subscribers it did not lead: p99 {} ms over {} POAs",
+             subscribers it did not lead: p99 {} ms over {} POAs\n  slowest POA per \
+             subscriber (ms after the node's kill): {}",
             parts.join(", "),
             percentile(&elsewhere, 0.99),
-            elsewhere.len()
+            elsewhere.len(),
+            slowest.join("; ")
         )
     }
 
