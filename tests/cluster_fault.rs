@@ -55,6 +55,8 @@ const DEVICES: u64 = 2_400;
 const DEBOUNCE_MS: i64 = 2_000;
 /// Partitions of the device space (`store.jetstream.partitions`).
 const PARTITIONS: usize = 16;
+/// Events streams the partitions are spread over (`store.jetstream.event_streams`, default).
+const EVENT_STREAMS: u16 = 3;
 /// Relay instances.
 const INSTANCES: usize = 3;
 /// The storm: three publishers, each with its own share of the devices.
@@ -245,7 +247,13 @@ async fn killed_relay_and_jetstream_node_lose_duplicate_and_reorder_no_alert() {
         node.node,
         shared.traffic(&script, &counts, &heads),
         delivery.summary(),
-        delivery.by_leader(&shared, &leaders, &killed_node, node_killed_ms),
+        delivery.by_leader(
+            &shared,
+            &leaders,
+            &killed_node,
+            node_killed_ms,
+            (PARTITIONS as u16, EVENT_STREAMS)
+        ),
     );
     if failures.is_empty() && std::env::var_os("OUTAGE_RELAY_FAULT_KEEP").is_some() {
         drop(relays);

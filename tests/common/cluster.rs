@@ -462,6 +462,8 @@ pub struct Delivery {
     pub poa_by_subscriber: BTreeMap<&'static str, Vec<i64>>,
     /// The slowest POA of each subscriber: its latency and its receipt.
     pub slowest_poa_by_subscriber: BTreeMap<&'static str, (i64, storm::Receipt)>,
+    /// Every POA: its latency (as in `poa_ms`), its subscriber and its device.
+    pub poas: Vec<(i64, &'static str, DeviceId)>,
 }
 
 impl Delivery {
@@ -510,6 +512,9 @@ impl Delivery {
                         .entry(*subscriber)
                         .or_default()
                         .push(latency);
+                    if let Ok(device) = receipt.device.parse::<DeviceId>() {
+                        delivery.poas.push((latency, *subscriber, device));
+                    }
                     let slowest = delivery
                         .slowest_poa_by_subscriber
                         .entry(*subscriber)
@@ -548,7 +553,8 @@ impl Delivery {
 
     /// `POA p99 per subscriber: ukpn* 8120 ms, nged 410 ms, …`, a `*` marking each subscriber
     /// whose alert stream `killed` led (from [`stream_leaders`] before the kill), and the p99
-    /// of the POAs of the subscribers it did not lead; then each subscriber's slowest POA,
+    /// of the POAs of the subscribers it did not lead, and of those whose partition's events
+    /// stream (`partition % event_streams`) it did not lead either; then each subscriber's slowest POA,
     /// with when it could be emitted, was emitted and was received, in ms after `killed_at`
     /// (when the node was killed).
     pub fn by_leader(
@@ -557,6 +563,7 @@ impl Delivery {
         leaders: &BTreeMap<String, String>,
         killed: &str,
         killed_at: i64,
+        (partitions, event_streams): (u16, u16),
     ) -> String {
         let mut elsewhere = Vec::new();
         let mut parts = Vec::new();
@@ -586,13 +593,37 @@ impl Delivery {
             }
         }
         elsewhere.sort_unstable();
+        // What a node's death cannot spare: a DNO whose alert stream it led, and a partition
+        // whose events stream it led (no events stored, and no marks, so no timers fired,
+        // until a new leader is elected); and, when it led the leases bucket, every partition.
+        let leases_led = leaders.get("KV_LEASES").is_some_and(|node| node == killed);
+        let mut untouched: Vec<i64> = self
+            .poas
+            .iter()
+            .filter(|(_, subscriber, device)| {
+                let partition = outage_relay::log::partition_of(*device, partitions);
+                let events = format!("EVENTS_{}", partition % event_streams);
+                let led = |stream: &str| leaders.get(stream).is_some_and(|node| node == killed);
+                !led(&format!("ALERTS_{subscriber}")) && !led(&events)
+            })
+            .map(|(latency, _, _)| *latency)
+            .collect();
+        untouched.sort_unstable();
         format!(
             "POA p99 per subscriber (* its alert stream led by the killed node {killed}): {}; \
-             subscribers it did not lead: p99 {} ms over {} POAs\n  slowest POA per \
-             subscriber (ms after the node's kill): {}",
+             subscribers it did not lead: p99 {} ms over {} POAs; neither its subscriber's nor \
+             its partition's events stream led by it{}: p99 {} ms over {} POAs\n  slowest POA \
+             per subscriber (ms after the node's kill): {}",
             parts.join(", "),
             percentile(&elsewhere, 0.99),
             elsewhere.len(),
+            if leases_led {
+                " (but it led the leases bucket)"
+            } else {
+                ""
+            },
+            percentile(&untouched, 0.99),
+            untouched.len(),
             slowest.join("; ")
         )
     }
