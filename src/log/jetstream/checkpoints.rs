@@ -11,8 +11,13 @@
 //! whose chunks are missing or do not match (an old owner's late manifest naming purged
 //! chunks) is counted (`snapshot_read`) and the partition replays from the start of the
 //! events stream instead.
+//!
+//! A read goes to the stream's leader; one it does not answer within [`LEADER_WITHIN`] (a
+//! leader being elected after a node's death) goes to whichever replica answers a direct
+//! get, which may give an older checkpoint (see [`read_from_replicas`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -238,6 +243,57 @@ async fn read(cluster: &Cluster, partition: u16) -> anyhow::Result<Restored> {
     })))
 }
 
+/// Reads `partition`'s last checkpoint from whichever replica answers a direct get (the
+/// stream allows them), for when its leader does not answer: after a node's death a stream
+/// it led has no leader for 4–9 s, while the followers answer direct gets within about 2 s.
+/// A follower may be behind: its checkpoint may be an older one, which is as good (the events
+/// after it are replayed, and the replay guards answer the alerts already stored). Anything
+/// that cannot be a whole checkpoint (no manifest, a chunk missing or not matching: the
+/// chunks may come from replicas behind or ahead of the manifest's) is an error to try again,
+/// never "no checkpoint" nor "unusable", which only the leader may say.
+async fn read_from_replicas(cluster: &Cluster, partition: u16) -> anyhow::Result<Checkpoint> {
+    let stream = cluster
+        .js
+        .get_stream_no_info(cluster.names.snapshots_stream())
+        .await?;
+    let manifest = stream
+        .direct_get_last_for_subject(cluster.names.snapshot_subject(partition))
+        .await?;
+    let manifest = Manifest::decode(&manifest.payload)
+        .ok_or_else(|| anyhow::anyhow!("partition {partition}: not a snapshot manifest"))?;
+    let reads = (0..manifest.chunks).map(|index| {
+        let subject = chunk_subject(cluster, partition, manifest.generation, index);
+        let stream = &stream;
+        async move { stream.direct_get_last_for_subject(subject).await }
+    });
+    let mut joined = Vec::with_capacity(usize::try_from(manifest.length).unwrap_or(0));
+    for (index, chunk) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let chunk = chunk.map_err(|err| {
+            anyhow::anyhow!(
+                "chunk {index} of snapshot {} from a replica: {err}",
+                manifest.generation
+            )
+        })?;
+        joined.extend_from_slice(&chunk.payload);
+    }
+    anyhow::ensure!(
+        manifest.matches(&joined),
+        "snapshot {} from the replicas does not match its manifest",
+        manifest.generation
+    );
+    Ok(Checkpoint {
+        position: manifest.generation,
+        state: joined,
+    })
+}
+
+/// How long a checkpoint read waits for the stream's leader before it asks the replicas.
+const LEADER_WITHIN: Duration = Duration::from_secs(1);
+
 /// The checkpoints of a cluster's partitions.
 #[derive(Debug, Clone)]
 pub struct JsCheckpoints {
@@ -268,7 +324,24 @@ impl Checkpoints for JsCheckpoints {
     }
 
     async fn load(&self, partition: Partition) -> Result<Option<Checkpoint>, LogError> {
-        match read(&self.cluster, partition).await {
+        let from_leader = tokio::time::timeout(LEADER_WITHIN, read(&self.cluster, partition))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the stream's leader did not answer within {LEADER_WITHIN:?}"
+                ))
+            });
+        let from_leader = match from_leader {
+            Ok(restored) => Ok(restored),
+            Err(err) => match read_from_replicas(&self.cluster, partition).await {
+                Ok(found) => {
+                    tracing::info!(partition, position = found.position, leader = %format!("{err:#}"), "checkpoint read from a replica");
+                    Ok(Restored::Found(Some(found)))
+                }
+                Err(replicas) => Err(anyhow::anyhow!("{err:#}; from the replicas: {replicas:#}")),
+            },
+        };
+        match from_leader {
             Ok(Restored::Found(found)) => Ok(found),
             Ok(Restored::Unusable(why)) => {
                 // Correct but slow: every retained event of the partition is replayed.

@@ -376,20 +376,27 @@ async fn ensure_stream(js: &Context, config: stream::Config) -> anyhow::Result<s
     })
     .await?;
     let kept = stream.cached_info().config.clone();
-    if config.allow_atomic_publish && !kept.allow_atomic_publish {
-        let atomic = stream::Config {
-            allow_atomic_publish: true,
+    // Switches a stream made by an earlier version on to what this one asks for.
+    if (config.allow_atomic_publish && !kept.allow_atomic_publish)
+        || (config.allow_direct && !kept.allow_direct)
+    {
+        let updated = stream::Config {
+            allow_atomic_publish: kept.allow_atomic_publish || config.allow_atomic_publish,
+            allow_direct: kept.allow_direct || config.allow_direct,
             ..kept
         };
         with_retries(
-            &format!("allowing atomic batches on stream {}", config.name),
+            &format!(
+                "allowing atomic batches or direct reads on stream {}",
+                config.name
+            ),
             |err: &jetstream::context::UpdateStreamError| {
                 !matches!(
                     err.kind(),
                     jetstream::context::CreateStreamErrorKind::JetStream(_)
                 )
             },
-            || js.update_stream(atomic.clone()),
+            || js.update_stream(updated.clone()),
         )
         .await?;
     }
@@ -525,6 +532,9 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_messages_per_subject: 1,
+            // Any replica answers a direct get: a take-over reads a checkpoint from a follower
+            // while the stream's leader is being elected (see `checkpoints`).
+            allow_direct: true,
             ..Default::default()
         },
     )
