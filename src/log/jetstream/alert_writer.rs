@@ -465,7 +465,10 @@ impl Writer {
             self.started,
             self.barriers
         );
-        let landed = self.store_message(&[], &[], &id, None).await;
+        let landed = self
+            .store_message(&[], &[], &id, None)
+            .await
+            .map_err(NotStored::into_error);
         if let Err(err) = &landed {
             tracing::warn!(subscriber = %self.stream.name, %err, "barrier not stored");
         }
@@ -571,9 +574,11 @@ impl Writer {
     /// A lease that ends while the group is stored costs only its partition's alerts: they
     /// are dropped at the next window boundary, where nothing is in doubt (every message
     /// before it stored, none after it sent), and the rest of the group is stored. A message
-    /// in doubt (sent, outcome unknown) holding alerts of that partition fails the whole
-    /// group instead: re-cut without them it could store the other alerts twice, sent
-    /// again whole it could land after the next owner's read.
+    /// being stored one at a time with nothing of it in doubt (not sent yet, or refused
+    /// because the tail moved) is such a boundary too. A message in doubt (sent, outcome
+    /// unknown) holding alerts of that partition fails the whole group instead: re-cut
+    /// without them it could store the other alerts twice, sent again whole it could land
+    /// after the next owner's read.
     async fn store(
         &mut self,
         mut queue: Queue,
@@ -613,8 +618,13 @@ impl Writer {
             let scan_from = if attempted { before } else { None };
             for (message, held) in window[done..].iter().zip(&holds[done..]) {
                 let id = alert_batch::message_id(message);
-                let landed = self.store_message(message, held, &id, scan_from).await?;
-                stored.extend(landed.stored());
+                match self.store_message(message, held, &id, scan_from).await {
+                    Ok(landed) => stored.extend(landed.stored()),
+                    // Nothing of this message sent, nothing after it: a window boundary. The
+                    // loop's next turn drops the partition and cuts what is left again.
+                    Err(NotStored::LeaseEnded) => break,
+                    Err(NotStored::Failed(err)) => return Err(err),
+                }
             }
             for (place, stored) in queue.take(stored.len()).into_iter().zip(stored) {
                 answers[place] = Some(stored);
@@ -627,7 +637,8 @@ impl Writer {
     /// the first message carries `Nats-Expected-Last-Sequence`): the stream stores all of
     /// them, contiguously after `tail`, or none, so the placements their headers claim hold.
     /// One message is published alone. Returns how many messages (from the front) were
-    /// stored, and whether the batch was sent whole (it may have been stored).
+    /// stored, and whether the batch was sent whole and may have been stored (not when it was
+    /// refused for certain, its expected last sequence taken by another instance's message).
     ///
     /// Not chained by `Nats-Expected-Last-Msg-Id`: a clustered nats-server (2.15.1) checks
     /// that header only when it applies the message, and a mismatch there stops the stream
@@ -714,6 +725,13 @@ impl Writer {
                 });
                 (count, false)
             }
+            // Refused for certain: another instance's message took the place the batch's
+            // first message expected, and a batch is stored whole or not at all. Nothing of
+            // it is in doubt (a lease ending now costs only its partition's alerts).
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                self.tail = None;
+                (0, false)
+            }
             _ => {
                 self.tail = None;
                 (0, true)
@@ -723,7 +741,9 @@ impl Writer {
 
     /// Stores one message's alerts (none: a barrier) at the end of the stream, as message
     /// `id`; `holds` names each alert's partition: once one of their leases ended, the
-    /// message is not sent (again). `scan_from`: a pipelined publish of it may have been
+    /// message is not sent (again): [`NotStored::LeaseEnded`] while nothing of it is in
+    /// doubt, so that the caller drops that partition's alerts and cuts the rest again, and
+    /// a failure of the whole group once a publish of it was (it may still be stored). `scan_from`: a pipelined publish of it may have been
     /// stored after this stream sequence.
     ///
     /// A publish whose outcome is unknown may still be stored later (a proposal the old
@@ -736,7 +756,7 @@ impl Writer {
         holds: &[Partition],
         id: &str,
         mut scan_from: Option<u64>,
-    ) -> Result<Landed, LogError> {
+    ) -> Result<Landed, NotStored> {
         let attempted = scan_from.is_some();
         let payload = alert_batch::encode(alerts);
         let count = alerts.len() as u64;
@@ -749,7 +769,11 @@ impl Writer {
             // Before every publish, a retry too: a publish refused because a new owner's
             // barrier moved the tail must not be sent again after that owner's read.
             if let Some(partition) = self.ended_in(Some(holds)) {
-                return Err(lease_ended(partition));
+                return Err(if scan_from.is_none() {
+                    NotStored::LeaseEnded
+                } else {
+                    NotStored::Failed(lease_ended(partition))
+                });
             }
             let outcome = match self.tail {
                 Some(tail) => {
@@ -802,13 +826,17 @@ impl Writer {
                 tracing::debug!(subscriber = %self.stream.name, %error, "alert publish failed; retrying");
             }
             if let Some(partition) = self.ended_in(Some(holds)) {
-                return Err(lease_ended(partition));
+                return Err(if scan_from.is_none() {
+                    NotStored::LeaseEnded
+                } else {
+                    NotStored::Failed(lease_ended(partition))
+                });
             }
             if Instant::now() + delay > give_up {
-                return Err(LogError::Unavailable(format!(
+                return Err(NotStored::Failed(LogError::Unavailable(format!(
                     "alerts for {} not stored within {STORE_WITHIN:?}: {error}",
                     self.stream.name
-                )));
+                ))));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
@@ -963,6 +991,25 @@ impl Attempt {
             *known = Some(tail);
         }
         self
+    }
+}
+
+/// Why a message was not stored.
+enum NotStored {
+    /// A lease of a partition holding alerts in it ended while nothing of it was in doubt
+    /// (never sent, or refused for certain).
+    LeaseEnded,
+    /// It could not be stored, or a lease ended while a publish of it was in doubt.
+    Failed(LogError),
+}
+
+impl NotStored {
+    /// As an error of the whole group.
+    fn into_error(self) -> LogError {
+        match self {
+            Self::LeaseEnded => LogError::Unavailable("a lease ended".into()),
+            Self::Failed(err) => err,
+        }
     }
 }
 
