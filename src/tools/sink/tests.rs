@@ -304,6 +304,24 @@ impl AlertFeed for FakeFeed {
     }
 }
 
+/// Waits until the fake relay has seen an ack up to `sequence`, then stops the sink and
+/// returns its summary.
+async fn stop_once_acked(
+    feed: &FakeFeed,
+    sequence: u64,
+    shutdown: &CancellationToken,
+    sink: tokio::task::JoinHandle<anyhow::Result<SinkSummary>>,
+) -> anyhow::Result<SinkSummary> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *feed.acked.lock() < sequence {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), sink).await??
+}
+
 /// The fake relay serving `feed` on loopback, and a sink subscribed to it as `ukpn`
 /// writing `output`: the relay's stop and task, the sink's shutdown and task.
 async fn serve_and_subscribe(
@@ -348,14 +366,7 @@ async fn subscribe_mode_acks_when_idle_and_resumes_after_a_failure() -> anyhow::
     let output = dir.path().join("alerts.jsonl");
     let (relay_stop, relay, shutdown, sink) = serve_and_subscribe(&feed, &output).await?;
 
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while *feed.acked.lock() < 5 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
-    shutdown.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(5), sink).await???;
+    let summary = stop_once_acked(&feed, 5, &shutdown, sink).await?;
     assert_eq!(
         summary,
         SinkSummary {
@@ -405,14 +416,7 @@ async fn subscribe_mode_records_on_while_an_ack_waits() -> anyhow::Result<()> {
     assert_eq!(*feed.acked.lock(), 0, "the first ack is still held");
     *feed.held.lock() = false;
     feed.release.notify_one();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while *feed.acked.lock() < 5 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
-    shutdown.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(5), sink).await???;
+    let summary = stop_once_acked(&feed, 5, &shutdown, sink).await?;
     assert_eq!(summary.received, 5);
     assert_eq!(*feed.subscribes.lock(), [0], "one session throughout");
     relay_stop.cancel();
