@@ -173,6 +173,24 @@ async fn wait_line(dir: &Path, name: &str, sequence: u64) -> Vec<Value> {
     .await
 }
 
+/// The client's arguments to subscribe as UKPN at `url`, keeping its state in `state.json`
+/// and writing alerts to `output`, then `extra`.
+fn ukpn_subscribe_args(url: &str, output: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "subscribe",
+        "--target",
+        url,
+        "--subscriber",
+        "ukpn",
+        "--state",
+        "state.json",
+        "--output",
+        output,
+    ];
+    args.extend_from_slice(extra);
+    args.into_iter().map(str::to_owned).collect()
+}
+
 /// POAs and PRAs of three supplies: the client takes two and stops, a restart takes the rest
 /// from the sequence after its state file's, and the relay's cursor follows its acks. Then a
 /// SIGKILL mid-stream: the next run starts right after the saved sequence, so nothing is lost
@@ -183,21 +201,8 @@ async fn the_python_client_acks_every_alert_in_order_and_resumes_from_its_state_
     let dir = tempfile::tempdir().expect("temporary directory");
     let dir = dir.path();
     let (_relay, url, channel) = plaintext_relay(dir).await;
-    let subscribe = |output: &'static str, extra: &[&'static str]| {
-        let mut args = vec![
-            "subscribe",
-            "--target",
-            &url,
-            "--subscriber",
-            "ukpn",
-            "--state",
-            "state.json",
-            "--output",
-            output,
-        ];
-        args.extend_from_slice(extra);
-        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
-    };
+    let subscribe =
+        |output: &'static str, extra: &[&'static str]| ukpn_subscribe_args(&url, output, extra);
     let run = |name: &str, args: &[String]| {
         client(
             dir,
@@ -627,24 +632,15 @@ async fn the_python_client_reads_on_while_an_ack_waits() {
             .add_service(AlertFeedServer::new(feed.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
+    let args = ukpn_subscribe_args(
+        &url,
+        "alerts.jsonl",
+        &["--ack-every", "1", "--once-count", "5"],
+    );
     let mut subscriber = client(
         dir,
         "slow",
-        &[
-            "subscribe",
-            "--target",
-            &url,
-            "--subscriber",
-            "ukpn",
-            "--state",
-            "state.json",
-            "--output",
-            "alerts.jsonl",
-            "--ack-every",
-            "1",
-            "--once-count",
-            "5",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 
     let lines = wait_line(dir, "alerts.jsonl", 5).await;

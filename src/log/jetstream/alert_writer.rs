@@ -566,6 +566,18 @@ impl Writer {
             .find(|partition| holds.is_none_or(|holds| holds.contains(partition)))
     }
 
+    /// Whether a lease of a partition holding alerts in a message (`holds`) ended:
+    /// [`NotStored::LeaseEnded`] while nothing of the message is in doubt (`scan_from` unset),
+    /// so that the caller drops that partition's alerts and cuts the rest again; a failure of
+    /// the whole group once a publish of it is (it may still be stored).
+    fn lease_ended_in(&self, holds: &[Partition], scan_from: Option<u64>) -> Option<NotStored> {
+        let partition = self.ended_in(Some(holds))?;
+        Some(match scan_from {
+            None => NotStored::LeaseEnded,
+            Some(_) => NotStored::Failed(lease_ended(partition)),
+        })
+    }
+
     /// Stores the queued alerts in order: windows of up to [`WINDOW`] messages pipelined,
     /// and a message the pipeline did not store cleanly (with those after it in its window)
     /// one by one. Fills in `answers`, by place in the group, where each alert was stored;
@@ -741,10 +753,8 @@ impl Writer {
 
     /// Stores one message's alerts (none: a barrier) at the end of the stream, as message
     /// `id`; `holds` names each alert's partition: once one of their leases ended, the
-    /// message is not sent (again): [`NotStored::LeaseEnded`] while nothing of it is in
-    /// doubt, so that the caller drops that partition's alerts and cuts the rest again, and
-    /// a failure of the whole group once a publish of it was (it may still be stored). `scan_from`: a pipelined publish of it may have been
-    /// stored after this stream sequence.
+    /// message is not sent (again): see [`Writer::lease_ended_in`]. `scan_from`: a publish
+    /// of it may have been stored after this stream sequence.
     ///
     /// A publish whose outcome is unknown may still be stored later (a proposal the old
     /// leader made, committed by the new one), after the retry was checked against the
@@ -768,12 +778,8 @@ impl Writer {
         loop {
             // Before every publish, a retry too: a publish refused because a new owner's
             // barrier moved the tail must not be sent again after that owner's read.
-            if let Some(partition) = self.ended_in(Some(holds)) {
-                return Err(if scan_from.is_none() {
-                    NotStored::LeaseEnded
-                } else {
-                    NotStored::Failed(lease_ended(partition))
-                });
+            if let Some(ended) = self.lease_ended_in(holds, scan_from) {
+                return Err(ended);
             }
             let outcome = match self.tail {
                 Some(tail) => {
@@ -825,12 +831,8 @@ impl Writer {
             } else {
                 tracing::debug!(subscriber = %self.stream.name, %error, "alert publish failed; retrying");
             }
-            if let Some(partition) = self.ended_in(Some(holds)) {
-                return Err(if scan_from.is_none() {
-                    NotStored::LeaseEnded
-                } else {
-                    NotStored::Failed(lease_ended(partition))
-                });
+            if let Some(ended) = self.lease_ended_in(holds, scan_from) {
+                return Err(ended);
             }
             if Instant::now() + delay > give_up {
                 return Err(NotStored::Failed(LogError::Unavailable(format!(

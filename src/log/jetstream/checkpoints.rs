@@ -331,7 +331,7 @@ impl Checkpoints for JsCheckpoints {
                     "the stream's leader did not answer within {LEADER_WITHIN:?}"
                 ))
             });
-        let from_leader = match from_leader {
+        let restored = match from_leader {
             Ok(restored) => Ok(restored),
             Err(err) => match read_from_replicas(&self.cluster, partition).await {
                 Ok(found) => {
@@ -341,7 +341,7 @@ impl Checkpoints for JsCheckpoints {
                 Err(replicas) => Err(anyhow::anyhow!("{err:#}; from the replicas: {replicas:#}")),
             },
         };
-        match from_leader {
+        match restored {
             Ok(Restored::Found(found)) => Ok(found),
             Ok(Restored::Unusable(why)) => {
                 // Correct but slow: every retained event of the partition is replayed.
