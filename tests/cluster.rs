@@ -683,6 +683,11 @@ async fn partitions_are_spread_over_events_streams_led_by_different_nodes() {
             3,
             "leaders of the events streams: {leaders:?}"
         );
+        assert_eq!(
+            lease_bucket_leaders(&cluster, &prefix).await,
+            events_leaders(&cluster, &prefix).await,
+            "each partition leases bucket is led from its events stream's leader's node"
+        );
         leaders_are_spread_again_after_two_end_up_on_one_node(&cluster, &prefix).await;
     }
 
@@ -701,13 +706,33 @@ async fn events_leaders(
     cluster: &outage_relay::log::jetstream::Cluster,
     prefix: &str,
 ) -> Vec<Option<String>> {
+    leaders_of(
+        cluster,
+        (0..3).map(|index| format!("{prefix}_EVENTS_{index}")),
+    )
+    .await
+}
+
+/// Where each of the three partition leases buckets' leader is.
+async fn lease_bucket_leaders(
+    cluster: &outage_relay::log::jetstream::Cluster,
+    prefix: &str,
+) -> Vec<Option<String>> {
+    leaders_of(
+        cluster,
+        (0..3).map(|index| format!("KV_{prefix}_LEASES_{index}")),
+    )
+    .await
+}
+
+/// Where each of `streams`' leader is.
+async fn leaders_of(
+    cluster: &outage_relay::log::jetstream::Cluster,
+    streams: impl Iterator<Item = String>,
+) -> Vec<Option<String>> {
     let mut leaders = Vec::new();
-    for index in 0..3 {
-        let leader = match cluster
-            .js
-            .get_stream(format!("{prefix}_EVENTS_{index}"))
-            .await
-        {
+    for name in streams {
+        let leader = match cluster.js.get_stream(name).await {
             Ok(mut stream) => stream
                 .info()
                 .await
@@ -721,7 +746,8 @@ async fn events_leaders(
 }
 
 /// Two events streams' leaders put on one node (as after a node died and came back): the
-/// instance's periodic look moves one off it again.
+/// instance's periodic look moves one off it again, and its partition leases bucket's leader
+/// with it.
 async fn leaders_are_spread_again_after_two_end_up_on_one_node(
     cluster: &outage_relay::log::jetstream::Cluster,
     prefix: &str,
@@ -755,11 +781,15 @@ async fn leaders_are_spread_again_after_two_end_up_on_one_node(
         Duration::from_millis(200),
         stop.clone(),
     ));
-    let spread = eventually("the leaders spread again", || async {
-        let now = events_leaders(cluster, prefix).await;
-        let distinct: BTreeSet<_> = now.iter().flatten().collect();
-        (now.iter().all(Option::is_some) && distinct.len() == 3).then_some(now)
-    })
+    let spread = eventually(
+        "the leaders spread again, with their lease buckets'",
+        || async {
+            let now = events_leaders(cluster, prefix).await;
+            let distinct: BTreeSet<_> = now.iter().flatten().collect();
+            let with_leases = lease_bucket_leaders(cluster, prefix).await == now;
+            (now.iter().all(Option::is_some) && distinct.len() == 3 && with_leases).then_some(now)
+        },
+    )
     .await;
     stop.cancel();
     spreading.await.expect("the rebalancing task");

@@ -595,32 +595,38 @@ impl Delivery {
         elsewhere.sort_unstable();
         // What a node's death cannot spare: a DNO whose alert stream it led, and a partition
         // whose events stream it led (no events stored, and no marks, so no timers fired,
-        // until a new leader is elected); and, when it led the leases bucket, every partition.
-        let leases_led = leaders.get("KV_LEASES").is_some_and(|node| node == killed);
+        // until a new leader is elected), or whose partition leases bucket it led (kept on
+        // the events stream's leader's node, unless a failure moved one of them).
+        let led = |stream: &str| leaders.get(stream).is_some_and(|node| node == killed);
+        let buckets_apart: Vec<String> = (0..event_streams)
+            .filter(|index| led(&format!("KV_LEASES_{index}")) != led(&format!("EVENTS_{index}")))
+            .map(|index| format!("KV_LEASES_{index}"))
+            .collect();
         let mut untouched: Vec<i64> = self
             .poas
             .iter()
             .filter(|(_, subscriber, device)| {
                 let partition = outage_relay::log::partition_of(*device, partitions);
-                let events = format!("EVENTS_{}", partition % event_streams);
-                let led = |stream: &str| leaders.get(stream).is_some_and(|node| node == killed);
-                !led(&format!("ALERTS_{subscriber}")) && !led(&events)
+                let index = partition % event_streams;
+                !led(&format!("ALERTS_{subscriber}"))
+                    && !led(&format!("EVENTS_{index}"))
+                    && !led(&format!("KV_LEASES_{index}"))
             })
             .map(|(latency, _, _)| *latency)
             .collect();
         untouched.sort_unstable();
         format!(
             "POA p99 per subscriber (* its alert stream led by the killed node {killed}): {}; \
-             subscribers it did not lead: p99 {} ms over {} POAs; neither its subscriber's nor \
-             its partition's events stream led by it{}: p99 {} ms over {} POAs\n  slowest POA \
-             per subscriber (ms after the node's kill): {}",
+             subscribers it did not lead: p99 {} ms over {} POAs; neither its subscriber's \
+             stream nor its partition's events stream or leases bucket led by it{}: p99 {} ms \
+             over {} POAs\n  slowest POA per subscriber (ms after the node's kill): {}",
             parts.join(", "),
             percentile(&elsewhere, 0.99),
             elsewhere.len(),
-            if leases_led {
-                " (but it led the leases bucket)"
+            if buckets_apart.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(" (leases buckets led apart from their events stream: {buckets_apart:?})")
             },
             percentile(&untouched, 0.99),
             untouched.len(),

@@ -13,6 +13,10 @@
 //! such move: a node that died and came back leads nothing until then. A step-down costs the
 //! stream an election (a publish stall of well under a second), so it is made only when one
 //! node leads at least two more events streams than a replica of one of them.
+//!
+//! Each events stream's partition leases bucket (`{P}_LEASES_<index>`) is led from the same
+//! node as the stream, at start and after every such look: a node's death then ends the
+//! leases of the partitions whose events it stopped taking anyway, and no others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,15 +71,44 @@ pub fn next_move(placements: &[Placement]) -> Option<(String, String)> {
         .map(|(_, stream, to)| (stream, to))
 }
 
-/// Reads where each events stream's leader is.
-async fn placements(js: &Context, names: &Names) -> Option<Vec<Placement>> {
+/// The step-downs that bring each partition leases bucket's leader to its events stream's
+/// leader's node, `leases[i]` going with `events[i]`: (bucket's stream, node) for each bucket
+/// led elsewhere (or not at all) that has a current replica on that node.
+pub fn colocations(events: &[Placement], leases: &[Placement]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .zip(leases)
+        .filter_map(|(events, leases)| {
+            let node = events.leader.as_ref()?;
+            (leases.leader.as_ref() != Some(node) && leases.followers.contains(node))
+                .then(|| (leases.stream.clone(), node.clone()))
+        })
+        .collect()
+}
+
+/// The events streams' names, by index.
+fn events_streams(names: &Names) -> Vec<String> {
+    (0..names.event_stream_count())
+        .map(|index| names.events_stream(index))
+        .collect()
+}
+
+/// The streams of the partition leases buckets, by events stream index.
+fn lease_streams(names: &Names) -> Vec<String> {
+    (0..names.event_stream_count())
+        .map(|index| format!("KV_{}", names.partition_leases_bucket(index)))
+        .collect()
+}
+
+/// Reads where each of `streams`' leader is.
+async fn placements(js: &Context, streams: &[String]) -> Option<Vec<Placement>> {
     let mut placements = Vec::new();
-    for index in 0..names.event_stream_count() {
-        let name = names.events_stream(index);
+    for name in streams {
+        let name = name.clone();
         let info = match js.get_stream(&name).await {
             Ok(mut stream) => stream.info().await.ok()?.clone(),
             Err(err) => {
-                tracing::debug!(%err, stream = %name, "reading an events stream's leader");
+                tracing::debug!(%err, stream = %name, "reading a stream's leader");
                 return None;
             }
         };
@@ -94,19 +127,16 @@ async fn placements(js: &Context, names: &Names) -> Option<Vec<Placement>> {
     Some(placements)
 }
 
-/// Asks `stream`'s leader to step down in favour of `to`, and waits for an election.
-async fn step_down(js: &Context, stream: &str, to: &str) {
+/// Asks `stream`'s leader to step down in favour of `to` (logging `why`), and waits for an
+/// election.
+async fn step_down(js: &Context, stream: &str, to: &str, why: &str) {
     let request = serde_json::json!({ "placement": { "preferred": to } });
     let answer: Result<serde_json::Value, _> = js
         .request(format!("STREAM.LEADER.STEPDOWN.{stream}"), &request)
         .await;
     match answer {
         Ok(answer) if answer.get("error").is_none() => {
-            tracing::info!(
-                stream,
-                to,
-                "moving an events stream's leader to spread the ingest load"
-            );
+            tracing::info!(stream, to, "moving a stream's leader {why}");
         }
         Ok(answer) => {
             tracing::debug!(stream, %answer, "step-down refused");
@@ -130,14 +160,15 @@ async fn step_down(js: &Context, stream: &str, to: &str) {
 }
 
 /// Moves events stream leaders until they are spread as evenly as their replicas allow, or
-/// [`ROUNDS`] have passed.
+/// [`ROUNDS`] have passed; then brings the partition leases buckets' leaders to them.
 pub async fn spread(js: &Context, names: &Names) {
-    if names.event_stream_count() < 2 {
-        return;
-    }
+    let events = events_streams(names);
     for _ in 0..ROUNDS {
-        let Some(placements) = placements(js, names).await else {
-            return;
+        if events.len() < 2 {
+            break;
+        }
+        let Some(placements) = placements(js, &events).await else {
+            break;
         };
         let Some((stream, to)) = next_move(&placements) else {
             let leaders: Vec<String> = placements
@@ -145,14 +176,35 @@ pub async fn spread(js: &Context, names: &Names) {
                 .map(|p| format!("{}={}", p.stream, p.leader.as_deref().unwrap_or("none")))
                 .collect();
             tracing::info!(leaders = %leaders.join(","), "events stream leaders");
-            return;
+            break;
         };
-        step_down(js, &stream, &to).await;
+        step_down(js, &stream, &to, "to spread the ingest load").await;
+    }
+    for _ in 0..ROUNDS {
+        if colocate(js, names).await == 0 {
+            return;
+        }
     }
 }
 
+/// Makes the step-downs [`colocations`] asks for; how many it asked.
+async fn colocate(js: &Context, names: &Names) -> usize {
+    let (Some(events), Some(leases)) = (
+        placements(js, &events_streams(names)).await,
+        placements(js, &lease_streams(names)).await,
+    ) else {
+        return 0;
+    };
+    let moves = colocations(&events, &leases);
+    for (stream, to) in &moves {
+        step_down(js, stream, to, "to its events stream's leader").await;
+    }
+    moves.len()
+}
+
 /// Every `every` (plus up to a quarter of it, set by the instance's name), makes the one
-/// move that evens the leaders out most, if any does, until `stop`; `every` of zero: never.
+/// move that evens the events streams' leaders out most, if any does, and brings the lease
+/// buckets' leaders to them, until `stop`; `every` of zero: never.
 pub async fn keep_spread(
     js: Context,
     names: Names,
@@ -160,23 +212,25 @@ pub async fn keep_spread(
     every: Duration,
     stop: CancellationToken,
 ) {
-    if every.is_zero() || names.event_stream_count() < 2 {
+    if every.is_zero() {
         return;
     }
     let share = (xxhash_rust::xxh3::xxh3_64(instance.as_bytes()) % 1000) as f64 / 4000.0;
     let jitter = every.mul_f64(share);
+    let events = events_streams(&names);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every + jitter) => {}
         }
-        let Some(placements) = placements(&js, &names).await else {
-            continue;
-        };
-        if let Some((stream, to)) = next_move(&placements) {
+        if events.len() > 1
+            && let Some(placements) = placements(&js, &events).await
+            && let Some((stream, to)) = next_move(&placements)
+        {
             tracing::info!(%stream, %to, "events stream leaders uneven; moving one");
-            step_down(&js, &stream, &to).await;
+            step_down(&js, &stream, &to, "to spread the ingest load").await;
         }
+        colocate(&js, &names).await;
     }
 }
 
@@ -239,6 +293,56 @@ mod tests {
             placement("E2", "n3", &["n1"]),
         ];
         assert_eq!(next_move(&with_n3), None);
+    }
+
+    #[test]
+    fn a_lease_bucket_led_elsewhere_moves_to_its_events_streams_leader() {
+        let events = [
+            placement("E0", "n1", &["n2", "n3"]),
+            placement("E1", "n2", &["n1", "n3"]),
+            placement("E2", "n3", &["n1", "n2"]),
+        ];
+        let leases = [
+            placement("L0", "n1", &["n2", "n3"]),
+            placement("L1", "n3", &["n1", "n2"]),
+            placement("L2", "n3", &["n1"]),
+        ];
+        // L0 is where it should be; L1 moves to n2; L2 has no replica on n3 but leads there.
+        assert_eq!(
+            colocations(&events, &leases),
+            vec![("L1".to_owned(), "n2".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_lease_bucket_is_not_moved_to_a_node_without_its_replica_or_after_a_leaderless_stream() {
+        let events = [
+            placement("E0", "n1", &["n2", "n3"]),
+            Placement {
+                stream: "E1".into(),
+                leader: None,
+                followers: vec!["n1".into(), "n2".into()],
+            },
+        ];
+        let leases = [
+            placement("L0", "n2", &["n3"]),
+            placement("L1", "n3", &["n1", "n2"]),
+        ];
+        assert_eq!(colocations(&events, &leases), Vec::new());
+    }
+
+    #[test]
+    fn a_leaderless_lease_bucket_is_moved_once_it_can_be() {
+        let events = [placement("E0", "n1", &["n2", "n3"])];
+        let leases = [Placement {
+            stream: "L0".into(),
+            leader: None,
+            followers: vec!["n1".into(), "n2".into()],
+        }];
+        assert_eq!(
+            colocations(&events, &leases),
+            vec![("L0".to_owned(), "n1".to_owned())]
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, Context, kv, stream};
 
 use crate::config::{Config, JetStreamConfig};
+use crate::log::Unit;
 
 /// Stream, subject and bucket names under one prefix.
 #[derive(Debug, Clone)]
@@ -180,9 +181,22 @@ impl Names {
         format!("{}.control.reload", self.prefix)
     }
 
-    /// Bucket of partition leases.
+    /// Bucket of subscriber leases; with one events stream, of the partition leases too.
     pub fn leases_bucket(&self) -> String {
         format!("{}_LEASES", self.prefix)
+    }
+
+    /// Bucket of the leases of the partitions in events stream `index`. With one events
+    /// stream it is [`Self::leases_bucket`]; with several, `{P}_LEASES_<index>`, one per
+    /// events stream, its leader kept on that stream's leader's node (see [`leaders`]): a
+    /// node's death then ends the leases of only the partitions whose events it stopped
+    /// taking anyway, where one shared bucket ended every lease in the cluster.
+    pub fn partition_leases_bucket(&self, index: u16) -> String {
+        if self.event_streams == 1 {
+            self.leases_bucket()
+        } else {
+            format!("{}_LEASES_{index}", self.prefix)
+        }
     }
 
     /// Bucket of live instances (heartbeats).
@@ -222,8 +236,11 @@ pub struct Cluster {
     pub settings: JetStreamConfig,
     /// This instance's name.
     pub instance: String,
-    /// Partition leases.
+    /// Subscriber leases (and, with one events stream, partition leases).
     pub leases: kv::Store,
+    /// The partition leases of each events stream, by index (see
+    /// [`Names::partition_leases_bucket`]).
+    pub partition_leases: Vec<kv::Store>,
     /// Instance heartbeats.
     pub instances: kv::Store,
     /// Subscriber cursors.
@@ -296,16 +313,33 @@ impl Cluster {
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
         let atomic_batches = provision(&js, &names, config).await?;
         let provisioned = buckets(&control, &names, &settings).await?;
+        leaders::spread(&js, &names).await;
+        if names.event_stream_count() > 1 {
+            ownership::refuse_shared_partition_leases(&provisioned.leases, settings.lease_ttl)
+                .await?;
+        }
         Ok(Self {
             js,
             names,
             settings,
             instance,
-            leases: provisioned.0,
-            instances: provisioned.1,
-            cursors: provisioned.2,
+            leases: provisioned.leases,
+            partition_leases: provisioned.partition_leases,
+            instances: provisioned.instances,
+            cursors: provisioned.cursors,
             atomic_batches,
         })
+    }
+
+    /// The bucket holding `unit`'s lease.
+    pub fn lease_bucket(&self, unit: Unit) -> &kv::Store {
+        match unit {
+            Unit::Partition(partition) => {
+                let index = usize::from(partition % self.names.event_stream_count());
+                self.partition_leases.get(index).unwrap_or(&self.leases)
+            }
+            Unit::Subscriber(_) => &self.leases,
+        }
     }
 }
 
@@ -483,7 +517,6 @@ async fn provision(js: &Context, names: &Names, config: &Config) -> anyhow::Resu
         )
         .await?;
     }
-    leaders::spread(js, names).await;
     let alert_stream = |name: String, subject: String| stream::Config {
         name,
         subjects: vec![subject],
@@ -578,15 +611,37 @@ async fn refuse_another_layout(js: &Context, names: &Names) -> anyhow::Result<()
     Ok(())
 }
 
+/// The key-value buckets, made if missing.
+struct Buckets {
+    leases: kv::Store,
+    partition_leases: Vec<kv::Store>,
+    instances: kv::Store,
+    cursors: kv::Store,
+}
+
 async fn buckets(
     js: &Context,
     names: &Names,
     settings: &JetStreamConfig,
-) -> anyhow::Result<(kv::Store, kv::Store, kv::Store)> {
+) -> anyhow::Result<Buckets> {
     let replicas = settings.replicas;
     let leases = ensure_bucket(js, names.leases_bucket(), settings.lease_ttl, replicas).await?;
+    let mut partition_leases = Vec::new();
+    for index in 0..names.event_stream_count() {
+        let bucket = names.partition_leases_bucket(index);
+        partition_leases.push(if bucket == names.leases_bucket() {
+            leases.clone()
+        } else {
+            ensure_bucket(js, bucket, settings.lease_ttl, replicas).await?
+        });
+    }
     let instances =
         ensure_bucket(js, names.instances_bucket(), settings.lease_ttl, replicas).await?;
     let cursors = ensure_bucket(js, names.cursors_bucket(), Duration::ZERO, replicas).await?;
-    Ok((leases, instances, cursors))
+    Ok(Buckets {
+        leases,
+        partition_leases,
+        instances,
+        cursors,
+    })
 }

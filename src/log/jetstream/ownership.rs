@@ -170,35 +170,98 @@ impl Ownership for JsOwnership {
     }
 }
 
+/// The units held here, shared by the renewal loop and the planning loop.
+type HeldUnits = Mutex<BTreeMap<Unit, Held>>;
+
 impl JsOwnership {
     /// The lease driver, until `stop`; then it stops every unit's task and deletes its lease,
     /// so survivors take over at once rather than after `lease_ttl`.
     ///
-    /// Every step of a round is bounded (renewals and the heartbeat by the margin, the read of
-    /// the buckets by half the ttl, releases by the margin and run side by side): a slow
+    /// Two loops share the held leases. Renewals run on a timer of their own, each bounded
+    /// by the margin, so that nothing else can hold them up past their windows: a bucket
+    /// without a leader slows its own reads and renewals, never another bucket's renewals.
+    /// The planning loop writes the heartbeat and reads the buckets (each bounded by half the
+    /// ttl), then releases and claims (each bounded by the margin, side by side): a slow
     /// JetStream delays a round, never stalls the driver, so its heartbeat stays a true sign
     /// that it is alive.
     async fn drive(&self, units: Vec<Unit>, start: StartUnit, stop: CancellationToken) {
         let cluster = &self.cluster;
-        let ttl = cluster.settings.lease_ttl;
-        let margin = ttl / 3;
-        let partitions = cluster.settings.partitions;
-        let offset = start_offset(&cluster.instance, partitions);
+        let margin = cluster.settings.lease_ttl / 3;
         let me = Bytes::from(cluster.instance.clone());
-        let subscribers: Vec<Unit> = units
-            .iter()
-            .copied()
-            .filter(|unit| matches!(unit, Unit::Subscriber(_)))
-            .collect();
-        let mut held: BTreeMap<Unit, Held> = BTreeMap::new();
-        let mut tick = tokio::time::interval(ttl / 4);
+        let held: HeldUnits = Mutex::new(BTreeMap::new());
+        tokio::join!(
+            self.keep_renewed(&me, &held, &stop),
+            self.keep_planned(&me, &units, &start, &held, &stop),
+        );
+        let all = std::mem::take(&mut *held.lock());
+        futures::future::join_all(
+            all.into_iter()
+                .map(|(unit, lease)| self.release(unit, lease)),
+        )
+        .await;
+        let _ = timeout(margin, cluster.instances.delete(&cluster.instance)).await;
+        self.view.lock().owned.clear();
+        self.metrics.partitions_owned.set(0.0);
+    }
+
+    /// Renews the held leases every `ttl / 4` until `stop`; the tasks of leases lost are
+    /// stopped beside it, and waited for at the end.
+    async fn keep_renewed(&self, me: &Bytes, held: &HeldUnits, stop: &CancellationToken) {
+        let mut ending = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(self.cluster.settings.lease_ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            // Side by side: a slow heartbeat must not delay the renewals past their windows.
+            while ending.try_join_next().is_some() {}
+            for (unit, lease) in self.renew(me, held).await {
+                self.metrics.lease_change("lost");
+                let bucket = self.cluster.lease_bucket(unit).clone();
+                let key = key(unit, &self.table);
+                let margin = self.cluster.settings.lease_ttl / 3;
+                ending.spawn(async move {
+                    stop_task(lease.stop, lease.task, margin).await;
+                    close_window(&lease.window);
+                    let _ = timeout(
+                        margin,
+                        bucket.delete_expect_revision(key, Some(lease.revision)),
+                    )
+                    .await;
+                });
+            }
+        }
+        while ending.join_next().await.is_some() {}
+    }
+
+    /// Every `ttl / 4` until `stop`: writes the heartbeat and reads the buckets, then
+    /// releases and claims partitions as [`plan`] says, and claims every free subscriber.
+    async fn keep_planned(
+        &self,
+        me: &Bytes,
+        units: &[Unit],
+        start: &StartUnit,
+        held: &HeldUnits,
+        stop: &CancellationToken,
+    ) {
+        let cluster = &self.cluster;
+        let ttl = cluster.settings.lease_ttl;
+        let margin = ttl / 3;
+        let partitions = cluster.settings.partitions;
+        let offset = start_offset(&cluster.instance, partitions);
+        let subscribers: Vec<Unit> = units
+            .iter()
+            .copied()
+            .filter(|unit| matches!(unit, Unit::Subscriber(_)))
+            .collect();
+        let mut tick = tokio::time::interval(ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             let heartbeat = async {
                 match timeout(margin, cluster.instances.put(&cluster.instance, me.clone())).await {
                     Ok(Ok(_)) => {}
@@ -208,46 +271,35 @@ impl JsOwnership {
                     }
                 }
             };
-            tokio::join!(heartbeat, self.renew(&me, &mut held));
-            let (mut live, mut owners) = match timeout(ttl / 2, read_state(cluster)).await {
-                Ok(Ok(state)) => state,
-                Ok(Err(err)) => {
-                    counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_read").increment(1);
-                    tracing::warn!(err = %format!("{err:#}"), "cannot read the leases; no change this round");
-                    continue;
-                }
-                Err(_) => {
-                    counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_read").increment(1);
-                    tracing::warn!(
-                        "reading the leases took longer than half the lease ttl; no change this round"
-                    );
-                    continue;
-                }
+            let (reading, ()) = tokio::join!(read_state(cluster, ttl / 2), heartbeat);
+            let previous = self.view.lock().clone();
+            let Some(mut live) = reading
+                .live
+                .or_else(|| (!previous.live.is_empty()).then(|| previous.live.clone()))
+            else {
+                continue;
             };
+            let (mut owners, unknown) = reading.owners.merged_over(previous.owners, partitions);
             // This instance is alive whether or not its heartbeat was stored yet.
             if !live.contains(&cluster.instance) {
                 live.push(cluster.instance.clone());
                 live.sort();
             }
-            let owned: BTreeSet<u16> = held
-                .keys()
-                .filter_map(|unit| match unit {
-                    Unit::Partition(p) => Some(*p),
-                    Unit::Subscriber(_) => None,
-                })
-                .collect();
+            let owned = held_partitions(&held.lock());
             let free: BTreeSet<u16> = (0..partitions)
-                .filter(|p| !owners.contains_key(p))
+                .filter(|p| !owners.contains_key(p) && !unknown.contains(p))
                 .collect();
             let plan = plan(partitions, live.len(), &owned, &free, offset);
-            let releasing: Vec<(Unit, Held)> = plan
-                .release
-                .iter()
-                .filter_map(|p| {
-                    let unit = Unit::Partition(*p);
-                    held.remove(&unit).map(|lease| (unit, lease))
-                })
-                .collect();
+            let releasing: Vec<(Unit, Held)> = {
+                let mut held = held.lock();
+                plan.release
+                    .iter()
+                    .filter_map(|p| {
+                        let unit = Unit::Partition(*p);
+                        held.remove(&unit).map(|lease| (unit, lease))
+                    })
+                    .collect()
+            };
             for (unit, _) in &releasing {
                 if let Unit::Partition(p) = unit {
                     owners.remove(p);
@@ -263,6 +315,7 @@ impl JsOwnership {
             for _ in 0..released {
                 self.metrics.lease_change("released");
             }
+            let holding: BTreeSet<Unit> = held.lock().keys().copied().collect();
             let claims: Vec<Unit> = plan
                 .claim
                 .into_iter()
@@ -271,12 +324,14 @@ impl JsOwnership {
                     subscribers
                         .iter()
                         .copied()
-                        .filter(|unit| !held.contains_key(unit)),
+                        .filter(|unit| !holding.contains(unit)),
                 )
                 .collect();
             // Side by side, each bounded by the margin, so that a round stays short.
             let attempts = futures::future::join_all(claims.into_iter().map(|unit| {
-                let create = cluster.leases.create(key(unit, &self.table), me.clone());
+                let create = cluster
+                    .lease_bucket(unit)
+                    .create(key(unit, &self.table), me.clone());
                 async move {
                     let sent = Instant::now();
                     (unit, sent, timeout(margin, create).await)
@@ -295,7 +350,7 @@ impl JsOwnership {
                 if let Unit::Partition(p) = unit {
                     owners.insert(p, (cluster.instance.clone(), revision));
                 }
-                held.insert(
+                held.lock().insert(
                     unit,
                     Held {
                         revision,
@@ -305,100 +360,94 @@ impl JsOwnership {
                     },
                 );
             }
+            let owned = held_partitions(&held.lock());
             let mut view = self.view.lock();
-            view.owned = held
-                .keys()
-                .filter_map(|unit| match unit {
-                    Unit::Partition(p) => Some(*p),
-                    Unit::Subscriber(_) => None,
-                })
-                .collect();
+            view.owned = owned;
             view.owners = owners;
             view.live = live;
             self.metrics.partitions_owned.set(view.owned.len() as f64);
         }
-        futures::future::join_all(
-            std::mem::take(&mut held)
-                .into_iter()
-                .map(|(unit, lease)| self.release(unit, lease)),
-        )
-        .await;
-        let _ = timeout(margin, cluster.instances.delete(&cluster.instance)).await;
-        self.view.lock().owned.clear();
-        self.metrics.partitions_owned.set(0.0);
     }
 }
 
+/// The partitions among `held`.
+fn held_partitions(held: &BTreeMap<Unit, Held>) -> BTreeSet<u16> {
+    held.keys()
+        .filter_map(|unit| match unit {
+            Unit::Partition(p) => Some(*p),
+            Unit::Subscriber(_) => None,
+        })
+        .collect()
+}
+
 impl JsOwnership {
-    /// Renews every held lease at once, each bounded by the margin; a failed renewal (or a
-    /// finished task) ends that ownership at once. A renewal moves the lease's window forward.
-    async fn renew(&self, me: &Bytes, held: &mut BTreeMap<Unit, Held>) {
+    /// Renews every held lease at once, each bounded by the margin, and returns the leases
+    /// lost, taken out of `held`: a failed renewal, a window that passed before its renewal
+    /// came back, or a finished task ends that ownership. A renewal moves the lease's window
+    /// forward.
+    async fn renew(&self, me: &Bytes, held: &HeldUnits) -> Vec<(Unit, Held)> {
         let cluster = &self.cluster;
         let ttl = cluster.settings.lease_ttl;
         let margin = ttl / 3;
         let sent = Instant::now();
-        let renewals = held.iter().map(|(&unit, lease)| {
-            let leases = cluster.leases.clone();
+        let due: Vec<(Unit, u64, bool)> = held
+            .lock()
+            .iter()
+            .map(|(&unit, lease)| (unit, lease.revision, lease.task.is_finished()))
+            .collect();
+        let renewals = due.into_iter().map(|(unit, revision, finished)| {
+            let leases = cluster.lease_bucket(unit).clone();
             let me = me.clone();
-            let finished = lease.task.is_finished();
-            let revision = lease.revision;
             let key = key(unit, &self.table);
             async move {
                 if finished {
-                    return (unit, None);
+                    return (unit, revision, None);
                 }
-                match timeout(margin, leases.update(key, me, revision)).await {
-                    Ok(Ok(revision)) => (unit, Some(revision)),
+                let renewal = renew_within(&leases, &key, &me, revision, sent + margin);
+                match timeout(margin, renewal).await {
+                    Ok(Ok(renewed)) => (unit, revision, Some(renewed)),
                     Ok(Err(err)) => {
                         tracing::warn!(?unit, %err, "lease renewal failed; its task stopped");
-                        (unit, None)
+                        (unit, revision, None)
                     }
                     Err(_) => {
                         tracing::warn!(
                             ?unit,
                             "lease renewal took longer than the margin; its task stopped"
                         );
-                        (unit, None)
+                        (unit, revision, None)
                     }
                 }
             }
         });
+        let outcomes = futures::future::join_all(renewals).await;
+        let mut held = held.lock();
         let mut lost = Vec::new();
-        for (unit, renewed) in futures::future::join_all(renewals).await {
-            match (renewed, held.get_mut(&unit)) {
-                (Some(revision), Some(lease)) => {
-                    lease.revision = revision;
-                    if !extend(&lease.window, sent + ttl - margin) {
-                        counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_lapsed")
-                            .increment(1);
-                        tracing::warn!(
-                            ?unit,
-                            "lease window passed before its renewal came back; its task stopped"
-                        );
-                        lost.push(unit);
-                    }
+        for (unit, revision, renewed) in outcomes {
+            // Released (and perhaps claimed again) while the renewal was under way: not this
+            // holding any more.
+            if held
+                .get(&unit)
+                .is_none_or(|lease| lease.revision != revision)
+            {
+                continue;
+            }
+            if let (Some(renewed), Some(lease)) = (renewed, held.get_mut(&unit)) {
+                lease.revision = renewed;
+                if extend(&lease.window, sent + ttl - margin) {
+                    continue;
                 }
-                _ => lost.push(unit),
+                counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_lapsed").increment(1);
+                tracing::warn!(
+                    ?unit,
+                    "lease window passed before its renewal came back; its task stopped"
+                );
+            }
+            if let Some(lease) = held.remove(&unit) {
+                lost.push((unit, lease));
             }
         }
-        let ending = lost
-            .into_iter()
-            .filter_map(|unit| held.remove(&unit).map(|lease| (unit, lease)));
-        let ended = futures::future::join_all(ending.map(|(unit, lease)| async move {
-            stop_task(lease.stop, lease.task, margin).await;
-            close_window(&lease.window);
-            let _ = timeout(
-                margin,
-                cluster
-                    .leases
-                    .delete_expect_revision(key(unit, &self.table), Some(lease.revision)),
-            )
-            .await;
-        }))
-        .await;
-        for _ in ended {
-            self.metrics.lease_change("lost");
-        }
+        lost
     }
 
     async fn release(&self, unit: Unit, lease: Held) {
@@ -409,7 +458,7 @@ impl JsOwnership {
         match timeout(
             margin,
             cluster
-                .leases
+                .lease_bucket(unit)
                 .delete_expect_revision(key(unit, &self.table), Some(lease.revision)),
         )
         .await
@@ -422,6 +471,38 @@ impl JsOwnership {
         }
     }
 }
+
+/// Renews a lease (compare-and-set on `revision`), trying again every
+/// [`RENEWAL_RETRY`] while the bucket has no leader or does not answer, until `until`: a
+/// bucket's leader moved on purpose (see [`super::leaders`]) is elected again in well under
+/// the margin, and that must not end every lease in the bucket. A renewal refused for its
+/// revision (someone else wrote the key, or an earlier attempt that seemed lost was stored)
+/// is final.
+async fn renew_within(
+    leases: &kv::Store,
+    key: &str,
+    me: &Bytes,
+    revision: u64,
+    until: Instant,
+) -> Result<u64, kv::UpdateError> {
+    loop {
+        match leases.update(key, me.clone(), revision).await {
+            Ok(revision) => return Ok(revision),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    kv::UpdateErrorKind::WrongLastRevision | kv::UpdateErrorKind::InvalidKey
+                ) || Instant::now() + RENEWAL_RETRY >= until =>
+            {
+                return Err(err);
+            }
+            Err(_) => tokio::time::sleep(RENEWAL_RETRY).await,
+        }
+    }
+}
+
+/// How soon a renewal the bucket did not take is sent again.
+const RENEWAL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Moves the lease's window on to `until`, only while it is still open: a window that has
 /// passed stays closed, even when the renewal that would have kept it open succeeds late.
@@ -460,26 +541,122 @@ async fn stop_task(stop: CancellationToken, mut task: JoinHandle<()>, bound: std
     }
 }
 
-/// Live instances and current lease owners (partition → (instance, revision)).
-async fn read_state(
-    cluster: &Cluster,
-) -> anyhow::Result<(Vec<String>, BTreeMap<u16, (String, u64)>)> {
-    let (instances, leases) = futures::future::try_join(
-        current_entries(&cluster.instances),
-        current_entries(&cluster.leases),
-    )
-    .await?;
-    let mut live: Vec<String> = instances.into_iter().map(|entry| entry.key).collect();
-    live.sort();
-    let owners = leases
+/// What one round read of the buckets; `None` where a bucket did not answer.
+struct Reading {
+    /// Instances whose heartbeat is current.
+    live: Option<Vec<String>>,
+    /// The partition lease owners of each partition leases bucket, by events stream index.
+    owners: BucketOwners,
+}
+
+/// Partition → (owner, revision), read bucket by bucket: `None` for a bucket that did not
+/// answer (its leader died and no new one is elected yet).
+#[derive(Debug, Default)]
+struct BucketOwners(Vec<Option<BTreeMap<u16, (String, u64)>>>);
+
+impl BucketOwners {
+    /// The owners as read, over `previous` where a bucket did not answer, and the partitions
+    /// of those buckets: they are neither free to claim nor known to be held, so the round
+    /// leaves them alone (a lease bucket without a leader stops nothing but its own
+    /// partitions).
+    fn merged_over(
+        self,
+        mut previous: BTreeMap<u16, (String, u64)>,
+        partitions: u16,
+    ) -> (BTreeMap<u16, (String, u64)>, BTreeSet<u16>) {
+        let buckets = u16::try_from(self.0.len()).unwrap_or(u16::MAX).max(1);
+        let unread = |partition: &u16| {
+            self.0
+                .get(usize::from(partition % buckets))
+                .is_none_or(Option::is_none)
+        };
+        previous.retain(|partition, _| unread(partition));
+        let unknown = (0..partitions).filter(unread).collect();
+        for owners in self.0.into_iter().flatten() {
+            previous.extend(owners);
+        }
+        (previous, unknown)
+    }
+}
+
+/// Reads the instances and every partition leases bucket side by side, each within
+/// `within`; a bucket that fails or does not answer is counted, logged and left `None`.
+async fn read_state(cluster: &Cluster, within: std::time::Duration) -> Reading {
+    async fn read(store: &kv::Store, within: std::time::Duration) -> Option<Vec<kv::Entry>> {
+        let failure = match timeout(within, current_entries(store)).await {
+            Ok(Ok(entries)) => return Some(entries),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(_) => format!("no answer within {within:?}"),
+        };
+        counter!(telemetry::JETSTREAM_ERRORS, "operation" => "lease_read").increment(1);
+        tracing::warn!(bucket = %store.name, err = %failure, "cannot read a bucket; its units are left as they are this round");
+        None
+    }
+    let instances = read(&cluster.instances, within);
+    let buckets = futures::future::join_all(
+        cluster
+            .partition_leases
+            .iter()
+            .map(|store| read(store, within)),
+    );
+    let (instances, buckets) = futures::future::join(instances, buckets).await;
+    let live = instances.map(|entries| {
+        let mut live: Vec<String> = entries.into_iter().map(|entry| entry.key).collect();
+        live.sort();
+        live
+    });
+    let owners = buckets
         .into_iter()
-        .filter_map(|entry| {
-            let partition = entry.key.strip_prefix('p')?.parse::<u16>().ok()?;
-            let owner = String::from_utf8_lossy(&entry.value).into_owned();
-            Some((partition, (owner, entry.revision)))
+        .map(|entries| {
+            entries.map(|entries| {
+                entries
+                    .into_iter()
+                    .filter_map(|entry| {
+                        let partition = entry.key.strip_prefix('p')?.parse::<u16>().ok()?;
+                        let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                        Some((partition, (owner, entry.revision)))
+                    })
+                    .collect()
+            })
         })
         .collect();
-    Ok((live, owners))
+    Reading {
+        live,
+        owners: BucketOwners(owners),
+    }
+}
+
+/// Refuses to start while `{P}_LEASES` holds partition leases: instances of an earlier
+/// version, which kept every partition's lease there, are still running (or stopped less
+/// than a lease ago), and would own partitions beside this one's leases in
+/// `{P}_LEASES_<index>`. Waits up to two lease ttls for leases of stopped instances to
+/// expire.
+pub async fn refuse_shared_partition_leases(
+    leases: &kv::Store,
+    ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + ttl * 2;
+    loop {
+        let held: Vec<String> = current_entries(leases)
+            .await?
+            .into_iter()
+            .filter(|entry| entry.key.starts_with('p'))
+            .map(|entry| format!("{}={}", entry.key, String::from_utf8_lossy(&entry.value)))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "bucket {} holds partition leases ({}): instances of an earlier version keep \
+                 partition leases there and are still running; stop them all, then start \
+                 this version",
+                leases.name,
+                held.join(", ")
+            );
+        }
+        tokio::time::sleep(ttl / 4).await;
+    }
 }
 
 /// The keys of a bucket whose latest entry is a value (not a delete marker).
@@ -543,6 +720,30 @@ mod tests {
         assert!(!lease.valid());
         assert!(!extend(&window, Instant::now() + Duration::from_secs(1)));
         assert!(!lease.valid());
+    }
+
+    #[test]
+    fn a_bucket_that_did_not_answer_leaves_its_partitions_neither_free_nor_forgotten() {
+        let owner = |name: &str, revision| (name.to_owned(), revision);
+        // Six partitions in three buckets (partition % 3); bucket 1 did not answer.
+        let read = BucketOwners(vec![
+            Some(BTreeMap::from([(0, owner("a", 7))])),
+            None,
+            Some(BTreeMap::new()),
+        ]);
+        let previous = BTreeMap::from([
+            (1, owner("b", 3)),
+            (2, owner("c", 4)),
+            (3, owner("a", 5)),
+            (4, owner("b", 6)),
+        ]);
+        let (owners, unknown) = read.merged_over(previous, 6);
+        // Bucket 0 as read now (3 is gone), bucket 1 as read before, bucket 2 empty now.
+        assert_eq!(
+            owners,
+            BTreeMap::from([(0, owner("a", 7)), (1, owner("b", 3)), (4, owner("b", 6))])
+        );
+        assert_eq!(unknown, set(&[1, 4]));
     }
 
     #[test]
