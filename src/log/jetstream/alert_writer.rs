@@ -57,7 +57,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use metrics::counter;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 
 use super::EMITTED_BY;
 use super::alert_batch::{self, COUNT, FIRST, Placed};
@@ -73,6 +73,18 @@ pub const GROUP_MAX: usize = 65_536;
 pub const STORE_WITHIN: Duration = Duration::from_secs(20);
 /// First and longest wait before a message is sent again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// How long the first read after a failure may take (see [`read_within`]).
+const READ_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a read the writer makes after `failures` failures (the stream's bounds, a look
+/// for a message in doubt) may take before it is abandoned as failed and made again: the
+/// first within [`READ_WITHIN`], each later one twice as long (up to eight times). A read
+/// abandoned has no effect, unlike a publish (whose answer the writer always waits for,
+/// see [`STORE_WITHIN`]), so a stream whose leader died is found again within about a second
+/// of its election instead of a request timeout (5 s) later.
+fn read_within(failures: u32) -> Duration {
+    READ_WITHIN * 2u32.pow(failures.saturating_sub(1).min(3))
+}
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Messages a writer stores at once, as one atomic batch (see [`Writer::pipeline`]).
 pub const WINDOW: usize = 8;
@@ -662,6 +674,7 @@ impl Writer {
         stored: &mut Vec<Stored>,
     ) -> (usize, bool) {
         let cluster = self.stream.cluster();
+        let mut loss = cluster.data_loss();
         let count = window.len();
         self.batches += 1;
         let batch = format!("{:016x}.{}", self.started, self.batches);
@@ -712,7 +725,14 @@ impl Writer {
             );
         }
         let acked = match commit {
-            Some(Ok(ack)) => ack.await,
+            Some(Ok(ack)) => match loss.unless_lost(ack.into_future()).await {
+                Some(acked) => acked,
+                // Sent whole; its answer lost with the connection.
+                None => {
+                    self.tail = None;
+                    return (0, true);
+                }
+            },
             _ => {
                 self.tail = None;
                 return (0, false);
@@ -791,17 +811,32 @@ impl Writer {
                     }
                     outcome
                 }
-                None => match self.stream.bounds().await {
-                    Ok(bounds) => match scan_from {
-                        Some(from) => self.find(id, from, bounds.tail.stream).await,
-                        None => {
-                            self.tail = Some(bounds.tail);
-                            Attempt::Retry
+                None => {
+                    let within = read_within(failures);
+                    match timeout(within, self.stream.bounds()).await {
+                        Ok(Ok(bounds)) => match scan_from {
+                            Some(from) => {
+                                match timeout(within, self.find(id, from, bounds.tail.stream)).await
+                                {
+                                    Ok(found) => found,
+                                    Err(_) => Attempt::Failed(format!(
+                                        "looking for a message in doubt: no answer within \
+                                         {within:?}"
+                                    )),
+                                }
+                            }
+                            None => {
+                                self.tail = Some(bounds.tail);
+                                Attempt::Retry
+                            }
                         }
+                        .and_tail(bounds.tail, &mut self.tail),
+                        Ok(Err(err)) => Attempt::Failed(err.to_string()),
+                        Err(_) => Attempt::Failed(format!(
+                            "the stream's bounds: no answer within {within:?}"
+                        )),
                     }
-                    .and_tail(bounds.tail, &mut self.tail),
-                    Err(err) => Attempt::Failed(err.to_string()),
-                },
+                }
             };
             let error = match outcome {
                 Attempt::Stored(placed, at, duplicate) => {
@@ -872,15 +907,17 @@ impl Writer {
             Placed { first, count },
             &self.stream.cluster().instance,
         );
-        let acked = match self
-            .stream
-            .cluster()
-            .js
-            .publish_with_headers(self.stream.subject.clone(), headers, payload)
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(err) => Err(err),
+        let cluster = self.stream.cluster();
+        let mut loss = cluster.data_loss();
+        let sent = async {
+            cluster
+                .js
+                .publish_with_headers(self.stream.subject.clone(), headers, payload)
+                .await?
+                .await
+        };
+        let Some(acked) = loss.unless_lost(sent).await else {
+            return Attempt::Failed("the connection to the NATS server was lost".to_owned());
         };
         match acked {
             Ok(ack) if !ack.duplicate && ack.sequence == tail.stream + 1 => {

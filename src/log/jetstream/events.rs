@@ -165,7 +165,20 @@ impl EventLog for JsEvents {
         partition: Partition,
         record: EventRecord,
     ) -> BoxFuture<'static, Result<Appended, LogError>> {
-        publish(Arc::clone(&self.cluster), partition, record).boxed()
+        let cluster = Arc::clone(&self.cluster);
+        async move {
+            let mut loss = cluster.data_loss();
+            loss.unless_lost(publish(Arc::clone(&cluster), partition, record))
+                .await
+                .unwrap_or_else(|| {
+                    Err(LogError::Unavailable(
+                        "the connection to the NATS server was lost before the events were \
+                         acknowledged"
+                            .into(),
+                    ))
+                })
+        }
+        .boxed()
     }
 
     async fn reader(

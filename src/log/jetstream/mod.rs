@@ -46,8 +46,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, Context, kv, stream};
 
+use metrics::counter;
+use tokio::sync::watch;
+
 use crate::config::{Config, JetStreamConfig};
 use crate::log::Unit;
+use crate::telemetry;
 
 /// Stream, subject and bucket names under one prefix.
 #[derive(Debug, Clone)]
@@ -248,6 +252,10 @@ pub struct Cluster {
     /// The alert streams take atomic batches (`allow_atomic`, nats-server 2.12 and later):
     /// writers store several messages at once only then.
     pub atomic_batches: bool,
+    /// Losses of the data connection, counted (see [`LossWatch`]).
+    data_losses: watch::Receiver<u64>,
+    /// Losses of the control connection, counted.
+    control_losses: watch::Receiver<u64>,
 }
 
 /// This instance's default name: host name and process id.
@@ -263,12 +271,53 @@ fn default_instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// One NATS connection as a JetStream context. The relay opens two: one for events and
-/// alerts, one for leases and cursors, so a renewal never waits behind a storm's publishes.
-async fn context(settings: &JetStreamConfig, role: &str) -> anyhow::Result<Context> {
+/// Whether a NATS connection was lost since the watch was taken.
+///
+/// The answer to a request sent before the client lost its server (killed, or cut off) never
+/// comes: the client reconnects to another server at once, but the request waits out its 5 s
+/// timeout. Whoever waits for an answer takes a watch before sending, and gives the answer up
+/// when the connection is lost, as it would a timeout (in doubt: looked for, or asked again).
+#[derive(Debug, Clone)]
+pub struct LossWatch(watch::Receiver<u64>);
+
+impl LossWatch {
+    /// Awaits `future` (a request sent after this watch was taken, and its answer) unless the
+    /// connection is lost first: `None` then.
+    pub async fn unless_lost<F: std::future::Future>(&mut self, future: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            output = future => Some(output),
+            Ok(()) = self.0.changed() => None,
+        }
+    }
+}
+
+/// One NATS connection as a JetStream context, and the count of its losses. The relay opens
+/// two: one for events and alerts, one for leases and cursors, so a renewal never waits
+/// behind a storm's publishes.
+async fn context(
+    settings: &JetStreamConfig,
+    role: &'static str,
+) -> anyhow::Result<(Context, watch::Receiver<u64>)> {
+    let (lost, losses) = watch::channel(0u64);
     let mut options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .name(format!("outage-relay {role}"));
+        .name(format!("outage-relay {role}"))
+        .event_callback(move |event| {
+            match event {
+                async_nats::Event::Disconnected => {
+                    lost.send_modify(|count| *count += 1);
+                    counter!(telemetry::JETSTREAM_ERRORS, "operation" => "disconnected")
+                        .increment(1);
+                    tracing::warn!(
+                        connection = role,
+                        "NATS connection lost; answers awaited on it are given up"
+                    );
+                }
+                event => tracing::info!(connection = role, %event, "NATS connection"),
+            }
+            async {}
+        });
     if let Some(path) = &settings.credentials {
         options = options
             .credentials_file(path)
@@ -293,10 +342,11 @@ async fn context(settings: &JetStreamConfig, role: &str) -> anyhow::Result<Conte
     // Publishers bound their own acks in flight (a window per batch and per partition); the
     // context's shared limit is set out of their way, because batches that each hold part of
     // a shared limit while waiting for more of it would deadlock.
-    Ok(jetstream::ContextBuilder::new()
+    let context = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
         .max_ack_inflight(ACKS_IN_FLIGHT)
-        .build(client))
+        .build(client);
+    Ok((context, losses))
 }
 
 /// The context-wide ceiling on acks in flight, far above the sum of the relay's own windows.
@@ -307,8 +357,8 @@ impl Cluster {
     /// buckets that are missing.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let settings = config.store.jetstream.clone();
-        let js = context(&settings, "data").await?;
-        let control = context(&settings, "control").await?;
+        let (js, data_losses) = context(&settings, "data").await?;
+        let (control, control_losses) = context(&settings, "control").await?;
         let names = Names::new(&settings.prefix, settings.event_stream_count());
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
         let atomic_batches = provision(&js, &names, config).await?;
@@ -328,7 +378,24 @@ impl Cluster {
             instances: provisioned.instances,
             cursors: provisioned.cursors,
             atomic_batches,
+            data_losses,
+            control_losses,
         })
+    }
+
+    /// A watch of the data connection's losses (events, alerts, checkpoints), to take before
+    /// sending a request whose answer is awaited.
+    pub fn data_loss(&self) -> LossWatch {
+        let mut losses = self.data_losses.clone();
+        losses.borrow_and_update();
+        LossWatch(losses)
+    }
+
+    /// A watch of the control connection's losses (leases, heartbeats, cursors).
+    pub fn control_loss(&self) -> LossWatch {
+        let mut losses = self.control_losses.clone();
+        losses.borrow_and_update();
+        LossWatch(losses)
     }
 
     /// The bucket holding `unit`'s lease.
@@ -644,4 +711,33 @@ async fn buckets(
         instances,
         cursors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_awaited_is_given_up_when_the_connection_is_lost_after_the_watch_began() {
+        let (lost, losses) = watch::channel(0u64);
+        let mut watch = LossWatch(losses.clone());
+        lost.send_modify(|count| *count += 1);
+        let answer = watch.unless_lost(std::future::pending::<()>()).await;
+        assert_eq!(answer, None);
+    }
+
+    #[tokio::test]
+    async fn a_loss_before_the_watch_began_gives_nothing_up() {
+        let (lost, mut losses) = watch::channel(0u64);
+        lost.send_modify(|count| *count += 1);
+        losses.borrow_and_update();
+        let mut watch = LossWatch(losses);
+        assert_eq!(watch.unless_lost(async { 7 }).await, Some(7));
+        let pending = tokio::time::timeout(
+            Duration::from_millis(20),
+            watch.unless_lost(std::future::pending::<()>()),
+        )
+        .await;
+        assert!(pending.is_err(), "no loss since the watch: still waiting");
+    }
 }

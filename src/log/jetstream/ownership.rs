@@ -34,7 +34,7 @@ use metrics::counter;
 use tokio::time::timeout;
 use tracing::Instrument;
 
-use super::Cluster;
+use super::{Cluster, LossWatch};
 use crate::log::{ClusterView, Lease, Ownership, StartUnit, Unit};
 use crate::route::RoutingTable;
 use crate::telemetry::{self, Metrics};
@@ -316,29 +316,36 @@ impl JsOwnership {
                 self.metrics.lease_change("released");
             }
             let holding: BTreeSet<Unit> = held.lock().keys().copied().collect();
+            // Subscribers only when their bucket answered, so that a round does not wait for
+            // claims to a bucket without a leader.
+            let free_subscriber = |unit: &Unit| {
+                !holding.contains(unit)
+                    && reading
+                        .subscribers
+                        .as_ref()
+                        .is_some_and(|taken| !taken.contains(&key(*unit, &self.table)))
+            };
             let claims: Vec<Unit> = plan
                 .claim
                 .into_iter()
                 .map(Unit::Partition)
-                .chain(
-                    subscribers
-                        .iter()
-                        .copied()
-                        .filter(|unit| !holding.contains(unit)),
-                )
+                .chain(subscribers.iter().copied().filter(free_subscriber))
                 .collect();
-            // Side by side, each bounded by the margin, so that a round stays short.
-            let attempts = futures::future::join_all(claims.into_iter().map(|unit| {
-                let create = cluster
-                    .lease_bucket(unit)
-                    .create(key(unit, &self.table), me.clone());
-                async move {
-                    let sent = Instant::now();
-                    (unit, sent, timeout(margin, create).await)
-                }
-            }))
-            .await;
-            for (unit, sent, created) in attempts {
+            // Side by side, each bounded by the margin, and each unit started as soon as its
+            // claim is stored, so that a round stays short.
+            let mut attempts: futures::stream::FuturesUnordered<_> = claims
+                .into_iter()
+                .map(|unit| {
+                    let create = cluster
+                        .lease_bucket(unit)
+                        .create(key(unit, &self.table), me.clone());
+                    async move {
+                        let sent = Instant::now();
+                        (unit, sent, timeout(margin, create).await)
+                    }
+                })
+                .collect();
+            while let Some((unit, sent, created)) = attempts.next().await {
                 let Ok(Ok(revision)) = created else {
                     continue;
                 };
@@ -403,7 +410,8 @@ impl JsOwnership {
                 if finished {
                     return (unit, revision, None);
                 }
-                let renewal = renew_within(&leases, &key, &me, revision, sent + margin);
+                let loss = cluster.control_loss();
+                let renewal = renew_within(&leases, loss, (&key, &me, revision), sent + margin);
                 match timeout(margin, renewal).await {
                     Ok(Ok(renewed)) => (unit, revision, Some(renewed)),
                     Ok(Err(err)) => {
@@ -475,18 +483,24 @@ impl JsOwnership {
 /// Renews a lease (compare-and-set on `revision`), trying again every
 /// [`RENEWAL_RETRY`] while the bucket has no leader or does not answer, until `until`: a
 /// bucket's leader moved on purpose (see [`super::leaders`]) is elected again in well under
-/// the margin, and that must not end every lease in the bucket. A renewal refused for its
-/// revision (someone else wrote the key, or an earlier attempt that seemed lost was stored)
-/// is final.
+/// the margin, and that must not end every lease in the bucket. A renewal whose answer was
+/// lost with the connection is sent again at once. A renewal refused for its revision
+/// (someone else wrote the key, or an earlier attempt that seemed lost was stored) is final.
 async fn renew_within(
     leases: &kv::Store,
-    key: &str,
-    me: &Bytes,
-    revision: u64,
+    mut loss: LossWatch,
+    (key, me, revision): (&str, &Bytes, u64),
     until: Instant,
 ) -> Result<u64, kv::UpdateError> {
     loop {
-        match leases.update(key, me.clone(), revision).await {
+        // Lost with the connection: sent again at once, on the connection made anew.
+        let Some(renewed) = loss
+            .unless_lost(leases.update(key, me.clone(), revision))
+            .await
+        else {
+            continue;
+        };
+        match renewed {
             Ok(revision) => return Ok(revision),
             Err(err)
                 if matches!(
@@ -545,6 +559,8 @@ async fn stop_task(stop: CancellationToken, mut task: JoinHandle<()>, bound: std
 struct Reading {
     /// Instances whose heartbeat is current.
     live: Option<Vec<String>>,
+    /// The keys of the subscriber leases held (by any instance).
+    subscribers: Option<BTreeSet<String>>,
     /// The partition lease owners of each partition leases bucket, by events stream index.
     owners: BucketOwners,
 }
@@ -579,7 +595,8 @@ impl BucketOwners {
     }
 }
 
-/// Reads the instances and every partition leases bucket side by side, each within
+/// Reads the instances, the subscriber leases and every partition leases bucket side by
+/// side, each within
 /// `within`; a bucket that fails or does not answer is counted, logged and left `None`.
 async fn read_state(cluster: &Cluster, within: std::time::Duration) -> Reading {
     async fn read(store: &kv::Store, within: std::time::Duration) -> Option<Vec<kv::Entry>> {
@@ -593,13 +610,21 @@ async fn read_state(cluster: &Cluster, within: std::time::Duration) -> Reading {
         None
     }
     let instances = read(&cluster.instances, within);
+    let subscribers = read(&cluster.leases, within);
     let buckets = futures::future::join_all(
         cluster
             .partition_leases
             .iter()
             .map(|store| read(store, within)),
     );
-    let (instances, buckets) = futures::future::join(instances, buckets).await;
+    let (instances, subscribers, buckets) = tokio::join!(instances, subscribers, buckets);
+    let subscribers = subscribers.map(|entries| {
+        entries
+            .into_iter()
+            .map(|entry| entry.key)
+            .filter(|key| key.starts_with("s."))
+            .collect()
+    });
     let live = instances.map(|entries| {
         let mut live: Vec<String> = entries.into_iter().map(|entry| entry.key).collect();
         live.sort();
@@ -622,6 +647,7 @@ async fn read_state(cluster: &Cluster, within: std::time::Duration) -> Reading {
         .collect();
     Reading {
         live,
+        subscribers,
         owners: BucketOwners(owners),
     }
 }
