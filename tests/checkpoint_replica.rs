@@ -18,7 +18,7 @@ use common::{bounded, nats_urls, unique_prefix};
 use outage_relay::config::{Backend, Config};
 use outage_relay::log::jetstream::Cluster;
 use outage_relay::log::jetstream::checkpoints::JsCheckpoints;
-use outage_relay::log::{Checkpoint, Checkpoints, Lease, ride_through};
+use outage_relay::log::{Checkpoint, Checkpoints, Lease, ride_through_read};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ async fn a_checkpoint_is_read_from_a_replica_while_its_stream_has_no_leader() {
     }
 
     // As a recovery loads it: riding out what does not answer, for a bounded time.
-    let loaded = ride_through("test: checkpoint", || checkpoints.load(2)).await;
+    let loaded = ride_through_read("test: checkpoint", || checkpoints.load(2)).await;
 
     for node in &mut nodes {
         node.restart().await;

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::Delivery;
 use super::convert::alert_to_proto;
 use crate::error::RelayError;
-use crate::log::{AlertReader, LogError, ride_through};
+use crate::log::{AlertReader, LogError, ride_through, ride_through_read};
 use crate::proto::{self, alert_feed_server::AlertFeed};
 use crate::route::{RoutingTable, SubscriberId};
 use crate::runtime::Tasks;
@@ -117,12 +117,12 @@ impl AlertFeed for FeedService {
         // only the retained range, so it does not wait on the cursors (on JetStream a bucket
         // whose leader may be the node that just died, while this DNO's stream is fine).
         let (acked, first_retained, head) = if request.from_sequence == 0 {
-            let status = ride_through("subscribe: cursors", || alerts.status(log))
+            let status = ride_through_read("subscribe: cursors", || alerts.status(log))
                 .await
                 .map_err(RelayError::from)?;
             (status.acked, status.first_retained, status.head)
         } else {
-            let (first_retained, head) = ride_through("subscribe: retained alerts", || {
+            let (first_retained, head) = ride_through_read("subscribe: retained alerts", || {
                 alerts.retained_reaching(log, request.from_sequence - 1)
             })
             .await
@@ -131,7 +131,7 @@ impl AlertFeed for FeedService {
         };
         let from = start_sequence(request.from_sequence, acked, first_retained, head)
             .map_err(RelayError::from)?;
-        let reader = ride_through("subscribe: reader", || alerts.reader(log, from))
+        let reader = ride_through_read("subscribe: reader", || alerts.reader(log, from))
             .await
             .map_err(RelayError::from)?;
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -316,5 +316,59 @@ mod tests {
         let answer = ride_through("test", || failing_then(1, &calls, beyond.clone())).await;
         assert_eq!(answer, Err(beyond));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_sends_another_attempt_every_second_while_earlier_ones_wait() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = ride_through_read("test", || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call < 2 {
+                    // Sent while there was no leader: never answered.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u64, LogError>(7)
+            }
+        })
+        .await;
+        assert_eq!(answer, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // The third attempt, sent 2 s in, answers; `ride_through` takes 6.15 s for the same.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_takes_the_first_answer_and_does_not_abandon_a_slow_attempt() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = ride_through_read("test", || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // The first answers after 1.5 s; the second, sent 1 s in, would take 5 s.
+                let slow = if call == 0 { 1_500 } else { 5_000 };
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+                Ok::<usize, LogError>(call)
+            }
+        })
+        .await;
+        assert_eq!(answer, Ok(0));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_unavailable_throughout_fails_with_its_last_error() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let unavailable = LogError::Unavailable("no leader".into());
+        let answer = ride_through_read("test", || {
+            failing_then(usize::MAX, &calls, unavailable.clone())
+        })
+        .await;
+        assert_eq!(answer, Err(unavailable));
+        assert_eq!(started.elapsed(), RIDE_THROUGH);
+        assert!(calls.load(Ordering::SeqCst) > 5);
     }
 }

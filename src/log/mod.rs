@@ -597,6 +597,57 @@ where
     }
 }
 
+/// How often [`ride_through_read`] sends another attempt while earlier ones go unanswered.
+pub const READ_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Attempts of [`ride_through_read`] waiting at once, at most.
+const READS_IN_FLIGHT: usize = 4;
+
+/// [`ride_through`] for a read: while earlier attempts go unanswered, another is sent every
+/// [`READ_AGAIN_EVERY`] (up to [`READS_IN_FLIGHT`] waiting at once, each left to its own
+/// request timeout), and the first answer wins. A request sent while a stream or the
+/// JetStream meta group has no leader is never answered; abandoning it after a bound that
+/// doubles (as `ride_through` does, safe for any attempt) can leave the read waiting seconds
+/// after the election, where this sends one within a second of it (a take-over's events
+/// reader waited 4 s past the meta leader's election). `attempt` must be safe to run
+/// several times at once, and to drop unfinished: reads are; one may make a consumer that
+/// is then left to expire.
+pub async fn ride_through_read<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + RIDE_THROUGH;
+    let mut pause = Duration::from_millis(50);
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    attempts.push(attempt());
+    let mut next = tokio::time::Instant::now() + READ_AGAIN_EVERY;
+    let mut last = format!("{what}: no answer within {RIDE_THROUGH:?}");
+    loop {
+        tokio::select! {
+            Some(outcome) = attempts.next() => match outcome {
+                Err(LogError::Unavailable(reason)) => {
+                    tracing::debug!(what, %reason, "log unavailable; trying again");
+                    last = reason;
+                    if attempts.is_empty() {
+                        next = next.min(tokio::time::Instant::now() + pause);
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
+                done => return done,
+            },
+            () = tokio::time::sleep_until(next), if next < deadline => {
+                if attempts.len() < READS_IN_FLIGHT {
+                    attempts.push(attempt());
+                }
+                next = tokio::time::Instant::now() + READ_AGAIN_EVERY;
+            }
+            () = tokio::time::sleep_until(deadline) => return Err(LogError::Unavailable(last)),
+        }
+    }
+}
+
 /// A partition's state at a position of its event log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {

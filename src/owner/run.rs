@@ -19,7 +19,7 @@ use crate::domain::{Alert, AlertKind, DeviceEvent, UtcMillis};
 use crate::error::RelayError;
 use crate::log::{
     AlertHeads, Appended, Checkpoint, EventReader, EventRecord, Lease, LogError, Logged,
-    OwnerAnswer, OwnerQuery, Partition, Retention, Sequencing, Stored, ride_through,
+    OwnerAnswer, OwnerQuery, Partition, Retention, Sequencing, Stored, ride_through_read,
 };
 use crate::route::{ParkReason, Registry, Route};
 use crate::summary::{Input, OpenPoint};
@@ -130,7 +130,7 @@ impl Owner {
     ) -> Result<(Self, Option<Box<dyn EventReader>>), LogError> {
         // Both wait out an election (the node leading the checkpoints or the events stream
         // just died) rather than fail the recovery and hand the partition back a round later.
-        let loaded = ride_through("recovery: checkpoint", || ctx.checkpoints.load(partition));
+        let loaded = ride_through_read("recovery: checkpoint", || ctx.checkpoints.load(partition));
         let (saved, heads, position) = match loaded.await? {
             Some(found) => {
                 let (saved, heads) = checkpoint::decode(&found.state)?;
@@ -144,7 +144,7 @@ impl Owner {
             .await?;
         let dedup = EventIdWindow::new(ctx.dedup_window, ctx.dedup_capacity);
         let state = PartitionState::restore(ctx.settings, dedup, saved);
-        let mut reader = ride_through("recovery: events reader", || {
+        let mut reader = ride_through_read("recovery: events reader", || {
             ctx.events.reader(partition, position)
         })
         .await?;

@@ -356,7 +356,7 @@ impl Writer {
         let found = match self.store_barrier().await {
             Ok(through) => {
                 let this = &*self;
-                crate::log::ride_through("replay guard: reading back", || {
+                crate::log::ride_through_read("replay guard: reading back", || {
                     this.stored_after(&heads, through)
                 })
                 .await
