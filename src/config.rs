@@ -381,8 +381,9 @@ pub struct JetStreamConfig {
     /// stalls for a while does not hold up the partition's other subscribers' alerts.
     pub appends_in_flight: usize,
     /// How often an instance looks whether the events streams' leaders are still spread
-    /// over the nodes (a node that died and came back leads none), and moves one if not;
-    /// `0s`: only at start.
+    /// over the nodes (a node that died and came back leads none), and moves one if not,
+    /// and moves each partition leases bucket's leader to its events stream's; `0s`: only
+    /// at start.
     #[serde(with = "humantime_serde")]
     pub rebalance_interval: Duration,
 }

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{KilledNode, stream_leaders};
-use common::{bounded, nats_urls, unique_prefix};
-use outage_relay::config::{Backend, Config};
+use common::{bounded, jetstream_config, nats_cluster_dir, nats_urls, unique_prefix};
 use outage_relay::log::jetstream::Cluster;
 use outage_relay::log::jetstream::checkpoints::JsCheckpoints;
 use outage_relay::log::{Checkpoint, Checkpoints, Lease, ride_through_read};
@@ -25,16 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_is_read_from_a_replica_while_its_stream_has_no_leader() {
-    let cluster_dir = std::env::var("NATS_CLUSTER_DIR").expect(
-        "NATS_CLUSTER_DIR is not set: run .ci/test, which starts the JetStream cluster (this \
-         test kills and restarts two of its nodes)",
-    );
+    let cluster_dir = nats_cluster_dir();
     let prefix = unique_prefix("replica");
-    let mut config = Config::default();
-    config.store.backend = Backend::Jetstream;
-    config.store.jetstream.servers = nats_urls();
-    config.store.jetstream.prefix = prefix.clone();
-    config.store.jetstream.partitions = 4;
+    let config = jetstream_config(&prefix, 4);
     let cluster = Arc::new(
         bounded("connect to JetStream", Cluster::connect(&config))
             .await

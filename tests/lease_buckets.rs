@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{KilledNode, stream_leaders};
-use common::{bounded, eventually, nats_urls, unique_prefix};
-use outage_relay::config::{Backend, Config};
+use common::{bounded, eventually, jetstream_config, nats_cluster_dir, nats_urls, unique_prefix};
 use outage_relay::log::jetstream::Cluster;
 use outage_relay::log::jetstream::ownership::JsOwnership;
 use outage_relay::log::{Ownership, StartUnit, Unit};
@@ -36,16 +35,9 @@ const EVENT_STREAMS: u16 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_death_ends_only_the_leases_of_the_partitions_whose_bucket_it_led() {
-    let cluster_dir = std::env::var("NATS_CLUSTER_DIR").expect(
-        "NATS_CLUSTER_DIR is not set: run .ci/test, which starts the JetStream cluster (this \
-         test kills and restarts one of its nodes)",
-    );
+    let cluster_dir = nats_cluster_dir();
     let prefix = unique_prefix("leases");
-    let mut config = Config::default();
-    config.store.backend = Backend::Jetstream;
-    config.store.jetstream.servers = nats_urls();
-    config.store.jetstream.prefix = prefix.clone();
-    config.store.jetstream.partitions = PARTITIONS;
+    let mut config = jetstream_config(&prefix, PARTITIONS);
     config.store.jetstream.event_streams = EVENT_STREAMS;
     config.store.jetstream.lease_ttl = Duration::from_secs(2);
     // Provisions the streams and buckets, and places the buckets' leaders.

@@ -259,6 +259,21 @@ mod tests {
         async move { if call < failures { Err(error) } else { Ok(7) } }
     }
 
+    /// An attempt that the first `unanswered` calls never answer (a request sent to a stream
+    /// without a leader), then answers 7.
+    fn unanswered_then(
+        unanswered: usize,
+        calls: &AtomicUsize,
+    ) -> impl Future<Output = Result<u64, LogError>> + '_ {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call < unanswered {
+                std::future::pending::<()>().await;
+            }
+            Ok(7)
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_election_long_unavailability_is_waited_out() {
         let calls = AtomicUsize::new(0);
@@ -274,17 +289,7 @@ mod tests {
     async fn an_unanswered_attempt_is_abandoned_and_tried_again_sooner_than_a_request_timeout() {
         let calls = AtomicUsize::new(0);
         let started = tokio::time::Instant::now();
-        let answer = ride_through("test", || {
-            let call = calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if call < 2 {
-                    // A request to a stream without a leader: never answered.
-                    std::future::pending::<()>().await;
-                }
-                Ok::<u64, LogError>(7)
-            }
-        })
-        .await;
+        let answer = ride_through("test", || unanswered_then(2, &calls)).await;
         assert_eq!(answer, Ok(7));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // Abandoned after 2 s, then 50 ms apart, abandoned after 4 s, 100 ms apart: answered
@@ -322,17 +327,7 @@ mod tests {
     async fn a_read_sends_another_attempt_every_second_while_earlier_ones_wait() {
         let calls = AtomicUsize::new(0);
         let started = tokio::time::Instant::now();
-        let answer = ride_through_read("test", || {
-            let call = calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if call < 2 {
-                    // Sent while there was no leader: never answered.
-                    std::future::pending::<()>().await;
-                }
-                Ok::<u64, LogError>(7)
-            }
-        })
-        .await;
+        let answer = ride_through_read("test", || unanswered_then(2, &calls)).await;
         assert_eq!(answer, Ok(7));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // The third attempt, sent 2 s in, answers; `ride_through` takes 6.15 s for the same.

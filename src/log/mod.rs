@@ -604,7 +604,7 @@ pub const READ_AGAIN_EVERY: Duration = Duration::from_secs(1);
 const READS_IN_FLIGHT: usize = 4;
 
 /// [`ride_through`] for a read: while earlier attempts go unanswered, another is sent every
-/// [`READ_AGAIN_EVERY`] (up to [`READS_IN_FLIGHT`] waiting at once, each left to its own
+/// [`READ_AGAIN_EVERY`] (up to `READS_IN_FLIGHT`, 4, waiting at once, each left to its own
 /// request timeout), and the first answer wins. A request sent while a stream or the
 /// JetStream meta group has no leader is never answered; abandoning it after a bound that
 /// doubles (as `ride_through` does, safe for any attempt) can leave the read waiting seconds

@@ -616,6 +616,26 @@ pub fn nats_urls() -> Vec<String> {
         .collect()
 }
 
+/// The directory of the JetStream cluster `.ci/test` starts (`NATS_CLUSTER_DIR`), for a test
+/// that kills and restarts its nodes.
+pub fn nats_cluster_dir() -> String {
+    std::env::var("NATS_CLUSTER_DIR").expect(
+        "NATS_CLUSTER_DIR is not set: run .ci/test, which starts the JetStream cluster (this \
+         test kills and restarts some of its nodes)",
+    )
+}
+
+/// A relay configuration on the JetStream cluster `.ci/test` starts, under `prefix`, with
+/// `partitions` partitions.
+pub fn jetstream_config(prefix: &str, partitions: u16) -> Config {
+    let mut config = Config::default();
+    config.store.backend = outage_relay::config::Backend::Jetstream;
+    config.store.jetstream.servers = nats_urls();
+    config.store.jetstream.prefix = prefix.to_owned();
+    config.store.jetstream.partitions = partitions;
+    config
+}
+
 /// A stream-name prefix no other test run uses, so runs sharing a cluster stay apart.
 pub fn unique_prefix(test: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);

@@ -127,13 +127,20 @@ async fn placements(js: &Context, streams: &[String]) -> Option<Vec<Placement>> 
     Some(placements)
 }
 
-/// Asks `stream`'s leader to step down in favour of `to` (logging `why`), and waits for an
-/// election.
+/// Asks `stream`'s leader to step down in favour of `to` (logging `why`; a server that takes
+/// no preference is asked for a plain step-down), and waits for an election.
 async fn step_down(js: &Context, stream: &str, to: &str, why: &str) {
-    let request = serde_json::json!({ "placement": { "preferred": to } });
-    let answer: Result<serde_json::Value, _> = js
-        .request(format!("STREAM.LEADER.STEPDOWN.{stream}"), &request)
-        .await;
+    let subject = format!("STREAM.LEADER.STEPDOWN.{stream}");
+    let preferred = serde_json::json!({ "placement": { "preferred": to } });
+    let mut answer: Result<serde_json::Value, _> = js.request(subject.clone(), &preferred).await;
+    if answer
+        .as_ref()
+        .is_ok_and(|answer| answer.get("error").is_some())
+    {
+        // A server before 2.11 takes no preference: a plain step-down, to whichever
+        // replica wins the election (the caller looks again).
+        answer = js.request(subject, &serde_json::json!({})).await;
+    }
     match answer {
         Ok(answer) if answer.get("error").is_none() => {
             tracing::info!(stream, to, "moving a stream's leader {why}");

@@ -7,7 +7,7 @@
 //!                 (EventLog: a message per event, Nats-Msg-Id = event key; acked once stored)
 //!                                         │ ordered consumer, one per owned partition
 //!                                         ▼
-//!          owner of the partition (lease in {P}_LEASES): the owner loop of crate::owner
+//!   owner of the partition (lease in {P}_LEASES_<stream>): the owner loop of crate::owner
 //!                                         │ alerts, Nats-Msg-Id = alert id
 //!                                         ▼
 //!    {P}_ALERTS_<subscriber> (stream sequence = the DNO's sequence), or {P}_PARKED

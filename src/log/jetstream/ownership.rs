@@ -1,14 +1,17 @@
-//! Ownership on JetStream: leases in a key-value bucket, renewed by compare-and-set.
+//! Ownership on JetStream: leases in key-value buckets, renewed by compare-and-set.
 //! Partitions are balanced among the live instances; each subscriber (its SLA watch, and its
 //! push session in push mode) is held by whichever instance claims its lease first.
+//! A partition's lease is in its events stream's bucket (see
+//! [`Names::partition_leases_bucket`](super::Names::partition_leases_bucket)), a
+//! subscriber's in `{P}_LEASES`.
 //!
-//! Every `lease_ttl / 4` the driver writes this instance's heartbeat, renews each lease it
-//! holds (an update that names the revision it last wrote: it fails if anyone else wrote
-//! since), claims every free subscriber lease, and plans partitions with [`plan`]: claim
-//! free partitions up to its fair share
-//! (`ceil(partitions / live instances)`), release the ones above it. A claim is a `create`,
-//! which succeeds only when the key does not exist (never written, deleted, or expired
-//! `lease_ttl` after its last renewal).
+//! Every `lease_ttl / 4` the driver renews each lease it holds (an update that names the
+//! revision it last wrote: it fails if anyone else wrote since), on a timer of its own; and,
+//! on another, writes this instance's heartbeat, reads the buckets, claims every free
+//! subscriber lease, and plans partitions with [`plan`]: claim free partitions up to its
+//! fair share (`ceil(partitions / live instances)`), release the ones above it. A claim is a
+//! `create`, which succeeds only when the key does not exist (never written, deleted, or
+//! expired `lease_ttl` after its last renewal).
 //!
 //! Fencing: an owner may act on a partition until `sent + lease_ttl - margin`, where `sent`
 //! is when it sent its last successful renewal. The server expires the key `lease_ttl` after
