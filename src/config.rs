@@ -326,7 +326,7 @@ pub const DEFAULT_EVENT_STREAMS: u16 = 3;
 /// Default replicas of every JetStream stream and bucket.
 pub const DEFAULT_JETSTREAM_REPLICAS: usize = 3;
 /// How long a partition lease lives without renewal.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// How often an owner writes a partition snapshot (when it changed).
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long JetStream keeps events (replay after a takeover starts at the last snapshot).
