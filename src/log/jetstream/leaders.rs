@@ -104,8 +104,7 @@ fn lease_streams(names: &Names) -> Vec<String> {
 async fn placements(js: &Context, streams: &[String]) -> Option<Vec<Placement>> {
     let mut placements = Vec::new();
     for name in streams {
-        let name = name.clone();
-        let info = match js.get_stream(&name).await {
+        let info = match js.get_stream(name).await {
             Ok(mut stream) => stream.info().await.ok()?.clone(),
             Err(err) => {
                 tracing::debug!(%err, stream = %name, "reading a stream's leader");
@@ -114,7 +113,7 @@ async fn placements(js: &Context, streams: &[String]) -> Option<Vec<Placement>> 
         };
         let cluster = info.cluster?;
         placements.push(Placement {
-            stream: name,
+            stream: name.clone(),
             leader: cluster.leader,
             followers: cluster
                 .replicas

@@ -225,13 +225,8 @@ impl JsOwnership {
                 let key = key(unit, &self.table);
                 let margin = self.cluster.settings.lease_ttl / 3;
                 ending.spawn(async move {
-                    stop_task(lease.stop, lease.task, margin).await;
-                    close_window(&lease.window);
-                    let _ = timeout(
-                        margin,
-                        bucket.delete_expect_revision(key, Some(lease.revision)),
-                    )
-                    .await;
+                    // Lost: whatever keeps the key, it expires by itself.
+                    let _ = end_holding(&bucket, key, lease, margin).await;
                 });
             }
         }
@@ -462,24 +457,35 @@ impl JsOwnership {
     }
 
     async fn release(&self, unit: Unit, lease: Held) {
-        let cluster = &self.cluster;
-        let margin = cluster.settings.lease_ttl / 3;
-        stop_task(lease.stop, lease.task, margin).await;
-        close_window(&lease.window);
-        match timeout(
-            margin,
-            cluster
-                .lease_bucket(unit)
-                .delete_expect_revision(key(unit, &self.table), Some(lease.revision)),
-        )
-        .await
-        {
-            Ok(Ok(())) => tracing::info!(?unit, "lease released"),
-            Ok(Err(err)) => {
-                tracing::warn!(?unit, %err, "cannot delete the lease; it expires by itself");
-            }
-            Err(_) => tracing::warn!(?unit, "deleting the lease timed out; it expires by itself"),
+        let margin = self.cluster.settings.lease_ttl / 3;
+        let bucket = self.cluster.lease_bucket(unit);
+        match end_holding(bucket, key(unit, &self.table), lease, margin).await {
+            Ok(()) => tracing::info!(?unit, "lease released"),
+            Err(why) => tracing::warn!(?unit, %why, "lease not deleted; it expires by itself"),
         }
+    }
+}
+
+/// Ends a holding: stops its task (aborted after `margin`), closes its window, then deletes
+/// its lease from `bucket` (within `margin`), so that another instance may claim it at once.
+/// `Err`: why the lease was not deleted (it then expires by itself).
+async fn end_holding(
+    bucket: &kv::Store,
+    key: String,
+    lease: Held,
+    margin: std::time::Duration,
+) -> Result<(), String> {
+    stop_task(lease.stop, lease.task, margin).await;
+    close_window(&lease.window);
+    match timeout(
+        margin,
+        bucket.delete_expect_revision(key, Some(lease.revision)),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {margin:?}")),
     }
 }
 
@@ -612,19 +618,33 @@ async fn read_state(cluster: &Cluster, within: std::time::Duration) -> Reading {
         tracing::warn!(bucket = %store.name, err = %failure, "cannot read a bucket; its units are left as they are this round");
         None
     }
+    // With one events stream the subscriber leases share the partitions' bucket: read once.
+    let shared = cluster
+        .partition_leases
+        .iter()
+        .position(|store| store.name == cluster.leases.name);
     let instances = read(&cluster.instances, within);
-    let subscribers = read(&cluster.leases, within);
+    let own_bucket = async {
+        match shared {
+            Some(_) => None,
+            None => read(&cluster.leases, within).await,
+        }
+    };
     let buckets = futures::future::join_all(
         cluster
             .partition_leases
             .iter()
             .map(|store| read(store, within)),
     );
-    let (instances, subscribers, buckets) = tokio::join!(instances, subscribers, buckets);
-    let subscribers = subscribers.map(|entries| {
+    let (instances, own_bucket, buckets) = tokio::join!(instances, own_bucket, buckets);
+    let subscriber_entries = match shared {
+        Some(index) => buckets.get(index).and_then(Option::as_ref),
+        None => own_bucket.as_ref(),
+    };
+    let subscribers = subscriber_entries.map(|entries| {
         entries
-            .into_iter()
-            .map(|entry| entry.key)
+            .iter()
+            .map(|entry| entry.key.clone())
             .filter(|key| key.starts_with("s."))
             .collect()
     });
